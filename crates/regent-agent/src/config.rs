@@ -1,0 +1,588 @@
+//! The agent's configuration file (TOML).
+//!
+//! Every section has defaults except `[server]`, which must say where the license
+//! server is. Unknown keys are errors that name the key and the file, so a typo
+//! never silently falls back to a default. `regent.example.toml` at the root of
+//! the repository documents every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regent_proto::ErrorCode;
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::store::StoreKind;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the license server is and how to talk to it.
+    pub server: ServerConfig,
+    /// Where secrets are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Non-secret state (device id, slot identifiers, pending redemptions).
+    #[serde(default)]
+    pub state: StateConfig,
+    /// When and how tokens are renewed.
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+    /// One auth token per device, or one per app instance.
+    #[serde(default)]
+    pub instances: InstancesConfig,
+    /// The local socket apps connect to, and who may use it.
+    #[serde(default)]
+    pub ipc: IpcConfig,
+    /// A directory watched for registration-token files (provisioning).
+    #[serde(default)]
+    pub provisioning: ProvisioningConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Which upstream protocol the license server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Sentinel EMS style: registration token → auth token → refresh cycle.
+    Sentinel,
+    /// OAuth2 client credentials (Reltio style), optionally with refresh tokens.
+    #[serde(rename = "oauth2")]
+    OAuth2,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `"sentinel"` or `"oauth2"`.
+    pub profile: Profile,
+    /// Sentinel: the server's base URL (`https://…`; `http://` only to loopback).
+    pub url: Option<Url>,
+    /// OAuth2: the token endpoint.
+    pub token_url: Option<Url>,
+    /// OAuth2: an issuer whose `/.well-known/openid-configuration` names the token endpoint.
+    pub issuer: Option<Url>,
+    /// OAuth2: the client id (the secret is enrolled, never written here).
+    pub client_id: Option<String>,
+    /// OAuth2: the scope to request.
+    pub scope: Option<String>,
+    /// OAuth2 multi-token servers: never hold more live tokens than this (the
+    /// server's `maxActiveTokensAllowed`; at most 200).
+    pub max_active_tokens: Option<u32>,
+    /// Sentinel: free-form reference ids sent with a redemption (admins see them).
+    pub ref_id1: Option<String>,
+    /// Sentinel: second reference id.
+    pub ref_id2: Option<String>,
+    /// Seconds to wait for a TCP/TLS connection.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: u64,
+    /// Seconds to wait for a whole response.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: u64,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `"keychain"` (default: the OS keychain) or `"file"` (explicit choice for
+    /// headless system services; a `0600` file in the state directory).
+    #[serde(default = "defaults::store_kind")]
+    pub kind: StoreKind,
+    /// Keychain service name under which entries are stored.
+    #[serde(default = "defaults::service")]
+    pub service: String,
+    /// File store path; default `<state.dir>/secrets.json`.
+    pub path: Option<PathBuf>,
+    /// Seconds a keychain call may take before it counts as unavailable (a locked
+    /// keychain can block forever).
+    #[serde(default = "defaults::store_timeout")]
+    pub timeout: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: defaults::store_kind(),
+            service: defaults::service(),
+            path: None,
+            timeout: defaults::store_timeout(),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The state directory; default `$XDG_STATE_HOME/regent` (or `~/.local/state/regent`).
+    pub dir: Option<PathBuf>,
+}
+
+/// `[refresh]`: the token cycle's timing (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Renew at this fraction of a token's lifetime (default 2/3).
+    #[serde(default = "defaults::ahead")]
+    pub ahead: f64,
+    /// ± this fraction of jitter around the renewal point (default 0.1).
+    #[serde(default = "defaults::jitter")]
+    pub jitter: f64,
+    /// Seconds of safety added to the largest recent `min_valid` (capped at a
+    /// tenth of the token's lifetime for very short tokens).
+    #[serde(default = "defaults::margin")]
+    pub margin: u64,
+    /// Seconds a request keeps the engine renewing ahead; without requests or
+    /// subscribers the engine idles and only keeps the credential alive.
+    #[serde(default = "defaults::demand_window")]
+    pub demand_window: u64,
+    /// First retry delay after a transient failure, in seconds.
+    #[serde(default = "defaults::backoff_min")]
+    pub backoff_min: u64,
+    /// Longest retry delay, in seconds.
+    #[serde(default = "defaults::backoff_max")]
+    pub backoff_max: u64,
+    /// Renew an idle refresh token at least this often, in seconds (Keycloak's
+    /// offline sessions die after 30 idle days; default 1 day).
+    #[serde(default = "defaults::keepalive")]
+    pub keepalive: u64,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            ahead: defaults::ahead(),
+            jitter: defaults::jitter(),
+            margin: defaults::margin(),
+            demand_window: defaults::demand_window(),
+            backoff_min: defaults::backoff_min(),
+            backoff_max: defaults::backoff_max(),
+            keepalive: defaults::keepalive(),
+        }
+    }
+}
+
+/// How slots map to app instances (DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceMode {
+    /// One auth token for the device, shared by every app instance.
+    #[default]
+    Shared,
+    /// One auth token per running app instance, up to `instances.max`.
+    PerInstance,
+}
+
+/// `[instances]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesConfig {
+    /// `"shared"` (default) or `"per-instance"`.
+    #[serde(default)]
+    pub mode: InstanceMode,
+    /// Most slots in `per-instance` mode.
+    #[serde(default = "defaults::instances_max")]
+    pub max: u32,
+    /// Seconds a disconnected instance's slot stays reserved for it.
+    #[serde(default = "defaults::lease_grace")]
+    pub lease_grace: u64,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        InstancesConfig {
+            mode: InstanceMode::default(),
+            max: defaults::instances_max(),
+            lease_grace: defaults::lease_grace(),
+        }
+    }
+}
+
+/// `[ipc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpcConfig {
+    /// Socket path; default `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock`.
+    pub socket: Option<PathBuf>,
+    /// Octal mode of the socket file, e.g. `"0600"` or `"0660"`.
+    #[serde(default = "defaults::socket_mode")]
+    pub mode: String,
+    /// Uids allowed to fetch tokens, besides the agent's own uid and root.
+    #[serde(default)]
+    pub allow_uids: Vec<u32>,
+    /// Group names or gids allowed to fetch tokens.
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
+    /// Most simultaneous connections.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection may sit on a half-sent frame.
+    #[serde(default = "defaults::read_timeout")]
+    pub read_timeout: u64,
+}
+
+impl Default for IpcConfig {
+    fn default() -> Self {
+        IpcConfig {
+            socket: None,
+            mode: defaults::socket_mode(),
+            allow_uids: Vec::new(),
+            allow_groups: Vec::new(),
+            max_connections: defaults::max_connections(),
+            read_timeout: defaults::read_timeout(),
+        }
+    }
+}
+
+/// `[provisioning]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// A directory where an administrator may drop a registration-token file.
+    pub dir: Option<PathBuf>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `"info"` or `"regent_agent=debug"`; `RUST_LOG` wins.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    /// `"text"` or `"json"`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: defaults::log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+mod defaults {
+    use crate::store::StoreKind;
+
+    pub fn connect_timeout() -> u64 {
+        10
+    }
+    pub fn request_timeout() -> u64 {
+        30
+    }
+    pub fn store_kind() -> StoreKind {
+        StoreKind::Keychain
+    }
+    pub fn service() -> String {
+        "regent".into()
+    }
+    pub fn store_timeout() -> u64 {
+        5
+    }
+    pub fn ahead() -> f64 {
+        2.0 / 3.0
+    }
+    pub fn jitter() -> f64 {
+        0.1
+    }
+    pub fn margin() -> u64 {
+        30
+    }
+    pub fn demand_window() -> u64 {
+        600
+    }
+    pub fn backoff_min() -> u64 {
+        1
+    }
+    pub fn backoff_max() -> u64 {
+        300
+    }
+    pub fn keepalive() -> u64 {
+        86_400
+    }
+    pub fn instances_max() -> u32 {
+        1
+    }
+    pub fn lease_grace() -> u64 {
+        10
+    }
+    pub fn socket_mode() -> String {
+        "0600".into()
+    }
+    pub fn max_connections() -> usize {
+        1024
+    }
+    pub fn read_timeout() -> u64 {
+        30
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+}
+
+const SENTINEL_EXAMPLE: &str =
+    "[server]\nprofile = \"sentinel\"\nurl = \"https://your-tenant.example.com\"";
+const OAUTH2_EXAMPLE: &str = "[server]\nprofile = \"oauth2\"\ntoken_url = \"https://auth.example.com/oauth/token\"\nclient_id = \"my-client\"";
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// `CONFIG` naming the file, the line and the problem (unknown key, wrong
+    /// type, missing required key with an example).
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("cannot read config file {}: {e}", path.display()),
+            )
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!(
+                    "config file {}: {}",
+                    origin.display(),
+                    describe_toml_error(text, &e)
+                ),
+            )
+        })?;
+        config.validate().map_err(|problem| {
+            Error::new(
+                ErrorCode::Config,
+                format!("config file {}: {problem}", origin.display()),
+            )
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let s = &self.server;
+        match s.profile {
+            Profile::Sentinel => {
+                if s.url.is_none() {
+                    return Err(format!(
+                        "[server] url is required for profile \"sentinel\"; for example:\n{SENTINEL_EXAMPLE}"
+                    ));
+                }
+            }
+            Profile::OAuth2 => {
+                if s.token_url.is_none() && s.issuer.is_none() {
+                    return Err(format!(
+                        "[server] token_url (or issuer) is required for profile \"oauth2\"; for example:\n{OAUTH2_EXAMPLE}"
+                    ));
+                }
+                if s.token_url.is_some() && s.issuer.is_some() {
+                    return Err("[server] set token_url or issuer, not both".into());
+                }
+                if s.client_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(format!(
+                        "[server] client_id is required for profile \"oauth2\"; for example:\n{OAUTH2_EXAMPLE}"
+                    ));
+                }
+            }
+        }
+        if let Some(max) = s.max_active_tokens
+            && !(1..=200).contains(&max)
+        {
+            return Err(format!(
+                "[server] max_active_tokens = {max} is out of range: it must be 1 to 200 (the platform's hard cap)"
+            ));
+        }
+        let r = &self.refresh;
+        if !(0.1..=0.95).contains(&r.ahead) {
+            return Err(format!(
+                "[refresh] ahead = {} must be between 0.1 and 0.95 (the fraction of a token's lifetime at which it is renewed)",
+                r.ahead
+            ));
+        }
+        if !(0.0..=0.5).contains(&r.jitter) {
+            return Err(format!(
+                "[refresh] jitter = {} must be between 0 and 0.5",
+                r.jitter
+            ));
+        }
+        if r.backoff_min == 0 || r.backoff_max < r.backoff_min {
+            return Err(
+                "[refresh] backoff_min must be at least 1 and backoff_max at least backoff_min"
+                    .into(),
+            );
+        }
+        if self.instances.max == 0 {
+            return Err("[instances] max must be at least 1".into());
+        }
+        if self.instances.mode == InstanceMode::Shared && self.instances.max != 1 {
+            return Err("[instances] max only applies to mode = \"per-instance\"; remove it or set mode = \"per-instance\"".into());
+        }
+        if self.ipc.socket_mode().is_none() {
+            return Err(format!(
+                "[ipc] mode = {:?} is not an octal file mode such as \"0600\" or \"0660\"",
+                self.ipc.mode
+            ));
+        }
+        if self.store.timeout == 0 {
+            return Err("[store] timeout must be at least 1 second".into());
+        }
+        Ok(())
+    }
+
+    /// The state directory, explicit or the platform default.
+    ///
+    /// # Errors
+    /// `CONFIG` when no default can be found (no `HOME` nor `XDG_STATE_HOME`).
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.state.dir {
+            return Ok(dir.clone());
+        }
+        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(dir).join("regent"));
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(home).join(".local/state/regent"));
+        }
+        Err(Error::new(
+            ErrorCode::Config,
+            "no state directory: set [state] dir in the config file, or HOME / XDG_STATE_HOME",
+        ))
+    }
+
+    /// The file store's path, explicit or `<state dir>/secrets.json`.
+    ///
+    /// # Errors
+    /// As [`Config::state_dir`].
+    pub fn store_path(&self) -> Result<PathBuf> {
+        match &self.store.path {
+            Some(p) => Ok(p.clone()),
+            None => Ok(self.state_dir()?.join("secrets.json")),
+        }
+    }
+}
+
+impl IpcConfig {
+    /// The socket mode as a number, if the string is valid octal.
+    pub fn socket_mode(&self) -> Option<u32> {
+        u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+    }
+}
+
+impl RefreshConfig {
+    /// `margin` as a duration.
+    pub fn margin(&self) -> Duration {
+        Duration::from_secs(self.margin)
+    }
+}
+
+/// toml's messages already carry line, column and the offending key; prefix the
+/// line number so the first thing a user reads is where to look.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let detail = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {detail}")
+        }
+        None => detail.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/regent/regent.toml"))
+    }
+
+    #[test]
+    fn minimal_sentinel_config_gets_defaults() {
+        let c =
+            parse("[server]\nprofile = \"sentinel\"\nurl = \"https://ems.example.com\"\n").unwrap();
+        assert_eq!(c.server.profile, Profile::Sentinel);
+        assert_eq!(c.store.kind, StoreKind::Keychain);
+        assert_eq!(c.refresh, RefreshConfig::default());
+        assert_eq!(c.instances.mode, InstanceMode::Shared);
+        assert_eq!(c.ipc.socket_mode(), Some(0o600));
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_file() {
+        let e = parse("[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\nurll = 1\n")
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config);
+        assert!(
+            e.message.contains("/etc/regent/regent.toml"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("urll"), "{}", e.message);
+        assert!(e.message.contains("line 4"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_required_key_gives_example() {
+        let e = parse("[server]\nprofile = \"sentinel\"\n").unwrap_err();
+        assert!(e.message.contains("url is required"), "{}", e.message);
+        assert!(
+            e.message.contains("profile = \"sentinel\""),
+            "{}",
+            e.message
+        );
+        let e = parse("[server]\nprofile = \"oauth2\"\ntoken_url = \"https://a.example/t\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("client_id is required"), "{}", e.message);
+        let e = parse("[store]\nkind = \"file\"\n").unwrap_err();
+        assert!(e.message.contains("server"), "{}", e.message);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let base = "[server]\nprofile = \"oauth2\"\ntoken_url = \"https://a.example/t\"\nclient_id = \"c\"\n";
+        assert!(parse(&format!("{base}max_active_tokens = 201\n")).is_err());
+        assert!(parse(&format!("{base}max_active_tokens = 200\n")).is_ok());
+        assert!(parse(&format!("{base}[refresh]\nahead = 1.5\n")).is_err());
+        assert!(parse(&format!("{base}[ipc]\nmode = \"999\"\n")).is_err());
+        assert!(parse(&format!("{base}[instances]\nmax = 3\n")).is_err());
+        assert!(
+            parse(&format!(
+                "{base}[instances]\nmode = \"per-instance\"\nmax = 3\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../../regent.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.server.profile, Profile::Sentinel);
+    }
+}

@@ -1,0 +1,906 @@
+//! One token engine per slot (DESIGN §4): refresh ahead with jitter, single-flight,
+//! backoff, permanent-failure classification and wall-clock expiry checks.
+//!
+//! The engine knows nothing of HTTP or storage: a [`Renewer`] gets it a new
+//! [`Grant`] (and persists whatever must survive a crash before returning). The
+//! engine decides *when* to call it and *who* may share the answer.
+//!
+//! - A scheduler task renews ahead of expiry while there is demand (a recent
+//!   request or a live subscription), and otherwise only keeps the credential
+//!   alive. It sleeps in short chunks and recomputes against the wall clock, so a
+//!   suspended laptop or a clock jump re-arms the timer.
+//! - Requests that the cache cannot satisfy queue on one async lock; the first
+//!   calls upstream, the others see that an attempt completed while they waited
+//!   and share its outcome instead of calling again.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use regent_proto::ErrorCode;
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast};
+
+use crate::config::RefreshConfig;
+use crate::error::{Error, Result};
+use crate::grant::Grant;
+
+/// A boxed, sendable future (the [`Renewer`] trait stays object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Gets a fresh grant from upstream. Implementations persist rotated secrets
+/// before returning, so a grant the engine receives is already crash-safe.
+pub trait Renewer: Send + Sync + 'static {
+    /// One upstream renewal.
+    fn renew(&self) -> BoxFuture<'_, Result<Grant>>;
+}
+
+/// A slot's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// No auth token.
+    Unenrolled,
+    /// A redemption is under way.
+    Enrolling,
+    /// Renewals succeed.
+    Active,
+    /// The last renewal failed transiently; cached tokens are served while valid.
+    Degraded,
+    /// The credential stopped working for good (revoked, session dead, secret wrong).
+    Revoked,
+}
+
+impl SlotState {
+    /// Lowercase name, as in status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Unenrolled => "unenrolled",
+            SlotState::Enrolling => "enrolling",
+            SlotState::Active => "active",
+            SlotState::Degraded => "degraded",
+            SlotState::Revoked => "revoked",
+        }
+    }
+}
+
+/// Something subscribers hear about.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The state changed; `error` says why when it was a failure.
+    State {
+        /// Previous state.
+        from: SlotState,
+        /// New state.
+        to: SlotState,
+        /// The failure behind the change, if any.
+        error: Option<Error>,
+    },
+    /// A renewal produced a token valid until `expires_at`.
+    Renewed {
+        /// When the new token expires.
+        expires_at: SystemTime,
+    },
+}
+
+/// The engine's timing settings (from `[refresh]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Fraction of the lifetime at which to renew.
+    pub ahead: f64,
+    /// ± fraction of jitter around that point.
+    pub jitter: f64,
+    /// Safety added to the largest recent `min_valid`.
+    pub margin: Duration,
+    /// How long a request keeps the engine renewing ahead.
+    pub demand_window: Duration,
+    /// First backoff delay.
+    pub backoff_min: Duration,
+    /// Longest backoff delay.
+    pub backoff_max: Duration,
+    /// Idle keep-alive interval.
+    pub keepalive: Duration,
+}
+
+impl From<&RefreshConfig> for EngineSettings {
+    fn from(c: &RefreshConfig) -> Self {
+        EngineSettings {
+            ahead: c.ahead,
+            jitter: c.jitter,
+            margin: Duration::from_secs(c.margin),
+            demand_window: Duration::from_secs(c.demand_window),
+            backoff_min: Duration::from_secs(c.backoff_min),
+            backoff_max: Duration::from_secs(c.backoff_max),
+            keepalive: Duration::from_secs(c.keepalive),
+        }
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings::from(&RefreshConfig::default())
+    }
+}
+
+/// A point-in-time view of the engine, for status output.
+#[derive(Debug, Clone)]
+pub struct EngineStatus {
+    /// Current state.
+    pub state: SlotState,
+    /// When the cached access token expires.
+    pub expires_at: Option<SystemTime>,
+    /// When the scheduler will next call upstream (if it knows).
+    pub next_renewal: Option<SystemTime>,
+    /// When the last successful renewal happened.
+    pub last_renewal: Option<SystemTime>,
+    /// The last failure, kept until a renewal succeeds.
+    pub last_error: Option<Error>,
+    /// Consecutive transient failures.
+    pub failures: u32,
+    /// Successful upstream renewals since start.
+    pub renewals_ok: u64,
+    /// Failed upstream renewals since start.
+    pub renewals_failed: u64,
+    /// Tokens handed out since start.
+    pub handouts: u64,
+}
+
+/// Longest single sleep of the scheduler: after it, deadlines are recomputed
+/// against the wall clock (suspend, clock jumps).
+const MAX_SLEEP: Duration = Duration::from_secs(5);
+/// After a re-issued (unchanged) token, ask again this long after it expires.
+const REISSUE_GRACE: Duration = Duration::from_millis(250);
+
+/// One slot's token engine. Cheap to clone; the scheduler stops when the last
+/// clone is dropped or [`Engine::shutdown`] is called.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Held for the whole of an upstream call: one in flight per slot.
+    renew_lock: tokio::sync::Mutex<()>,
+    wake: Notify,
+    events: broadcast::Sender<Event>,
+    renewals_ok: AtomicU64,
+    renewals_failed: AtomicU64,
+    handouts: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    settings: EngineSettings,
+    renewer: Option<Arc<dyn Renewer>>,
+    state: SlotState,
+    grant: Option<Arc<Grant>>,
+    /// The jittered renewal point chosen for the current grant.
+    renew_at: Option<SystemTime>,
+    /// No upstream call before this (backoff, or a re-issued token's expiry).
+    not_before: Option<SystemTime>,
+    last_error: Option<Error>,
+    last_renewal: Option<SystemTime>,
+    failures: u32,
+    /// Completed upstream attempts; lets queued requesters see that someone
+    /// else already tried while they waited.
+    attempts: u64,
+    demand: Demand,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct Demand {
+    window_start: Option<Instant>,
+    current_max: Duration,
+    previous_max: Duration,
+    last_request: Option<Instant>,
+    subscribers: HashMap<u64, Duration>,
+    next_subscriber: u64,
+}
+
+impl Demand {
+    fn roll(&mut self, now: Instant, window: Duration) {
+        match self.window_start {
+            Some(start) if now.duration_since(start) < window => {}
+            Some(start) if now.duration_since(start) < window * 2 => {
+                self.previous_max = self.current_max;
+                self.current_max = Duration::ZERO;
+                self.window_start = Some(now);
+            }
+            _ => {
+                self.previous_max = Duration::ZERO;
+                self.current_max = Duration::ZERO;
+                self.window_start = Some(now);
+            }
+        }
+    }
+
+    /// The largest `min_valid` asked for recently, and whether anyone is asking.
+    fn recent(&mut self, now: Instant, window: Duration) -> Option<Duration> {
+        self.roll(now, window);
+        let subscribed = self.subscribers.values().copied().max();
+        let requested = self
+            .last_request
+            .filter(|t| now.duration_since(*t) < window)
+            .map(|_| self.current_max.max(self.previous_max));
+        match (subscribed, requested) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or_default().max(b.unwrap_or_default())),
+        }
+    }
+}
+
+/// Keeps a `min_valid` demand registered (a subscription) until dropped.
+#[derive(Debug)]
+pub struct DemandGuard {
+    shared: Weak<Shared>,
+    id: u64,
+}
+
+impl Drop for DemandGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.lock().demand.subscribers.remove(&self.id);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock would be a bug in this module; keep
+        // serving with whatever state is there rather than poisoning every caller.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn emit(&self, event: Event) {
+        // No receivers is fine: nobody is listening.
+        let _ = self.events.send(event);
+    }
+}
+
+impl Engine {
+    /// Creates an unenrolled engine and starts its scheduler on the current
+    /// tokio runtime.
+    pub fn start(settings: EngineSettings) -> Engine {
+        let (events, _) = broadcast::channel(64);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                settings,
+                renewer: None,
+                state: SlotState::Unenrolled,
+                grant: None,
+                renew_at: None,
+                not_before: None,
+                last_error: None,
+                last_renewal: None,
+                failures: 0,
+                attempts: 0,
+                demand: Demand::default(),
+                shutdown: false,
+            }),
+            renew_lock: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            events,
+            renewals_ok: AtomicU64::new(0),
+            renewals_failed: AtomicU64::new(0),
+            handouts: AtomicU64::new(0),
+        });
+        tokio::spawn(scheduler(Arc::downgrade(&shared)));
+        Engine { shared }
+    }
+
+    /// Stops the scheduler. Requests still answer from the cache.
+    pub fn shutdown(&self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// Replaces the timing settings (live config reload).
+    pub fn set_settings(&self, settings: EngineSettings) {
+        let mut inner = self.shared.lock();
+        if inner.settings != settings {
+            inner.renew_at = inner
+                .grant
+                .as_deref()
+                .map(|g| jittered_renewal_point(g, &settings));
+            inner.settings = settings;
+            drop(inner);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Listens to state changes and renewals.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Marks the slot as enrolling; requests answer `NOT_ENROLLED` meanwhile
+    /// unless a usable credential is still active.
+    pub fn begin_enrolling(&self) {
+        self.set_state(SlotState::Enrolling, None);
+    }
+
+    /// A redemption failed: back to `Unenrolled` (or stay where a working
+    /// credential still is), remembering why.
+    pub fn enrolling_failed(&self, error: Error) {
+        let (has_renewer, state) = {
+            let inner = self.shared.lock();
+            (inner.renewer.is_some(), inner.state)
+        };
+        if state == SlotState::Enrolling {
+            let to = if has_renewer {
+                SlotState::Active
+            } else {
+                SlotState::Unenrolled
+            };
+            self.set_state(to, Some(error));
+        }
+    }
+
+    /// Installs a credential's renewer and, when the redemption or the store
+    /// already gave one, its grant. Waits for any in-flight renewal of the old
+    /// credential, so its answer cannot overwrite the new one.
+    pub async fn activate(&self, renewer: Arc<dyn Renewer>, grant: Option<Grant>) {
+        let _flight = self.shared.renew_lock.lock().await;
+        let from;
+        {
+            let mut inner = self.shared.lock();
+            from = inner.state;
+            inner.renewer = Some(renewer);
+            inner.renew_at = grant
+                .as_ref()
+                .map(|g| jittered_renewal_point(g, &inner.settings));
+            if let Some(g) = &grant {
+                inner.last_renewal = Some(g.received_at);
+            }
+            inner.grant = grant.map(Arc::new);
+            inner.not_before = None;
+            inner.failures = 0;
+            inner.last_error = None;
+            inner.state = SlotState::Active;
+        }
+        if from != SlotState::Active {
+            self.shared.emit(Event::State {
+                from,
+                to: SlotState::Active,
+                error: None,
+            });
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// Forgets the credential (unenroll).
+    pub async fn deactivate(&self) {
+        let _flight = self.shared.renew_lock.lock().await;
+        {
+            let mut inner = self.shared.lock();
+            inner.renewer = None;
+            inner.grant = None;
+            inner.renew_at = None;
+            inner.not_before = None;
+            inner.failures = 0;
+            inner.last_error = None;
+        }
+        self.set_state(SlotState::Unenrolled, None);
+    }
+
+    /// Registers a standing demand for `min_valid` (a subscription): the engine
+    /// keeps renewing ahead so that a token with that much validity is always
+    /// on hand, until the guard is dropped.
+    pub fn hold_demand(&self, min_valid: Duration) -> DemandGuard {
+        let id = {
+            let mut inner = self.shared.lock();
+            let id = inner.demand.next_subscriber;
+            inner.demand.next_subscriber += 1;
+            inner.demand.subscribers.insert(id, min_valid);
+            id
+        };
+        self.shared.wake.notify_one();
+        DemandGuard {
+            shared: Arc::downgrade(&self.shared),
+            id,
+        }
+    }
+
+    /// A point-in-time status.
+    pub fn status(&self) -> EngineStatus {
+        let mut inner = self.shared.lock();
+        let next_renewal = next_due(&mut inner, SystemTime::now(), Instant::now());
+        EngineStatus {
+            state: inner.state,
+            expires_at: inner.grant.as_ref().map(|g| g.expires_at),
+            next_renewal,
+            last_renewal: inner.last_renewal,
+            last_error: inner.last_error.clone(),
+            failures: inner.failures,
+            renewals_ok: self.shared.renewals_ok.load(Ordering::Relaxed),
+            renewals_failed: self.shared.renewals_failed.load(Ordering::Relaxed),
+            handouts: self.shared.handouts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A token that stays valid for at least `min_valid`, from the cache when it
+    /// can be, otherwise after one (shared) upstream renewal.
+    ///
+    /// # Errors
+    /// `NOT_ENROLLED`; the permanent error that revoked the slot; `UNAVAILABLE`
+    /// with `retry_after` when no token with that much validity can be had now
+    /// (outage, backoff, a server re-issuing a token that expires too soon).
+    pub async fn token(&self, min_valid: Duration) -> Result<Arc<Grant>> {
+        let attempts_seen = {
+            let mut inner = self.shared.lock();
+            let raised = note_demand(&mut inner, min_valid);
+            let now = SystemTime::now();
+            if let Some(handout) = self.cached(&inner, min_valid, now)? {
+                return Ok(handout);
+            }
+            if let Some(nb) = inner.not_before.filter(|nb| *nb > now) {
+                return Err(unavailable(&inner, min_valid, nb, now));
+            }
+            if raised {
+                self.shared.wake.notify_one();
+            }
+            inner.attempts
+        };
+
+        let _flight = self.shared.renew_lock.lock().await;
+        {
+            let inner = self.shared.lock();
+            let now = SystemTime::now();
+            if let Some(handout) = self.cached(&inner, min_valid, now)? {
+                return Ok(handout);
+            }
+            if inner.attempts != attempts_seen {
+                // Someone else's attempt completed while we queued: share its
+                // outcome rather than calling upstream again.
+                let retry = inner.not_before.unwrap_or(now);
+                return Err(unavailable(&inner, min_valid, retry, now));
+            }
+        }
+        self.renew_locked().await;
+        let inner = self.shared.lock();
+        let now = SystemTime::now();
+        if let Some(handout) = self.cached(&inner, min_valid, now)? {
+            return Ok(handout);
+        }
+        let retry = inner.not_before.unwrap_or(now);
+        Err(unavailable(&inner, min_valid, retry, now))
+    }
+
+    /// The cached grant if it satisfies `min_valid` now; `Err` when the slot's
+    /// state forbids any handout.
+    fn cached(
+        &self,
+        inner: &Inner,
+        min_valid: Duration,
+        now: SystemTime,
+    ) -> Result<Option<Arc<Grant>>> {
+        match inner.state {
+            SlotState::Unenrolled | SlotState::Enrolling if inner.renewer.is_none() => {
+                return Err(inner.last_error.clone().unwrap_or_else(|| {
+                    Error::new(
+                        ErrorCode::NotEnrolled,
+                        "this device is not enrolled: run `regent enroll` with a registration token",
+                    )
+                }));
+            }
+            SlotState::Revoked => {
+                return Err(inner.last_error.clone().unwrap_or_else(|| {
+                    Error::new(
+                        ErrorCode::Revoked,
+                        "the auth token was revoked; enroll again",
+                    )
+                }));
+            }
+            _ => {}
+        }
+        match &inner.grant {
+            // Wall-clock check on every handout: a machine that slept past the
+            // expiry never gets a stale token.
+            Some(g) if g.remaining(now) >= min_valid && g.remaining(now) > Duration::ZERO => {
+                self.shared.handouts.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Arc::clone(g)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// One upstream renewal; the caller holds `renew_lock`.
+    async fn renew_locked(&self) {
+        let renewer = self.shared.lock().renewer.clone();
+        let Some(renewer) = renewer else {
+            return;
+        };
+        let result = renewer.renew().await;
+        let now = SystemTime::now();
+        let mut inner = self.shared.lock();
+        inner.attempts += 1;
+        let from = inner.state;
+        match result {
+            Ok(grant) => {
+                self.shared.renewals_ok.fetch_add(1, Ordering::Relaxed);
+                let reissued = inner
+                    .grant
+                    .as_deref()
+                    .is_some_and(|old| old.same_token_as(&grant));
+                // A server without multi-token support hands back the same token
+                // until it expires: asking again before then only spins.
+                inner.not_before = reissued.then(|| grant.expires_at + REISSUE_GRACE);
+                if reissued {
+                    tracing::debug!(
+                        remaining_s = grant.remaining(now).as_secs(),
+                        "server re-issued the same access token; next fetch after it expires"
+                    );
+                }
+                inner.renew_at = Some(jittered_renewal_point(&grant, &inner.settings));
+                inner.last_renewal = Some(now);
+                inner.failures = 0;
+                inner.last_error = None;
+                inner.state = SlotState::Active;
+                let expires_at = grant.expires_at;
+                inner.grant = Some(Arc::new(grant));
+                drop(inner);
+                tracing::info!(
+                    valid_for_s = expires_at.duration_since(now).unwrap_or_default().as_secs(),
+                    "access token renewed"
+                );
+                if from != SlotState::Active {
+                    self.shared.emit(Event::State {
+                        from,
+                        to: SlotState::Active,
+                        error: None,
+                    });
+                }
+                self.shared.emit(Event::Renewed { expires_at });
+            }
+            Err(error) if error.is_permanent() => {
+                self.shared.renewals_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(code = %error.code, error = %error.message, "renewal failed permanently");
+                inner.grant = None;
+                inner.renew_at = None;
+                inner.not_before = None;
+                inner.last_error = Some(error.clone());
+                inner.state = SlotState::Revoked;
+                drop(inner);
+                if from != SlotState::Revoked {
+                    self.shared.emit(Event::State {
+                        from,
+                        to: SlotState::Revoked,
+                        error: Some(error),
+                    });
+                }
+            }
+            Err(error) => {
+                self.shared.renewals_failed.fetch_add(1, Ordering::Relaxed);
+                inner.failures = inner.failures.saturating_add(1);
+                let delay = backoff_delay(&inner.settings, inner.failures, error.retry_after);
+                tracing::warn!(
+                    code = %error.code,
+                    error = %error.message,
+                    retry_in_ms = delay.as_millis() as u64,
+                    failures = inner.failures,
+                    "renewal failed; will retry"
+                );
+                inner.not_before = Some(now + delay);
+                inner.last_error = Some(error.clone());
+                inner.state = SlotState::Degraded;
+                drop(inner);
+                if from != SlotState::Degraded {
+                    self.shared.emit(Event::State {
+                        from,
+                        to: SlotState::Degraded,
+                        error: Some(error),
+                    });
+                }
+            }
+        }
+    }
+
+    fn set_state(&self, to: SlotState, error: Option<Error>) {
+        let from = {
+            let mut inner = self.shared.lock();
+            let from = inner.state;
+            inner.state = to;
+            if error.is_some() {
+                inner.last_error = error.clone();
+            }
+            from
+        };
+        if from != to {
+            tracing::info!(from = from.as_str(), to = to.as_str(), "slot state changed");
+            self.shared.emit(Event::State { from, to, error });
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Records a request's `min_valid`; true when it raised the standing demand (the
+/// scheduler must then renew earlier than planned).
+fn note_demand(inner: &mut Inner, min_valid: Duration) -> bool {
+    let now = Instant::now();
+    let window = inner.settings.demand_window;
+    let before = inner.demand.recent(now, window);
+    inner.demand.last_request = Some(now);
+    inner.demand.current_max = inner.demand.current_max.max(min_valid);
+    before.is_none_or(|b| min_valid > b)
+}
+
+/// The error for a request the cache cannot satisfy.
+fn unavailable(inner: &Inner, min_valid: Duration, retry_at: SystemTime, now: SystemTime) -> Error {
+    let retry_after = retry_at
+        .duration_since(now)
+        .unwrap_or_default()
+        .max(Duration::from_millis(100));
+    if let Some(e) = &inner.last_error {
+        if e.is_permanent() {
+            return e.clone();
+        }
+        return Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "no token valid for {}s is available: the last renewal failed ({}: {})",
+                min_valid.as_secs(),
+                e.code,
+                e.message
+            ),
+        )
+        .with_retry_after(e.retry_after.unwrap_or_default().max(retry_after));
+    }
+    let remaining = inner
+        .grant
+        .as_ref()
+        .map(|g| g.remaining(now).as_secs())
+        .unwrap_or(0);
+    Error::new(
+        ErrorCode::Unavailable,
+        format!(
+            "no token valid for {}s is available: the current token has {remaining}s left and the license server cannot issue a longer one yet",
+            min_valid.as_secs()
+        ),
+    )
+    .with_retry_after(retry_after)
+}
+
+/// Renewal at `ahead` of the lifetime, ± `jitter` of that point, so a fleet does
+/// not renew in the same second.
+fn jittered_renewal_point(grant: &Grant, settings: &EngineSettings) -> SystemTime {
+    let spread = (rand::random::<f64>() * 2.0 - 1.0) * settings.jitter;
+    let fraction = (settings.ahead * (1.0 + spread)).clamp(0.05, 0.99);
+    grant.received_at + grant.lifetime().mul_f64(fraction)
+}
+
+/// Exponential backoff (`backon`) with full jitter, never sooner than the
+/// server's `Retry-After`.
+fn backoff_delay(
+    settings: &EngineSettings,
+    failures: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let ceiling = ExponentialBuilder::default()
+        .with_min_delay(settings.backoff_min)
+        .with_max_delay(settings.backoff_max)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+        .nth(failures.saturating_sub(1) as usize)
+        .unwrap_or(settings.backoff_max);
+    let floor = settings.backoff_min / 10;
+    let jittered = ceiling.mul_f64(rand::random::<f64>()).max(floor);
+    jittered.max(retry_after.unwrap_or_default())
+}
+
+/// When the scheduler should next call upstream; `None` when it has nothing to do.
+fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemTime> {
+    if inner.renewer.is_none() || inner.shutdown {
+        return None;
+    }
+    if matches!(inner.state, SlotState::Revoked | SlotState::Enrolling) {
+        return None;
+    }
+    let due = match inner.grant.as_deref() {
+        None => now,
+        Some(grant) => {
+            let demand = inner.demand.recent(mono, inner.settings.demand_window);
+            let lifetime = grant.lifetime();
+            match demand {
+                Some(min_valid) => {
+                    let margin = inner.settings.margin.min(lifetime / 10);
+                    let latest = grant
+                        .expires_at
+                        .checked_sub(min_valid + margin)
+                        .unwrap_or(grant.received_at);
+                    let planned = inner.renew_at.unwrap_or(latest);
+                    // Never plan renewals closer together than a tenth of the
+                    // lifetime: a server whose tokens are too short for the
+                    // demand is handled by UNAVAILABLE, not by spinning.
+                    planned.min(latest).max(grant.received_at + lifetime / 10)
+                }
+                None => {
+                    let last = inner.last_renewal.unwrap_or(grant.received_at);
+                    let mut due = last + inner.settings.keepalive;
+                    if let Some(refresh_expires) = grant.refresh_expires_at {
+                        let life = refresh_expires
+                            .duration_since(grant.received_at)
+                            .unwrap_or_default();
+                        due = due.min(grant.received_at + life.mul_f64(inner.settings.ahead));
+                    }
+                    due
+                }
+            }
+        }
+    };
+    Some(match inner.not_before {
+        Some(nb) => due.max(nb),
+        None => due,
+    })
+}
+
+async fn scheduler(weak: Weak<Shared>) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let due = {
+            let mut inner = shared.lock();
+            if inner.shutdown {
+                return;
+            }
+            next_due(&mut inner, SystemTime::now(), Instant::now())
+        };
+        let now = SystemTime::now();
+        match due {
+            Some(at) if at <= now => {
+                let engine = Engine {
+                    shared: Arc::clone(&shared),
+                };
+                let _flight = shared.renew_lock.lock().await;
+                // Re-check: a request may have renewed while we waited.
+                let still_due = {
+                    let mut inner = shared.lock();
+                    next_due(&mut inner, SystemTime::now(), Instant::now())
+                        .is_some_and(|at| at <= SystemTime::now())
+                };
+                if still_due {
+                    engine.renew_locked().await;
+                }
+            }
+            Some(at) => {
+                let wait = at.duration_since(now).unwrap_or_default().min(MAX_SLEEP);
+                // The strong reference is held for at most MAX_SLEEP, so a
+                // dropped engine's scheduler ends soon after.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shared.wake.notified() => {}
+                }
+            }
+            None => {
+                // Even with nothing due, wake now and then: the engine may have
+                // been dropped, and demand windows expire.
+                tokio::select! {
+                    () = tokio::time::sleep(MAX_SLEEP) => {}
+                    () = shared.wake.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::secret;
+
+    fn grant_at(received_at: SystemTime, lifetime: Duration) -> Grant {
+        Grant {
+            access_token: secret("t".into()),
+            token_type: "Bearer".into(),
+            received_at,
+            expires_at: received_at + lifetime,
+            refresh_token: None,
+            refresh_expires_at: None,
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn renewal_point_stays_within_jitter() {
+        let settings = EngineSettings::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let g = grant_at(t0, Duration::from_secs(300));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..500 {
+            let at = jittered_renewal_point(&g, &settings);
+            let offset = at.duration_since(t0).unwrap().as_secs_f64();
+            // 2/3 of 300 s = 200 s, ± 10 % = 180 … 220 s.
+            assert!((180.0..=220.0).contains(&offset), "{offset}");
+            seen.insert(offset as u64);
+        }
+        assert!(seen.len() > 20, "jitter should spread renewals: {seen:?}");
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let settings = EngineSettings {
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            ..EngineSettings::default()
+        };
+        for failures in 1..=20 {
+            let ceiling =
+                Duration::from_secs(1u64 << (failures - 1).min(20)).min(Duration::from_secs(300));
+            for _ in 0..50 {
+                let d = backoff_delay(&settings, failures, None);
+                assert!(d <= ceiling, "failure {failures}: {d:?} > {ceiling:?}");
+            }
+        }
+        let d = backoff_delay(&settings, 1, Some(Duration::from_secs(42)));
+        assert!(d >= Duration::from_secs(42));
+    }
+
+    #[test]
+    fn demand_pulls_renewal_earlier_and_idle_uses_keepalive() {
+        let settings = EngineSettings::default();
+        let t0 = SystemTime::now();
+        let grant = grant_at(t0, Duration::from_secs(300));
+        let mut inner = Inner {
+            renew_at: Some(t0 + Duration::from_secs(200)),
+            settings,
+            renewer: None,
+            state: SlotState::Active,
+            grant: Some(Arc::new(grant)),
+            not_before: None,
+            last_error: None,
+            last_renewal: Some(t0),
+            failures: 0,
+            attempts: 0,
+            demand: Demand::default(),
+            shutdown: false,
+        };
+        struct Never;
+        impl Renewer for Never {
+            fn renew(&self) -> BoxFuture<'_, Result<Grant>> {
+                Box::pin(async { Err(Error::new(ErrorCode::Internal, "unused")) })
+            }
+        }
+        inner.renewer = Some(Arc::new(Never));
+        let mono = Instant::now();
+        // Idle: keep-alive only (1 day).
+        let idle = next_due(&mut inner, t0, mono).unwrap();
+        assert_eq!(idle, t0 + Duration::from_secs(86_400));
+        // A request for 200 s of validity: renew by 300 - 200 - 30 = 70 s.
+        note_demand(&mut inner, Duration::from_secs(200));
+        let due = next_due(&mut inner, t0, mono).unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(70));
+        // A small demand leaves the jittered 2/3 point in charge.
+        let mut inner2 = Inner {
+            demand: Demand::default(),
+            grant: inner.grant.clone(),
+            renewer: inner.renewer.clone(),
+            settings: inner.settings.clone(),
+            ..inner
+        };
+        note_demand(&mut inner2, Duration::from_secs(5));
+        assert_eq!(
+            next_due(&mut inner2, t0, mono).unwrap(),
+            t0 + Duration::from_secs(200)
+        );
+        // Backoff pushes it later.
+        inner2.not_before = Some(t0 + Duration::from_secs(250));
+        assert_eq!(
+            next_due(&mut inner2, t0, mono).unwrap(),
+            t0 + Duration::from_secs(250)
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! One client connection: read frames, answer requests in order, push
+//! subscription events. One bad client never affects another: every failure
+//! here ends this connection only.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::StreamCommon as _;
+use regent_proto::ErrorCode;
+use regent_proto::frame::{self, Framed};
+use regent_proto::message::{
+    self, Event as WireEvent, Op, Outcome, Reply, Response, TokenReply, WireError, WireSecret,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+use zeroize::Zeroize;
+
+use super::Shared;
+use super::peer::{Access, Peer};
+use crate::engine::{DemandGuard, Event, SlotState};
+use crate::error::Error;
+use crate::grant::Grant;
+use crate::secret::{ExposeSecret, SecretString};
+
+/// Target of audit events: who received a token, never the token.
+pub const AUDIT_TARGET: &str = "regent::audit";
+
+struct Subscription {
+    id: u64,
+    min_valid: Duration,
+    /// Expiry of the last token pushed, to push each token once.
+    last_pushed: Option<SystemTime>,
+    _demand: DemandGuard,
+}
+
+struct Connection<'a> {
+    stream: Stream,
+    shared: &'a Shared,
+    peer: Peer,
+    access: Access,
+    app: Option<String>,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    subscriptions: Vec<Subscription>,
+    events: Option<broadcast::Receiver<Event>>,
+}
+
+/// Reads the peer's credentials from the kernel.
+fn peer_of(stream: &Stream) -> Peer {
+    match stream.peer_creds() {
+        #[cfg(unix)]
+        Ok(creds) => Peer {
+            uid: creds.euid(),
+            gid: creds.egid(),
+            pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
+            groups: creds.groups().map(<[u32]>::to_vec).unwrap_or_default(),
+        },
+        #[cfg(not(unix))]
+        Ok(creds) => Peer {
+            pid: creds.pid().map(|p| p as u32),
+            ..Peer::default()
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; refusing the connection");
+            Peer::default()
+        }
+    }
+}
+
+/// Answers one error frame and closes (connection limit, permission).
+pub(crate) async fn refuse(mut stream: Stream, code: ErrorCode, message: &str) {
+    let mut out = Vec::new();
+    let response = Response {
+        id: 0,
+        outcome: Outcome::Error(WireError::new(code, message)),
+    };
+    if frame::encode(&response, &mut out).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    }
+}
+
+/// Serves one connection until it closes, misbehaves, or the agent shuts down.
+pub(crate) async fn handle(stream: Stream, shared: &Shared, mut shutdown: broadcast::Receiver<()>) {
+    let peer = peer_of(&stream);
+    let access = shared.settings.policy.access(&peer);
+    if access == Access::Denied {
+        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target: AUDIT_TARGET,
+            uid = peer.uid,
+            pid = peer.pid,
+            exe = ?peer.executable(),
+            "connection refused: uid not allowed"
+        );
+        let message = format!(
+            "uid {} may not use this agent; an administrator can add it to [ipc] allow_uids (or its group to allow_groups)",
+            peer.uid
+                .map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+        );
+        refuse(stream, ErrorCode::PermissionDenied, &message).await;
+        return;
+    }
+    let mut conn = Connection {
+        stream,
+        shared,
+        peer,
+        access,
+        app: None,
+        buf: Vec::new(),
+        out: Vec::new(),
+        subscriptions: Vec::new(),
+        events: None,
+    };
+    conn.run(&mut shutdown).await;
+}
+
+impl Connection<'_> {
+    async fn run(&mut self, shutdown: &mut broadcast::Receiver<()>) {
+        let read_timeout = self.shared.settings.read_timeout;
+        loop {
+            // Answer every whole frame already buffered (pipelined requests).
+            loop {
+                match frame::frame_len(&self.buf) {
+                    Ok(Framed::Incomplete) => break,
+                    Ok(Framed::Frame { len }) => {
+                        let end = frame::HEADER + len;
+                        let payload: Vec<u8> = self.buf[frame::HEADER..end].to_vec();
+                        self.buf.drain(..end);
+                        self.request(&payload).await;
+                    }
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .bad_requests
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.reply_error(
+                            0,
+                            Error::new(
+                                ErrorCode::BadRequest,
+                                format!("{e}; closing the connection"),
+                            ),
+                        );
+                        let _ = self.flush().await;
+                        return;
+                    }
+                }
+            }
+            if self.flush().await.is_err() {
+                return;
+            }
+            if self.buf.is_empty() && self.buf.capacity() > 4096 {
+                // Idle connections keep no large buffers.
+                self.buf = Vec::new();
+            }
+            // A half-sent frame, or a connection that has not said hello, may
+            // only stall for read_timeout; an idle client may stay connected.
+            let stalled_limit =
+                (!self.buf.is_empty() || self.app.is_none()).then_some(read_timeout);
+            let events = self.events.as_mut();
+            tokio::select! {
+                _ = shutdown.recv() => return,
+                read = read_some(&mut self.stream, &mut self.buf, stalled_limit) => match read {
+                    ReadOutcome::Data => {}
+                    ReadOutcome::Closed => return,
+                    ReadOutcome::Stalled => {
+                        let what = if self.app.is_none() && self.buf.is_empty() { "no hello" } else { "half a frame" };
+                        self.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        self.reply_error(0, Error::new(
+                            ErrorCode::BadRequest,
+                            format!("{what} within {}s; closing the connection", read_timeout.as_secs()),
+                        ));
+                        let _ = self.flush().await;
+                        return;
+                    }
+                },
+                event = next_event(events) => self.on_event(event).await,
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.stream.write_all(&self.out).await;
+        // The buffer held tokens: wipe it, not just truncate it.
+        self.out.zeroize();
+        result
+    }
+
+    fn reply(&mut self, id: u64, reply: Reply) {
+        self.push(Response {
+            id,
+            outcome: Outcome::Ok(reply),
+        });
+    }
+
+    fn reply_error(&mut self, id: u64, error: Error) {
+        let mut wire = WireError::new(error.code, error.message);
+        wire.retry_after_ms = error
+            .retry_after
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.push(Response {
+            id,
+            outcome: Outcome::Error(wire),
+        });
+    }
+
+    fn push(&mut self, response: Response) {
+        if let Err(e) = frame::encode(&response, &mut self.out) {
+            tracing::error!(error = %e, "response too large to send");
+            let fallback = Response {
+                id: response.id,
+                outcome: Outcome::Error(WireError::new(ErrorCode::Internal, "response too large")),
+            };
+            let _ = frame::encode(&fallback, &mut self.out);
+        }
+    }
+
+    async fn request(&mut self, payload: &[u8]) {
+        self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let request = match message::decode_request(payload) {
+            Ok(r) => r,
+            Err(bad) => {
+                self.shared
+                    .stats
+                    .bad_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                self.push(Response {
+                    id: bad.id,
+                    outcome: Outcome::Error(bad.error),
+                });
+                return;
+            }
+        };
+        let id = request.id;
+        if self.app.is_none() && !matches!(request.op, Op::Hello { .. }) {
+            self.reply_error(
+                id,
+                Error::new(
+                    ErrorCode::BadRequest,
+                    "the first request on a connection must be hello",
+                ),
+            );
+            return;
+        }
+        match request.op {
+            Op::Hello {
+                versions,
+                app,
+                instance,
+            } => self.hello(id, &versions, app, instance),
+            Op::Token { min_valid, .. } => {
+                let min_valid = Duration::from_secs(min_valid);
+                match self.shared.agent.token(min_valid).await {
+                    Ok(grant) => {
+                        tracing::debug!(
+                            target: AUDIT_TARGET,
+                            pid = self.peer.pid,
+                            uid = self.peer.uid,
+                            app = self.app.as_deref().unwrap_or(""),
+                            min_valid_s = min_valid.as_secs(),
+                            "token handed out"
+                        );
+                        self.reply(id, Reply::Token(token_reply(&grant)));
+                    }
+                    Err(e) => self.reply_error(id, e),
+                }
+            }
+            Op::Subscribe { min_valid } => self.subscribe(id, Duration::from_secs(min_valid)).await,
+            Op::Unsubscribe { subscription } => {
+                self.subscriptions.retain(|s| s.id != subscription);
+                if self.subscriptions.is_empty() {
+                    self.events = None;
+                }
+                self.reply(id, Reply::Unsubscribed {});
+            }
+            Op::Status {} => {
+                let status = self.shared.agent.status().await;
+                match serde_json::to_value(&status) {
+                    Ok(status) => self.reply(id, Reply::Status { status }),
+                    Err(e) => self.reply_error(id, Error::new(ErrorCode::Internal, e.to_string())),
+                }
+            }
+            Op::Metrics {} => {
+                let text = super::super::metrics::render(&self.shared.agent, &self.shared.stats);
+                self.reply(id, Reply::Metrics { text });
+            }
+            Op::Enroll { secret, force } => {
+                if self.access != Access::Admin {
+                    self.reply_error(id, admin_only("enroll"));
+                    return;
+                }
+                let value = SecretString::from(secret.expose().to_owned());
+                drop(secret);
+                let options = crate::agent::EnrollOptions { force };
+                match self.shared.agent.enroll(value, options).await {
+                    Ok(enrolled) => {
+                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.peer.executable(), "enrolled");
+                        self.reply(
+                            id,
+                            Reply::Enrolled {
+                                identifier: enrolled.identifier,
+                                auth_token_id: enrolled.auth_token_id,
+                                expires_at_ms: unix_ms(SystemTime::from(enrolled.expires_at)),
+                            },
+                        );
+                    }
+                    Err(e) => self.reply_error(id, e),
+                }
+            }
+            Op::Unenroll {} => {
+                if self.access != Access::Admin {
+                    self.reply_error(id, admin_only("unenroll"));
+                    return;
+                }
+                match self.shared.agent.unenroll().await {
+                    Ok(()) => {
+                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.peer.executable(), "unenrolled");
+                        self.reply(id, Reply::Unenrolled {});
+                    }
+                    Err(e) => self.reply_error(id, e),
+                }
+            }
+        }
+    }
+
+    fn hello(&mut self, id: u64, versions: &[u32], app: String, instance: Option<String>) {
+        let Some(version) = message::negotiate(versions) else {
+            self.reply_error(
+                id,
+                Error::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "client speaks protocol versions {versions:?}, this agent speaks {:?}; upgrade the older side",
+                        message::SUPPORTED_VERSIONS
+                    ),
+                ),
+            );
+            return;
+        };
+        tracing::info!(
+            target: AUDIT_TARGET,
+            pid = self.peer.pid,
+            uid = self.peer.uid,
+            exe = ?self.peer.executable(),
+            app = %app,
+            instance = instance.as_deref().unwrap_or(""),
+            "client connected"
+        );
+        self.app = Some(app);
+        self.reply(
+            id,
+            Reply::Hello {
+                version,
+                agent: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        );
+    }
+
+    async fn subscribe(&mut self, id: u64, min_valid: Duration) {
+        let demand = self.shared.agent.hold_demand(min_valid);
+        if self.events.is_none() {
+            self.events = Some(self.shared.agent.events());
+        }
+        self.subscriptions.push(Subscription {
+            id,
+            min_valid,
+            last_pushed: None,
+            _demand: demand,
+        });
+        self.reply(id, Reply::Subscribed {});
+        // The current token right away (or why there is none).
+        match self.shared.agent.token(min_valid).await {
+            Ok(grant) => self.push_token(id, &grant),
+            Err(e) => {
+                let state = self.shared.agent.engine_status().state;
+                self.push_state(id, state, Some(e));
+            }
+        }
+    }
+
+    fn push_token(&mut self, id: u64, grant: &Grant) {
+        if let Some(sub) = self.subscriptions.iter_mut().find(|s| s.id == id) {
+            if sub.last_pushed == Some(grant.expires_at) {
+                return;
+            }
+            sub.last_pushed = Some(grant.expires_at);
+        }
+        self.push(Response {
+            id,
+            outcome: Outcome::Event(WireEvent::Token(token_reply(grant))),
+        });
+    }
+
+    fn push_state(&mut self, id: u64, state: SlotState, error: Option<Error>) {
+        let error = error.map(|e| {
+            let mut w = WireError::new(e.code, e.message);
+            w.retry_after_ms = e
+                .retry_after
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            w
+        });
+        self.push(Response {
+            id,
+            outcome: Outcome::Event(WireEvent::State {
+                state: state.as_str().to_owned(),
+                error,
+            }),
+        });
+    }
+
+    async fn on_event(&mut self, event: Option<Event>) {
+        let renewed = match event {
+            Some(Event::State { to, error, .. }) => {
+                let ids: Vec<u64> = self.subscriptions.iter().map(|s| s.id).collect();
+                for id in ids {
+                    self.push_state(id, to, error.clone());
+                }
+                to == SlotState::Active
+            }
+            // A lagged receiver missed events: re-push what is current.
+            Some(Event::Renewed { .. }) | None => true,
+        };
+        if renewed {
+            let subs: Vec<(u64, Duration)> = self
+                .subscriptions
+                .iter()
+                .map(|s| (s.id, s.min_valid))
+                .collect();
+            for (id, min_valid) in subs {
+                if let Ok(grant) = self.shared.agent.token(min_valid).await {
+                    self.push_token(id, &grant);
+                }
+            }
+        }
+    }
+}
+
+fn admin_only(op: &str) -> Error {
+    Error::new(
+        ErrorCode::PermissionDenied,
+        format!("{op} is only allowed to the agent's own user and root"),
+    )
+}
+
+fn token_reply(grant: &Grant) -> TokenReply {
+    TokenReply {
+        access_token: WireSecret::new(grant.access_token.expose_secret().to_owned()),
+        token_type: grant.token_type.clone(),
+        expires_at_ms: unix_ms(grant.expires_at),
+        scope: grant.scope.clone(),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+enum ReadOutcome {
+    Data,
+    Closed,
+    Stalled,
+}
+
+async fn read_some(stream: &mut Stream, buf: &mut Vec<u8>, limit: Option<Duration>) -> ReadOutcome {
+    let read = async {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(4096);
+        }
+        stream.read_buf(buf).await
+    };
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(r) => r,
+            Err(_) => return ReadOutcome::Stalled,
+        },
+        None => read.await,
+    };
+    match result {
+        Ok(0) | Err(_) => ReadOutcome::Closed,
+        Ok(_) => ReadOutcome::Data,
+    }
+}
+
+/// The next engine event; `None` when the receiver lagged. Pending forever
+/// when there are no subscriptions.
+async fn next_event(events: Option<&mut broadcast::Receiver<Event>>) -> Option<Event> {
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match events.recv().await {
+            Ok(e) => return Some(e),
+            Err(broadcast::error::RecvError::Lagged(_)) => return None,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}

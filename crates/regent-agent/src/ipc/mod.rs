@@ -1,0 +1,312 @@
+//! The local IPC server (DESIGN §6): apps connect over a Unix socket (a named
+//! pipe on Windows) and ask for tokens.
+//!
+//! - [`IpcSettings`] comes from `[ipc]`; [`bind`] creates the socket with its
+//!   mode set before `bind()` (no umask race), reclaims a stale socket left by a
+//!   killed agent, and refuses to steal a live agent's socket.
+//! - [`serve`] is the mini-redis shape: accept until `shutdown` resolves, a
+//!   semaphore bounds connections, then a broadcast tells every connection to
+//!   finish its in-flight request, and the socket file is removed.
+//! - [`connection`] handles one client; [`peer`] decides what it may do.
+
+pub mod connection;
+pub mod peer;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Listener as TokioListener;
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use regent_proto::ErrorCode;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use peer::Policy;
+
+/// How long shutdown waits for connections to finish their in-flight request.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings for the socket and its clients.
+#[derive(Debug, Clone)]
+pub struct IpcSettings {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Socket file mode.
+    pub mode: u32,
+    /// Who may connect.
+    pub policy: Policy,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// How long a half-sent frame (or a missing hello) may stall.
+    pub read_timeout: Duration,
+}
+
+impl IpcSettings {
+    /// Settings from `[ipc]`.
+    ///
+    /// # Errors
+    /// `CONFIG` for a bad mode or an unknown group.
+    pub fn from_config(config: &Config) -> Result<IpcSettings> {
+        let ipc = &config.ipc;
+        let mode = ipc.socket_mode().ok_or_else(|| {
+            Error::new(
+                ErrorCode::Config,
+                format!("[ipc] mode = {:?} is not an octal mode", ipc.mode),
+            )
+        })?;
+        let gids = peer::resolve_groups(&ipc.allow_groups)
+            .map_err(|m| Error::new(ErrorCode::Config, m))?;
+        Ok(IpcSettings {
+            socket: ipc.socket.clone().unwrap_or_else(default_socket_path),
+            mode,
+            policy: Policy::new(ipc.allow_uids.clone(), gids),
+            max_connections: ipc.max_connections.max(1),
+            read_timeout: Duration::from_secs(ipc.read_timeout.max(1)),
+        })
+    }
+}
+
+/// `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock` (user agent),
+/// else `/run/regent/agent.sock` (system agent); `\\.\pipe\regent-agent` on Windows.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("REGENT_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if cfg!(windows) {
+        return PathBuf::from(r"\\.\pipe\regent-agent");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("regent/agent.sock"),
+        None => PathBuf::from("/run/regent/agent.sock"),
+    }
+}
+
+/// A bound socket, ready to [`serve`].
+#[derive(Debug)]
+pub struct IpcListener {
+    listener: TokioListener,
+    path: PathBuf,
+}
+
+impl IpcListener {
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Creates the socket.
+///
+/// # Errors
+/// `CONFIG` when another agent answers on the path (its socket is never
+/// stolen) or the path holds something that is not a socket;
+/// `STORE_UNAVAILABLE`-free I/O failures are `INTERNAL` naming the path.
+pub fn bind(settings: &IpcSettings) -> Result<IpcListener> {
+    let path = &settings.socket;
+    #[cfg(unix)]
+    prepare_socket_path(path, settings.mode)?;
+    let name = path
+        .as_path()
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("invalid socket path {}: {e}", path.display()),
+            )
+        })?;
+    let options = ListenerOptions::new().name(name);
+    #[cfg(unix)]
+    let options = {
+        use interprocess::os::unix::local_socket::ListenerOptionsExt;
+        options.mode(settings.mode as _)
+    };
+    let listener = options.create_tokio().map_err(|e| {
+        Error::new(
+            ErrorCode::Internal,
+            format!("cannot listen on {}: {e}", path.display()),
+        )
+    })?;
+    tracing::info!(socket = %path.display(), mode = format!("{:o}", settings.mode), "listening");
+    Ok(IpcListener {
+        listener,
+        path: path.clone(),
+    })
+}
+
+/// Makes the socket's directory, and removes a stale socket file after checking
+/// that no agent answers on it.
+#[cfg(unix)]
+fn prepare_socket_path(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        // Group-accessible sockets need a group-searchable directory.
+        let dir_mode = if mode & 0o070 != 0 { 0o750 } else { 0o700 };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(dir_mode)
+            .create(dir)
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Config,
+                    format!("cannot create the socket directory {}: {e}", dir.display()),
+                )
+            })?;
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "{} exists and is not a socket; remove it or choose another [ipc] socket path",
+                path.display()
+            ),
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "another regent agent is already listening on {}; stop it first or set another [ipc] socket path",
+                path.display()
+            ),
+        )),
+        Err(_) => {
+            std::fs::remove_file(path).map_err(|e| {
+                Error::new(
+                    ErrorCode::Config,
+                    format!("cannot remove the stale socket {}: {e}", path.display()),
+                )
+            })?;
+            tracing::info!(socket = %path.display(), "reclaimed a stale socket left by a previous agent");
+            Ok(())
+        }
+    }
+}
+
+/// Server-wide counters, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections refused (permission or limit).
+    pub refused: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Malformed requests.
+    pub bad_requests: AtomicU64,
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub agent: Arc<Agent>,
+    pub settings: IpcSettings,
+    pub stats: Arc<ServerStats>,
+}
+
+/// Serves connections until `shutdown` resolves, then lets in-flight requests
+/// finish (up to 5 s) and removes the socket.
+///
+/// # Errors
+/// Only when accepting fails persistently.
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: IpcListener,
+    settings: IpcSettings,
+    stats: Arc<ServerStats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let shared = Arc::new(Shared {
+        agent,
+        settings,
+        stats,
+    });
+    let limit = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let (notify_shutdown, _) = broadcast::channel::<()>(1);
+    // Every connection holds a sender; when all are dropped, draining is done.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    let mut accept_errors = 0u32;
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.listener.accept() => accepted,
+        };
+        let stream = match stream {
+            Ok(s) => {
+                accept_errors = 0;
+                s
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                accept_errors += 1;
+                tracing::warn!(error = %e, "accept failed");
+                if accept_errors > 1000 {
+                    return Err(Error::new(
+                        ErrorCode::Internal,
+                        format!("accept keeps failing: {e}"),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let permit = Arc::clone(&limit).try_acquire_owned();
+        let shared = Arc::clone(&shared);
+        let shutdown_rx = notify_shutdown.subscribe();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            match permit {
+                Ok(permit) => {
+                    shared.stats.open.fetch_add(1, Ordering::Relaxed);
+                    connection::handle(stream, &shared, shutdown_rx).await;
+                    shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                }
+                Err(_) => {
+                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    connection::refuse(
+                        stream,
+                        ErrorCode::Unavailable,
+                        "the agent is at its connection limit ([ipc] max_connections); retry shortly",
+                    )
+                    .await;
+                }
+            }
+            drop(done);
+        });
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    drop(notify_shutdown);
+    drop(done_tx);
+    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    let path = listener.path.clone();
+    // Dropping the listener unlinks the socket (interprocess name reclamation);
+    // make sure even if that was disabled.
+    drop(listener);
+    #[cfg(unix)]
+    if std::fs::symlink_metadata(&path).is_ok() {
+        let _ = std::fs::remove_file(&path);
+    }
+    shared.agent.shutdown();
+    tracing::info!(socket = %path.display(), "stopped");
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! The regent agent as a library.
+//!
+//! Map of the modules:
+//! - [`config`]: the TOML configuration file, validated with errors that name the key.
+//! - [`error`]: the agent's error type, carrying a code from the one table (`regent-proto`).
+//! - [`grant`]: what a successful token call returns, with wall-clock expiries.
+//! - [`secret`]: redacted secret strings (never in `Debug`, zeroized on drop).
+//! - [`store`]: the secret store (OS keychain or an explicit `0600` file) and `state.json`.
+//! - [`upstream`]: the only code that speaks HTTP: the `sentinel` and `oauth2` profiles.
+//! - [`crash`]: named crash points that tests use to kill the agent at an exact step.
+//! - [`engine`]: one token engine per slot: refresh ahead, single-flight, backoff.
+//! - [`agent`]: slots, enrollment with crash safety, and the handout API the IPC layer uses.
+//! - [`ipc`]: the local socket server: peer checks, framing, requests, subscriptions.
+//! - [`metrics`]: Prometheus text for the `metrics` op.
+//! - [`daemon`]: bind, open, serve until shutdown — what `regent agent` runs.
+
+pub mod agent;
+pub mod config;
+pub mod crash;
+pub mod daemon;
+pub mod engine;
+pub mod error;
+pub mod grant;
+pub mod ipc;
+pub mod metrics;
+pub mod secret;
+pub mod store;
+pub mod upstream;
+
+pub use error::{Error, Result};
+pub use regent_proto::ErrorCode;

@@ -1,0 +1,228 @@
+//! Crash-safe file replacement. A reader (or the agent after a crash or power
+//! loss) sees either the whole old file or the whole new one, never a mix: the
+//! bytes go to a temporary file in the same directory, are flushed to disk, and
+//! the temporary file is renamed over the target (DESIGN §5).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Distinguishes temporary files made by concurrent writers in one process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces the file at `path` with `bytes`, atomically and durably.
+///
+/// The bytes are written to a new temporary file beside `path` (created with
+/// `mode` on Unix; `mode` is ignored elsewhere), flushed with `fsync`, renamed
+/// over `path`, and then the directory itself is flushed so the rename survives a
+/// power loss. On failure the temporary file is removed and `path` keeps its old
+/// content.
+///
+/// # Errors
+///
+/// Any I/O error from creating, writing, flushing or renaming the temporary file
+/// (for example a full disk or a read-only directory), or from flushing the
+/// directory. The error says which step failed but not the path: callers add it.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
+    })?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temp_path = dir.join(temp_name);
+
+    let mut temp = TempFile::create(temp_path, mode)?;
+    temp.write_and_sync(bytes)?;
+    temp.persist(path)?;
+    sync_dir(&dir).map_err(|e| context(e, "flushing the directory"))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Adds the failed step to an I/O error, keeping its kind.
+fn context(err: io::Error, step: &str) -> io::Error {
+    io::Error::new(err.kind(), format!("{step}: {err}"))
+}
+
+/// A temporary file that removes itself unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    fn create(path: PathBuf, mode: u32) -> io::Result<TempFile> {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Owner-only while it is being written, whatever the umask says.
+            options.mode(mode & 0o600);
+        }
+        let file = options
+            .open(&path)
+            .map_err(|e| context(e, "creating a temporary file"))?;
+        let temp = TempFile {
+            path,
+            file: Some(file),
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Some(file) = &temp.file {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| context(e, "setting the file mode"))?;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        Ok(temp)
+    }
+
+    fn write_and_sync(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the temporary file is already closed"))?;
+        file.write_all(bytes)
+            .map_err(|e| context(e, "writing the temporary file"))?;
+        file.sync_all()
+            .map_err(|e| context(e, "flushing the temporary file"))
+    }
+
+    fn persist(mut self, target: &Path) -> io::Result<()> {
+        // Closed before the rename: Windows cannot rename an open file.
+        drop(self.file.take());
+        std::fs::rename(&self.path, target)
+            .map_err(|e| context(e, "renaming the temporary file into place"))?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        drop(self.file.take());
+        if !self.path.as_os_str().is_empty() {
+            // Best effort: the failure being reported matters more than this one.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Flushes a directory so a rename inside it is durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Windows cannot open a directory as a file; NTFS journals the rename itself.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::{running_as_root, skip};
+
+    #[test]
+    fn replaces_content_and_sets_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"old", 0o600).unwrap();
+        write_atomic(&path, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Nothing but the target is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn mode_is_exact_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.json");
+        write_atomic(&path, b"x", 0o640).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o640);
+        }
+    }
+
+    #[test]
+    fn missing_directory_is_an_error_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent").join("state.json");
+        let err = write_atomic(&path, b"x", 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(
+            err.to_string().contains("creating a temporary file"),
+            "{err}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn read_only_directory_keeps_the_old_content() {
+        use std::os::unix::fs::PermissionsExt;
+        if running_as_root() {
+            return skip("root ignores directory permissions, so the write cannot be made to fail");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"old", 0o600).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+        let result = write_atomic(&path, b"new", 0o600);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn full_disk_keeps_the_old_content_and_removes_the_temp_file() {
+        // /dev/full fails every write with ENOSPC: it stands in for the temporary
+        // file's handle, so the write step really meets a full disk.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"old", 0o600).unwrap();
+        let mut temp = TempFile {
+            path: dir.path().join(".state.json.tmp.test"),
+            file: Some(File::create("/dev/full").unwrap()),
+        };
+        std::fs::write(&temp.path, b"partial").unwrap();
+        let err = temp.write_and_sync(b"new").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        drop(temp);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert!(!dir.path().join(".state.json.tmp.test").exists());
+    }
+}

@@ -1,0 +1,548 @@
+//! The HTTP client every profile shares: rustls, no redirects, bounded bodies,
+//! and transport failures mapped onto the code table.
+
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant, SystemTime};
+
+use regent_proto::ErrorCode;
+use reqwest::RequestBuilder;
+use reqwest::StatusCode;
+use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
+use url::{Host, Url};
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+
+/// Sent as `User-Agent` on every request.
+pub const USER_AGENT: &str = concat!("regent/", env!("CARGO_PKG_VERSION"));
+
+/// The longest `Retry-After` we honour: a server asking for more is asked
+/// again after this long rather than trusted to come back.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// Timeouts and limits for talking to the license server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Time allowed to open the TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for the whole request, body included.
+    pub request_timeout: Duration,
+    /// Largest response body read; a bigger one is an error, not a truncation.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The HTTP client (cheap to clone: clones share one connection pool).
+#[derive(Debug, Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    settings: HttpSettings,
+}
+
+impl Http {
+    /// Builds the client: rustls, redirects not followed, `User-Agent: regent/<version>`.
+    ///
+    /// # Errors
+    /// `CONFIG` for a zero timeout or body limit; `INTERNAL` when the TLS stack
+    /// cannot be set up.
+    pub fn new(settings: HttpSettings) -> Result<Http, Error> {
+        if settings.connect_timeout.is_zero() || settings.request_timeout.is_zero() {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "the license server connect and request timeouts must be more than zero",
+            ));
+        }
+        if settings.max_body_bytes == 0 {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "the license server response size limit must be more than zero",
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            // A redirect is reported, never followed: following one could carry a
+            // credential to another host or downgrade to plain HTTP.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot set up the HTTP client: {}", root_cause(&e)),
+                )
+            })?;
+        Ok(Http { client, settings })
+    }
+
+    /// The settings this client was built with.
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    pub(crate) fn get(&self, url: &Url) -> RequestBuilder {
+        self.client.get(url.clone())
+    }
+
+    pub(crate) fn post(&self, url: &Url) -> RequestBuilder {
+        self.client.post(url.clone())
+    }
+
+    /// Sends `request` to `target` and reads the whole (bounded) answer.
+    /// Any status is a `Reply`; only transport failures are errors here.
+    pub(crate) async fn send(&self, request: RequestBuilder, target: &Url) -> Result<Reply, Error> {
+        let server = server_name(target);
+        let started = Instant::now();
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, &server))?;
+        let received_at = SystemTime::now();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let limit = self.settings.max_body_bytes;
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(too_large(&server, limit));
+        }
+        let mut body = Zeroizing::new(Vec::new());
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(self.body_error(&e, &server)),
+            };
+            if body.len().saturating_add(chunk.len()) > limit {
+                return Err(too_large(&server, limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        tracing::debug!(
+            server = %server,
+            path = target.path(),
+            status = status.as_u16(),
+            bytes = body.len(),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "license server answered"
+        );
+        Ok(Reply {
+            status,
+            headers,
+            body,
+            received_at,
+            server,
+        })
+    }
+
+    fn transport_error(&self, e: &reqwest::Error, server: &str) -> Error {
+        tracing::debug!(server, timeout = e.is_timeout(), connect = e.is_connect(), cause = %root_cause(e), "request to the license server failed");
+        if e.is_timeout() {
+            if e.is_connect() {
+                return Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "could not connect to the license server at {server} within {}; check the network",
+                        seconds(self.settings.connect_timeout)
+                    ),
+                );
+            }
+            return self.timeout(server);
+        }
+        if e.is_builder() {
+            return Error::new(
+                ErrorCode::Internal,
+                format!(
+                    "could not build the request to the license server at {server}: {}",
+                    root_cause(e)
+                ),
+            );
+        }
+        if e.is_connect() {
+            return Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "cannot reach the license server at {server}: {}",
+                    root_cause(e)
+                ),
+            );
+        }
+        Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "cannot reach the license server at {server}: the connection failed ({})",
+                root_cause(e)
+            ),
+        )
+    }
+
+    fn body_error(&self, e: &reqwest::Error, server: &str) -> Error {
+        if e.is_timeout() {
+            return self.timeout(server);
+        }
+        Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "cannot reach the license server at {server}: the connection broke while reading its answer ({})",
+                root_cause(e)
+            ),
+        )
+    }
+
+    fn timeout(&self, server: &str) -> Error {
+        Error::new(
+            ErrorCode::Timeout,
+            format!(
+                "the license server at {server} did not answer within {}; it may be overloaded, or the network slow",
+                seconds(self.settings.request_timeout)
+            ),
+        )
+    }
+}
+
+/// A complete answer from the license server. Its body may hold tokens: it is
+/// zeroized on drop and never shown by `Debug`.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Zeroizing<Vec<u8>>,
+    /// When the response headers arrived (wall clock): the base of every expiry.
+    pub received_at: SystemTime,
+    /// `host[:port]`, for messages.
+    pub server: String,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("server", &self.server)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reply {
+    /// The server's `Retry-After`, if it sent a usable one (capped at [`MAX_RETRY_AFTER`]).
+    pub fn retry_after(&self) -> Option<Duration> {
+        let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?;
+        // An HTTP-date is measured against the server's own `Date`, so a skewed
+        // local clock does not stretch or shrink the wait.
+        let now = self
+            .headers
+            .get(DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .unwrap_or(self.received_at);
+        parse_retry_after(value, now)
+    }
+}
+
+/// Parses `Retry-After` (delta-seconds or HTTP-date), capped at [`MAX_RETRY_AFTER`].
+/// A date in the past means "now" (zero); anything unparsable is `None`.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits but too big for u64 is simply "very long": cap it.
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// Refuses URLs that would send credentials in the clear or to an unclear place.
+///
+/// `https://` is accepted for any host; `http://` only when the host is a
+/// loopback IP (`127.0.0.0/8`, `::1`) or `localhost`, so tests and the emulator
+/// work and nothing else can downgrade.
+///
+/// # Errors
+/// `CONFIG` naming the URL's host and what to change.
+pub fn check_url(url: &Url) -> Result<(), Error> {
+    let host = url.host_str().unwrap_or("");
+    if host.is_empty() {
+        return Err(Error::new(
+            ErrorCode::Config,
+            format!("the license server URL {url} has no host; use https://HOST/…"),
+        ));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(url) => {}
+        "http" => {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!(
+                    "refusing plain http:// to {host}: use https:// (plain HTTP is only allowed to loopback addresses)"
+                ),
+            ));
+        }
+        other => {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("unsupported URL scheme {other}:// for {host}: use https://"),
+            ));
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // reqwest would turn them into an Authorization header that fights ours,
+        // and they would end up in config files and logs.
+        return Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "the license server URL for {host} contains a user name or password; remove it (credentials are enrolled into the secret store)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => {
+            ip == Ipv6Addr::LOCALHOST || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Some(Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost") || name.eq_ignore_ascii_case("localhost.")
+        }
+        None => false,
+    }
+}
+
+/// `host[:port]` of a URL, for messages and logs (never the path or query).
+pub(crate) fn server_name(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+/// The innermost cause of an error (e.g. "Connection refused (os error 111)").
+/// reqwest's own `Display` names the full URL; its sources do not.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    sanitize(&cause.to_string(), 200)
+}
+
+fn too_large(server: &str, limit: usize) -> Error {
+    Error::new(
+        ErrorCode::ServerError,
+        format!(
+            "the license server at {server} sent an answer larger than {limit} bytes; refusing to read it (is the URL pointing at the right service?)"
+        ),
+    )
+}
+
+fn seconds(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// Makes server-provided text safe to show: control and bidi-format characters
+/// become spaces, whitespace runs collapse, and the result is cut at `max_chars`.
+pub(crate) fn sanitize(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    let mut count = 0;
+    let mut pending_space = false;
+    for c in text.chars() {
+        let c = if c.is_control() || is_format_char(c) {
+            ' '
+        } else {
+            c
+        };
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        if pending_space {
+            if count + 1 >= max_chars {
+                out.push('…');
+                return out;
+            }
+            out.push(' ');
+            count += 1;
+            pending_space = false;
+        }
+        if count >= max_chars {
+            out.push('…');
+            return out;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out
+}
+
+/// Invisible characters that can reorder or hide text in a terminal.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn check_url_allows_https_anywhere_and_http_to_loopback_only() {
+        for ok in [
+            "http://127.0.0.1:8080/",
+            "http://127.1.2.3/",
+            "http://[::1]:9000/x",
+            "http://localhost/",
+            "http://LOCALHOST:1/",
+            "https://example.com/",
+            "https://10.0.0.1/",
+            "https://licenses.vendor.example:8443/base/",
+        ] {
+            assert!(check_url(&url(ok)).is_ok(), "{ok} should be allowed");
+        }
+        for refused in [
+            "http://10.0.0.1/",
+            "http://example.com/",
+            "http://localhost.example.com/",
+            "http://[::2]/",
+            "http://0.0.0.0/",
+        ] {
+            let e = check_url(&url(refused)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Config, "{refused}");
+            assert!(
+                e.message.starts_with("refusing plain http:// to "),
+                "{}",
+                e.message
+            );
+        }
+        let e = check_url(&url("http://example.com/path")).unwrap_err();
+        assert_eq!(
+            e.message,
+            "refusing plain http:// to example.com: use https:// (plain HTTP is only allowed to loopback addresses)"
+        );
+    }
+
+    #[test]
+    fn check_url_refuses_other_schemes_and_embedded_credentials() {
+        assert_eq!(
+            check_url(&url("ftp://example.com/")).unwrap_err().code,
+            ErrorCode::Config
+        );
+        assert_eq!(
+            check_url(&url("file:///etc/passwd")).unwrap_err().code,
+            ErrorCode::Config
+        );
+        let e = check_url(&url("https://admin:hunter22@example.com/")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config);
+        assert!(!e.message.contains("hunter22"));
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates_and_caps_them() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        let in_90s = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&in_90s, now),
+            Some(Duration::from_secs(90))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(30 * 86400));
+        assert_eq!(parse_retry_after(&far, now), Some(MAX_RETRY_AFTER));
+        for bad in ["", "-5", "1.5", "soon", "Wed, 99 Foo 2024"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_dates_use_the_servers_clock() {
+        let server_now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert(DATE, httpdate::fmt_http_date(server_now).parse().unwrap());
+        headers.insert(
+            RETRY_AFTER,
+            httpdate::fmt_http_date(server_now + Duration::from_secs(30))
+                .parse()
+                .unwrap(),
+        );
+        let reply = Reply {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: Zeroizing::new(Vec::new()),
+            // Our clock is an hour ahead of the server's.
+            received_at: server_now + Duration::from_secs(3600),
+            server: "x".into(),
+        };
+        assert_eq!(reply.retry_after(), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn sanitize_strips_controls_and_truncates() {
+        assert_eq!(sanitize("  a\n\tb\u{1b}[31m c  ", 100), "a b [31m c");
+        assert_eq!(sanitize("evil\u{202E}txt", 100), "evil txt");
+        let long = "x".repeat(1000);
+        let s = sanitize(&long, 200);
+        assert_eq!(s.chars().count(), 201);
+        assert!(s.ends_with('…'));
+        assert_eq!(sanitize("", 10), "");
+    }
+
+    #[test]
+    fn settings_default_and_validation() {
+        let d = HttpSettings::default();
+        assert_eq!(d.connect_timeout, Duration::from_secs(10));
+        assert_eq!(d.request_timeout, Duration::from_secs(30));
+        assert_eq!(d.max_body_bytes, 1 << 20);
+        let zero = HttpSettings {
+            request_timeout: Duration::ZERO,
+            ..d
+        };
+        assert_eq!(Http::new(zero).unwrap_err().code, ErrorCode::Config);
+    }
+
+    #[test]
+    fn server_name_is_host_and_port_only() {
+        assert_eq!(server_name(&url("https://a.example/x?y=1")), "a.example");
+        assert_eq!(server_name(&url("http://127.0.0.1:99/x")), "127.0.0.1:99");
+        assert_eq!(server_name(&url("http://[::1]:99/x")), "[::1]:99");
+    }
+}

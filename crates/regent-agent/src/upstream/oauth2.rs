@@ -1,0 +1,430 @@
+//! The `oauth2` profile (DESIGN §3.2): client credentials (Reltio style), and
+//! a refresh token when the server hands one out.
+
+use regent_proto::ErrorCode;
+use reqwest::StatusCode;
+use reqwest::header::ACCEPT;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::http::{Http, Reply, check_url, sanitize, server_name};
+use super::join_path;
+use super::reply::{ServerSays, json_object, kind, unexpected_status, with_retry_after};
+use super::token::parse_grant;
+use crate::error::Error;
+use crate::grant::Grant;
+use crate::secret::{ExposeSecret, SecretString};
+
+const DISCOVERY: &str = "the OpenID configuration request";
+
+/// Where tokens are requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuth2Endpoint {
+    /// The token endpoint itself.
+    TokenUrl(Url),
+    /// An issuer: the token endpoint is read from
+    /// `{issuer}/.well-known/openid-configuration` (and cached).
+    Issuer(Url),
+}
+
+/// An OAuth2 token endpoint used with one client id.
+#[derive(Debug)]
+pub struct OAuth2 {
+    http: Http,
+    endpoint: OAuth2Endpoint,
+    client_id: String,
+    scope: Option<String>,
+    /// The discovered token endpoint (issuer mode); emptied after a failure.
+    discovered: Mutex<Option<Url>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GrantType {
+    ClientCredentials,
+    RefreshToken,
+}
+
+impl GrantType {
+    fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::RefreshToken => "refresh_token",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "the client-credentials token request",
+            GrantType::RefreshToken => "the token refresh",
+        }
+    }
+}
+
+impl OAuth2 {
+    /// A profile for `client_id` at `endpoint`, asking for `scope` when given.
+    ///
+    /// # Errors
+    /// `CONFIG` when the URL is refused by [`check_url`](super::check_url) or the
+    /// client id is empty or cannot be sent (a `:` or control character).
+    pub fn new(
+        http: Http,
+        endpoint: OAuth2Endpoint,
+        client_id: String,
+        scope: Option<String>,
+    ) -> Result<OAuth2, Error> {
+        match &endpoint {
+            OAuth2Endpoint::TokenUrl(url) | OAuth2Endpoint::Issuer(url) => check_url(url)?,
+        }
+        let client_id = client_id.trim().to_owned();
+        if client_id.is_empty() {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "the oauth2 client id is empty",
+            ));
+        }
+        if client_id.contains(':') || client_id.chars().any(char::is_control) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!(
+                    "the oauth2 client id {:?} contains ':' or a control character, which HTTP Basic authentication cannot carry",
+                    sanitize(&client_id, 100)
+                ),
+            ));
+        }
+        let scope = scope
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|s| !s.is_empty());
+        Ok(OAuth2 {
+            http,
+            endpoint,
+            client_id,
+            scope,
+            discovered: Mutex::new(None),
+        })
+    }
+
+    /// The configured endpoint.
+    pub fn endpoint(&self) -> &OAuth2Endpoint {
+        &self.endpoint
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Requests a new access token with the client secret
+    /// (`grant_type=client_credentials`, HTTP Basic client authentication).
+    ///
+    /// # Errors
+    /// `CLIENT_CREDENTIALS_INVALID` for a wrong id or secret; `TOKEN_LIMIT` when
+    /// the client's cap of active tokens is reached; `CONFIG` when the client may
+    /// not use this grant or scope; `RATE_LIMITED`, `SERVER_ERROR`, `UNAVAILABLE`,
+    /// `TIMEOUT` for failures worth retrying.
+    pub async fn client_credentials(&self, client_secret: &SecretString) -> Result<Grant, Error> {
+        let mut form = vec![("grant_type", GrantType::ClientCredentials.as_str())];
+        if let Some(scope) = &self.scope {
+            form.push(("scope", scope));
+        }
+        self.token_request(
+            GrantType::ClientCredentials,
+            client_secret,
+            &form,
+            &[client_secret],
+        )
+        .await
+    }
+
+    /// Renews with a refresh token (`grant_type=refresh_token`, HTTP Basic
+    /// client authentication).
+    ///
+    /// # Errors
+    /// `REVOKED` when the refresh token is no longer accepted (fall back to
+    /// [`client_credentials`](Self::client_credentials)); otherwise as there.
+    pub async fn refresh(
+        &self,
+        client_secret: &SecretString,
+        refresh_token: &SecretString,
+    ) -> Result<Grant, Error> {
+        let form = [
+            ("grant_type", GrantType::RefreshToken.as_str()),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        self.token_request(
+            GrantType::RefreshToken,
+            client_secret,
+            &form,
+            &[client_secret, refresh_token],
+        )
+        .await
+    }
+
+    async fn token_request(
+        &self,
+        grant_type: GrantType,
+        client_secret: &SecretString,
+        form: &[(&str, &str)],
+        sent: &[&SecretString],
+    ) -> Result<Grant, Error> {
+        let url = self.token_url().await?;
+        let request = self
+            .http
+            .post(&url)
+            // Surrounding whitespace is a copy-paste accident, never part of a secret.
+            .basic_auth(&self.client_id, Some(client_secret.expose_secret().trim()))
+            .header(ACCEPT, "application/json")
+            .form(form);
+        tracing::debug!(server = %server_name(&url), client_id = %self.client_id, grant_type = grant_type.as_str(), "requesting a token");
+        let result = match self.http.send(request, &url).await {
+            Ok(reply) if reply.status.is_success() => json_object(&reply, grant_type.what())
+                .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server)),
+            Ok(reply) => Err(self.refused(&reply, grant_type, sent)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result
+            && matches!(
+                e.code,
+                ErrorCode::Unavailable | ErrorCode::ServerError | ErrorCode::Timeout
+            )
+        {
+            *self.discovered.lock().await = None;
+        }
+        result
+    }
+
+    fn refused(&self, reply: &Reply, grant_type: GrantType, sent: &[&SecretString]) -> Error {
+        let says = ServerSays::from_reply(reply, sent);
+        let server = &reply.server;
+        let client = &self.client_id;
+        let (code, message) = if says.is("active_token_limit_exceeded") {
+            (
+                ErrorCode::TokenLimit,
+                format!(
+                    "the license server at {server} holds the most active tokens it allows for client {client:?} ({says}); a new one can be had when one of them expires, or when the administrator raises maxActiveTokensAllowed"
+                ),
+            )
+        } else if says.is("invalid_client")
+            || (reply.status == StatusCode::UNAUTHORIZED && says.error.is_none())
+        {
+            (
+                ErrorCode::ClientCredentialsInvalid,
+                format!(
+                    "the license server at {server} rejected client id {client:?} or its secret ({says}); enroll again with the right client secret"
+                ),
+            )
+        } else if grant_type == GrantType::RefreshToken && says.is("invalid_grant") {
+            (
+                ErrorCode::Revoked,
+                format!(
+                    "the license server at {server} no longer accepts this client's refresh token ({says}); a new token must be requested with the client secret"
+                ),
+            )
+        } else if says.is("unauthorized_client") || says.is("unsupported_grant_type") {
+            (
+                ErrorCode::Config,
+                format!(
+                    "the license server at {server} does not allow client {client:?} the {} grant ({says}); ask the administrator to enable it for the client",
+                    grant_type.as_str()
+                ),
+            )
+        } else if says.is("invalid_scope") {
+            (
+                ErrorCode::Config,
+                format!(
+                    "the license server at {server} refused the scope {:?} for client {client:?} ({says}); fix the configured scope",
+                    self.scope.as_deref().unwrap_or("")
+                ),
+            )
+        } else {
+            return unexpected_status(reply, &says, grant_type.what());
+        };
+        tracing::debug!(server = %server, status = reply.status.as_u16(), code = %code, client_id = %client, "token request refused");
+        with_retry_after(Error::new(code, message), reply)
+    }
+
+    async fn token_url(&self) -> Result<Url, Error> {
+        let issuer = match &self.endpoint {
+            OAuth2Endpoint::TokenUrl(url) => return Ok(url.clone()),
+            OAuth2Endpoint::Issuer(issuer) => issuer,
+        };
+        let mut cached = self.discovered.lock().await;
+        if let Some(url) = cached.as_ref() {
+            return Ok(url.clone());
+        }
+        let url = self.discover(issuer).await?;
+        *cached = Some(url.clone());
+        Ok(url)
+    }
+
+    async fn discover(&self, issuer: &Url) -> Result<Url, Error> {
+        let mut base = issuer.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        let url = join_path(&base, &[".well-known", "openid-configuration"]);
+        let request = self.http.get(&url).header(ACCEPT, "application/json");
+        let reply = self.http.send(request, &url).await?;
+        if !reply.status.is_success() {
+            let says = ServerSays::from_reply(&reply, &[]);
+            return Err(unexpected_status(&reply, &says, DISCOVERY));
+        }
+        let obj = json_object(&reply, DISCOVERY)?;
+        let server = &reply.server;
+        let endpoint = match obj.get("token_endpoint") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim(),
+            other => {
+                return Err(Error::new(
+                    ErrorCode::ServerError,
+                    format!(
+                        "the license server at {server} answered {DISCOVERY} without a usable token_endpoint (found {}); check the issuer URL",
+                        other.map_or("nothing", kind)
+                    ),
+                ));
+            }
+        };
+        let token_url = Url::parse(endpoint).map_err(|e| {
+            Error::new(
+                ErrorCode::ServerError,
+                format!(
+                    "the license server at {server} named a token_endpoint that is not a URL ({e}): {}",
+                    sanitize(endpoint, 200)
+                ),
+            )
+        })?;
+        check_url(&token_url).map_err(|e| {
+            Error::new(
+                e.code,
+                format!(
+                    "the issuer at {server} names a token endpoint regent refuses: {}",
+                    e.message
+                ),
+            )
+        })?;
+        tracing::debug!(issuer = %server, token_server = %server_name(&token_url), "discovered the token endpoint");
+        Ok(token_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use reqwest::header::{HeaderValue, RETRY_AFTER};
+
+    use super::*;
+    use crate::secret::secret;
+    use crate::upstream::HttpSettings;
+    use crate::upstream::reply::tests::json_reply;
+
+    fn oauth2(scope: Option<&str>) -> OAuth2 {
+        OAuth2::new(
+            Http::new(HttpSettings::default()).unwrap(),
+            OAuth2Endpoint::TokenUrl(Url::parse("https://auth.example/oauth/token").unwrap()),
+            "mtclient".into(),
+            scope.map(str::to_owned),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn new_checks_url_and_client_id() {
+        let http = Http::new(HttpSettings::default()).unwrap();
+        let plain = OAuth2Endpoint::Issuer(Url::parse("http://auth.example/").unwrap());
+        let e = OAuth2::new(http.clone(), plain, "c".into(), None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config);
+        let ok = OAuth2Endpoint::TokenUrl(Url::parse("https://auth.example/t").unwrap());
+        for bad in ["", "  ", "a:b", "a\nb"] {
+            let e = OAuth2::new(http.clone(), ok.clone(), bad.into(), None).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Config, "{bad:?}");
+        }
+        let o = OAuth2::new(http, ok, " c ".into(), Some("  a   b ".into())).unwrap();
+        assert_eq!(o.client_id(), "c");
+        assert_eq!(o.scope.as_deref(), Some("a b"));
+        assert!(oauth2(Some("  ")).scope.is_none());
+    }
+
+    #[test]
+    fn refusals_map_to_their_codes() {
+        let o = oauth2(Some("api"));
+        let secret_value = secret("client-secret-xyz".into());
+        let cc = GrantType::ClientCredentials;
+        let rt = GrantType::RefreshToken;
+        for (grant, status, body, code) in [
+            (
+                cc,
+                401,
+                r#"{"error":"invalid_client","error_description":"Bad client credentials"}"#,
+                ErrorCode::ClientCredentialsInvalid,
+            ),
+            (cc, 401, "", ErrorCode::ClientCredentialsInvalid),
+            (
+                rt,
+                401,
+                r#"{"error":"invalid_client"}"#,
+                ErrorCode::ClientCredentialsInvalid,
+            ),
+            (
+                rt,
+                400,
+                r#"{"error":"invalid_grant","error_description":"Invalid refresh token"}"#,
+                ErrorCode::Revoked,
+            ),
+            (
+                cc,
+                400,
+                r#"{"error":"invalid_grant"}"#,
+                ErrorCode::ServerError,
+            ),
+            (
+                cc,
+                400,
+                r#"{"error":"unauthorized_client"}"#,
+                ErrorCode::Config,
+            ),
+            (
+                rt,
+                400,
+                r#"{"error":"unsupported_grant_type"}"#,
+                ErrorCode::Config,
+            ),
+            (cc, 400, r#"{"error":"invalid_scope"}"#, ErrorCode::Config),
+            (
+                cc,
+                429,
+                r#"{"error":"active_token_limit_exceeded","error_description":"5 active"}"#,
+                ErrorCode::TokenLimit,
+            ),
+            (
+                cc,
+                429,
+                r#"{"error":"rate_limited"}"#,
+                ErrorCode::RateLimited,
+            ),
+            (cc, 429, "", ErrorCode::RateLimited),
+            (
+                cc,
+                500,
+                r#"{"error":"server_error"}"#,
+                ErrorCode::ServerError,
+            ),
+            (cc, 404, "<html>", ErrorCode::ServerError),
+        ] {
+            let e = o.refused(&json_reply(status, body), grant, &[&secret_value]);
+            assert_eq!(e.code, code, "{status} {body}");
+            assert!(!e.message.contains("client-secret-xyz"));
+        }
+        let mut r = json_reply(429, r#"{"error":"active_token_limit_exceeded"}"#);
+        r.headers
+            .insert(RETRY_AFTER, HeaderValue::from_static("42"));
+        let e = o.refused(&r, cc, &[]);
+        assert_eq!(e.code, ErrorCode::TokenLimit);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(42)));
+        assert!(e.message.contains("\"mtclient\""), "{}", e.message);
+        let mut r = json_reply(429, "{}");
+        r.headers.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(
+            o.refused(&r, cc, &[]).retry_after,
+            Some(Duration::from_secs(3))
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! Shared helpers for the agent's integration tests: a real emulator on
+//! loopback, its admin API, and agent configs in temporary directories.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regent_agent::agent::Agent;
+use regent_agent::config::Config;
+use regent_agent::engine::{Event, SlotState};
+use regent_emulator::{Emulator, EmulatorConfig};
+use serde_json::{Value, json};
+
+/// A running emulator plus an HTTP client with its admin bearer token.
+pub struct Server {
+    pub emulator: Emulator,
+    pub http: reqwest::Client,
+    pub admin: String,
+}
+
+impl Server {
+    pub async fn start(config: EmulatorConfig) -> Server {
+        let emulator = Emulator::start(config.clone())
+            .await
+            .expect("emulator starts");
+        let http = reqwest::Client::new();
+        let token: Value = http
+            .post(format!(
+                "{}/auth/realms/{}/protocol/openid-connect/token",
+                emulator.url(),
+                config.realm
+            ))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", config.admin_username.as_str()),
+                ("password", config.admin_password.as_str()),
+                ("client_id", config.client_id.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let admin = token["access_token"]
+            .as_str()
+            .expect("admin token")
+            .to_owned();
+        Server {
+            emulator,
+            http,
+            admin,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.emulator.url()
+    }
+
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url()))
+            .bearer_auth(&self.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url()))
+            .header("X-Emulator-Key", self.emulator.admin_key());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "control call {path}: {}",
+            resp.status()
+        );
+        resp.json().await.unwrap_or(Value::Null)
+    }
+
+    /// Mints a registration token; returns (id, secret value).
+    pub async fn mint(&self, body: Value) -> (String, String) {
+        let (status, v) = self
+            .admin_call(
+                reqwest::Method::POST,
+                "/token/api/v5/registrationTokens",
+                Some(json!({ "registrationToken": body })),
+            )
+            .await;
+        assert_eq!(status, 201, "mint: {v}");
+        let t = &v["registrationToken"];
+        (
+            t["id"].as_str().unwrap().to_owned(),
+            t["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn registration(&self, id: &str) -> Value {
+        let (status, v) = self
+            .admin_call(
+                reqwest::Method::GET,
+                &format!("/token/api/v5/registrationTokens/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["registrationToken"].clone()
+    }
+
+    pub async fn auth_tokens(&self) -> Vec<Value> {
+        let (status, v) = self
+            .admin_call(reqwest::Method::GET, "/token/api/v5/authTokens", None)
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["authTokens"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn counters(&self) -> Value {
+        self.control(reqwest::Method::GET, "/_emulator/counters", None)
+            .await
+    }
+
+    /// Number of requests to a route with an outcome (0 when absent).
+    pub async fn count(&self, route: &str, outcome: &str) -> u64 {
+        self.counters().await["requests"][route][outcome]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Total requests to a route, whatever the outcome.
+    pub async fn total(&self, route: &str) -> u64 {
+        self.counters().await["requests"][route]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    /// Whether the emulator considers an access token active.
+    pub async fn introspect(&self, token: &str) -> Value {
+        self.http
+            .get(format!("{}/_emulator/introspect", self.url()))
+            .header("X-Emulator-Key", self.emulator.admin_key())
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// An emulator config with short tokens for fast renewal tests.
+pub fn short_tokens(seconds: u64) -> EmulatorConfig {
+    EmulatorConfig {
+        access_token_lifespan: Duration::from_secs(seconds),
+        ..EmulatorConfig::default()
+    }
+}
+
+/// Agent config text for the sentinel profile with a file store in `dir`.
+pub fn sentinel_config(url: &str, dir: &Path, refresh: &str) -> Config {
+    let text = format!(
+        "[server]\nprofile = \"sentinel\"\nurl = \"{url}\"\nrequest_timeout = 5\nconnect_timeout = 2\n\
+         [store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n[refresh]\n{refresh}\n",
+        dir.display()
+    );
+    Config::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+/// Agent config for the oauth2 profile with a file store in `dir`.
+pub fn oauth2_config(
+    url: &str,
+    client_id: &str,
+    dir: &Path,
+    extra_server: &str,
+    refresh: &str,
+) -> Config {
+    let text = format!(
+        "[server]\nprofile = \"oauth2\"\ntoken_url = \"{url}/oauth/token\"\nclient_id = \"{client_id}\"\nrequest_timeout = 5\nconnect_timeout = 2\n{extra_server}\n\
+         [store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n[refresh]\n{refresh}\n",
+        dir.display()
+    );
+    Config::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+/// Waits (with a timeout) until the agent reaches `state`.
+pub async fn wait_for_state(agent: &Arc<Agent>, state: SlotState, timeout: Duration) {
+    let mut events = agent.events();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if agent.engine_status().state == state {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(Event::State { to, .. })) if to == state => return,
+            Ok(_) => {}
+            Err(_) => panic!(
+                "agent did not reach {state:?} within {timeout:?}; status: {:?}",
+                agent.engine_status()
+            ),
+        }
+    }
+}
+
+/// Waits until `n` renewals have been announced.
+pub async fn wait_for_renewals(agent: &Arc<Agent>, n: usize, timeout: Duration) {
+    let mut events = agent.events();
+    let deadline = Instant::now() + timeout;
+    let mut seen = 0;
+    while seen < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(Event::Renewed { .. })) => seen += 1,
+            Ok(_) => {}
+            Err(_) => panic!("only {seen} of {n} renewals within {timeout:?}"),
+        }
+    }
+}
+
+pub fn secret(s: &str) -> regent_agent::secret::SecretString {
+    regent_agent::secret::secret(s.to_owned())
+}

@@ -1,0 +1,282 @@
+//! Commands that talk to a running agent over its socket.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use regent_client::{Client, ClientOptions};
+use regent_proto::ErrorCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::failure::{Failure, internal};
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// Read the registration token (or client secret) from this file.
+    #[arg(long, value_name = "PATH", conflicts_with = "from_env")]
+    pub token_file: Option<PathBuf>,
+    /// Read it from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub from_env: Option<String>,
+    /// Read an OAuth2 client secret from stdin (stdin is also the default).
+    #[arg(long, conflicts_with_all = ["token_file", "from_env"])]
+    pub client_secret_stdin: bool,
+    /// Replace a working credential (a new redemption consumes another count).
+    #[arg(long)]
+    pub force: bool,
+    /// Refused: a secret on the command line is visible to every local user.
+    #[arg(hide = true)]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenFormat {
+    /// The token alone.
+    Raw,
+    /// A JSON object with the token, its type and expiry.
+    Json,
+    /// An HTTP header line: `Authorization: Bearer …`.
+    Header,
+    /// A Kubernetes `ExecCredential` (client.authentication.k8s.io/v1).
+    ExecCredential,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Seconds the token must stay valid.
+    #[arg(long, default_value_t = 60)]
+    pub min_valid: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TokenFormat::Raw)]
+    pub format: TokenFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the stable JSON document instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn connect(socket: Option<PathBuf>) -> Result<Client, Failure> {
+    let mut options = ClientOptions::new("regent-cli");
+    if let Some(socket) = socket {
+        options = options.socket(socket);
+    }
+    Ok(Client::connect(options).await?)
+}
+
+fn read_secret(args: &EnrollArgs) -> Result<SecretString, Failure> {
+    if args.secret.is_some() {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            "refusing a secret passed as an argument: every local user can read it with `ps`. \
+             Pipe it on stdin (`regent enroll < token.txt`), or use --token-file PATH or --from-env VAR",
+        ));
+    }
+    let mut value = if let Some(path) = &args.token_file {
+        std::fs::read_to_string(path)
+            .map_err(|e| internal(&format!("cannot read {}", path.display()), e))?
+    } else if let Some(var) = &args.from_env {
+        std::env::var(var).map_err(|_| {
+            Failure::new(
+                ErrorCode::BadRequest,
+                format!("environment variable {var} is not set"),
+            )
+        })?
+    } else {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| internal("cannot read the secret from stdin", e))?;
+        s
+    };
+    let trimmed = value.trim().to_owned();
+    // Wipe the untrimmed copy.
+    secrecy::zeroize::Zeroize::zeroize(&mut value);
+    if trimmed.is_empty() {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            "no secret given: pipe the registration token (or client secret) on stdin, or use --token-file / --from-env",
+        ));
+    }
+    Ok(SecretString::from(trimmed))
+}
+
+pub async fn enroll(args: EnrollArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let secret = read_secret(&args)?;
+    let client = connect(socket).await?;
+    let enrolled = client.enroll(secret, args.force).await?;
+    let valid = remaining(enrolled.expires_at);
+    match &enrolled.auth_token_id {
+        Some(id) => println!(
+            "enrolled as {} (auth token {id}); access token valid for {}s",
+            enrolled.identifier,
+            valid.as_secs()
+        ),
+        None => println!(
+            "enrolled client {}; access token valid for {}s",
+            enrolled.identifier,
+            valid.as_secs()
+        ),
+    }
+    Ok(())
+}
+
+pub async fn token(args: TokenArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    let token = client.token(Duration::from_secs(args.min_valid)).await?;
+    let expires = rfc3339(token.expires_at);
+    match args.format {
+        TokenFormat::Raw => println!("{}", token.secret()),
+        TokenFormat::Header => println!(
+            "Authorization: {} {}",
+            bearer(&token.token_type),
+            token.secret()
+        ),
+        TokenFormat::Json => println!(
+            "{}",
+            json!({
+                "access_token": token.secret(),
+                "token_type": token.token_type,
+                "expires_at": expires,
+                "expires_in": token.remaining().as_secs(),
+                "scope": token.scope,
+            })
+        ),
+        TokenFormat::ExecCredential => println!(
+            "{}",
+            json!({
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": { "token": token.secret(), "expirationTimestamp": expires },
+            })
+        ),
+    }
+    Ok(())
+}
+
+fn bearer(token_type: &str) -> &str {
+    if token_type.eq_ignore_ascii_case("bearer") {
+        "Bearer"
+    } else {
+        token_type
+    }
+}
+
+pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    let status = client.status().await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        print!("{}", summarize(&status));
+    }
+    // The exit status says whether the credential is usable, not just whether
+    // the agent runs: scripts can use `regent status` as a health check.
+    match status["slots"][0]["state"].as_str() {
+        Some("active") | Some("degraded") => Ok(()),
+        Some("unenrolled") | Some("enrolling") => {
+            Err(Failure::new(ErrorCode::NotEnrolled, "not enrolled"))
+        }
+        Some("revoked") => {
+            let code = status["slots"][0]["last_error_code"]
+                .as_str()
+                .and_then(ErrorCode::from_name)
+                .unwrap_or(ErrorCode::Revoked);
+            Err(Failure::new(
+                code,
+                "the credential no longer works; enroll again",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The human summary of a status document.
+pub fn summarize(status: &Value) -> String {
+    let mut out = String::new();
+    let now = SystemTime::now();
+    let when = |v: &Value| -> String {
+        v.as_u64().map_or_else(
+            || "-".to_owned(),
+            |secs| {
+                let t = UNIX_EPOCH + Duration::from_secs(secs);
+                match t.duration_since(now) {
+                    Ok(d) => format!("in {}s", d.as_secs()),
+                    Err(e) => format!("{}s ago", e.duration().as_secs()),
+                }
+            },
+        )
+    };
+    out.push_str(&format!(
+        "profile {}, store {}\n",
+        status["profile"].as_str().unwrap_or("?"),
+        status["store"].as_str().unwrap_or("?")
+    ));
+    for slot in status["slots"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "slot {}: {}{}\n",
+            slot["slot"],
+            slot["state"].as_str().unwrap_or("?"),
+            slot["identifier"]
+                .as_str()
+                .map(|i| format!(" ({i})"))
+                .unwrap_or_default()
+        ));
+        out.push_str(&format!(
+            "  token expires {}, next renewal {}, last renewal {}\n",
+            when(&slot["expires_at"]),
+            when(&slot["next_renewal"]),
+            when(&slot["last_renewal"])
+        ));
+        out.push_str(&format!(
+            "  renewals ok {}, failed {}, tokens served {}\n",
+            slot["renewals_ok"], slot["renewals_failed"], slot["handouts"]
+        ));
+        if let Some(err) = slot["last_error"].as_str() {
+            out.push_str(&format!(
+                "  last error: {} {err}\n",
+                slot["last_error_code"].as_str().unwrap_or("")
+            ));
+        }
+        if slot["pending_redemption"].as_bool() == Some(true) {
+            out.push_str("  a redemption is pending and will be retried\n");
+        }
+    }
+    out
+}
+
+pub async fn metrics(socket: Option<PathBuf>) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    print!("{}", client.metrics().await?);
+    Ok(())
+}
+
+pub async fn unenroll(socket: Option<PathBuf>) -> Result<(), Failure> {
+    let client = connect(socket).await?;
+    client.unenroll().await?;
+    println!("unenrolled: this device's stored secrets are deleted");
+    Ok(())
+}
+
+fn remaining(at: SystemTime) -> Duration {
+    at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// RFC 3339 in UTC, e.g. `2026-11-22T15:20:00Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,292 @@
+//! `regent demo`: the whole product on one machine in under a minute — the
+//! embedded emulator, an agent with a temporary state directory, enrollment,
+//! app instances fetching and subscribing, renewals, then revocation.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use regent_client::{Client, ClientOptions, SubscriptionEvent};
+use regent_proto::ErrorCode;
+use secrecy::SecretString;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::emulator::Admin;
+use crate::failure::{Failure, internal};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep secrets in the OS keychain instead of a temporary file store
+    /// (needs a running Secret Service / Keychain).
+    #[arg(long)]
+    pub keychain: bool,
+    /// Access-token lifetime at the embedded emulator, in seconds.
+    #[arg(long, default_value_t = 6)]
+    pub token_lifetime: u64,
+    /// Renewals to show before revoking the auth token.
+    #[arg(long, default_value_t = 3)]
+    pub renewals: u32,
+}
+
+/// Prints one progress line, stamped with the seconds since the demo began.
+#[derive(Clone)]
+struct Progress(Instant);
+
+impl Progress {
+    fn say(&self, who: &str, what: impl AsRef<str>) {
+        println!(
+            "[{:>5.1}s] {who:<10} {}",
+            self.0.elapsed().as_secs_f64(),
+            what.as_ref()
+        );
+    }
+}
+
+/// A short, non-reversible tag for a token, so renewals are visible without
+/// printing the secret.
+fn tag(secret: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret.hash(&mut h);
+    format!("#{:04x}", h.finish() & 0xffff)
+}
+
+pub async fn run(args: DemoArgs) -> Result<(), Failure> {
+    let progress = Progress(Instant::now());
+    tokio::select! {
+        result = demo(&args, &progress) => result,
+        _ = tokio::signal::ctrl_c() => {
+            progress.say("demo", "interrupted; cleaning up");
+            Ok(())
+        }
+    }
+}
+
+async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
+    let lifetime = args.token_lifetime.max(3);
+    let emulator = regent_emulator::Emulator::start(regent_emulator::EmulatorConfig {
+        access_token_lifespan: Duration::from_secs(lifetime),
+        ..regent_emulator::EmulatorConfig::default()
+    })
+    .await
+    .map_err(|e| internal("cannot start the emulator", e))?;
+    let url = emulator.url();
+    progress.say(
+        "emulator",
+        format!("license server listening on {url} ({lifetime}s access tokens)"),
+    );
+
+    let admin = Admin::login(&url, "admin").await?;
+    let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let record = admin.mint(3, expiry).await?;
+    let registration = record["token"].as_str().unwrap_or_default().to_owned();
+    progress.say(
+        "admin",
+        "minted a registration token: count 3, expires in 1 hour",
+    );
+
+    let dir = tempfile::Builder::new()
+        .prefix("regent-demo-")
+        .tempdir()
+        .map_err(|e| internal("cannot create a temporary directory", e))?;
+    let socket = dir.path().join("agent.sock");
+    let config = demo_config(&url, dir.path(), &socket, args.keychain)?;
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(regent_agent::daemon::run(config, async {
+        let _ = agent_stopped.await;
+    }));
+    let client = connect_when_ready(&socket).await?;
+    progress.say(
+        "agent",
+        format!(
+            "running with {} at {}",
+            if args.keychain {
+                "the OS keychain"
+            } else {
+                "a 0600 file store"
+            },
+            socket.display()
+        ),
+    );
+
+    let enrolled = client
+        .enroll(SecretString::from(registration), false)
+        .await?;
+    progress.say(
+        "agent",
+        format!(
+            "enrolled: registration token redeemed once for auth token {} (identifier {})",
+            enrolled.auth_token_id.as_deref().unwrap_or("?"),
+            enrolled.identifier
+        ),
+    );
+
+    // App instances: two subscribe, one asks on every "request".
+    let (renewed_tx, mut renewed_rx) = mpsc::unbounded_channel::<()>();
+    let (revoked_tx, mut revoked_rx) = mpsc::unbounded_channel::<String>();
+    let mut apps = Vec::new();
+    for name in ["editor#1", "editor#2"] {
+        let client = app_client(&socket, name).await?;
+        let mut subscription = client.subscribe(Duration::from_secs(2)).await?;
+        let (p, renewed, revoked) = (progress.clone(), renewed_tx.clone(), revoked_tx.clone());
+        let name = name.to_owned();
+        apps.push(tokio::spawn(async move {
+            let _client = client;
+            while let Ok(event) = subscription.next().await {
+                match event {
+                    SubscriptionEvent::Token(token) => {
+                        p.say(
+                            &name,
+                            format!(
+                                "got token {} valid {}s",
+                                tag(token.secret()),
+                                token.remaining().as_secs()
+                            ),
+                        );
+                        let _ = renewed.send(());
+                    }
+                    SubscriptionEvent::State { state, error } => {
+                        let why = error
+                            .map(|e| format!(": {} ({})", e.message, e.code))
+                            .unwrap_or_default();
+                        p.say(&name, format!("told: agent is {state}{why}"));
+                        if state == "revoked" {
+                            let _ = revoked.send(name.clone());
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let worker = app_client(&socket, "render").await?;
+    let p = progress.clone();
+    apps.push(tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            match worker.token(Duration::from_secs(1)).await {
+                Ok(token) => {
+                    let t = tag(token.secret());
+                    if t != last {
+                        p.say("render", format!("requests now use token {t}"));
+                        last = t;
+                    }
+                }
+                Err(e) => {
+                    p.say(
+                        "render",
+                        format!("cannot get a token: {} ({})", e.message, e.code),
+                    );
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }));
+
+    // Each subscriber reports each renewal: wait for N renewals seen by both.
+    let wanted = 2 * (args.renewals as usize + 1);
+    let deadline = Duration::from_secs(lifetime * u64::from(args.renewals + 2) + 10);
+    let mut seen = 0;
+    let started = Instant::now();
+    while seen < wanted {
+        let left = deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, renewed_rx.recv()).await {
+            Ok(Some(())) => seen += 1,
+            _ => {
+                return Err(Failure::new(
+                    ErrorCode::Timeout,
+                    "renewals did not arrive in time",
+                ));
+            }
+        }
+    }
+
+    let auth_id = enrolled.auth_token_id.clone().unwrap_or_default();
+    progress.say(
+        "admin",
+        format!("deleting auth token {auth_id} on the license server (revocation)"),
+    );
+    admin.revoke(&auth_id).await?;
+    let mut told = 0;
+    while told < 2 {
+        match tokio::time::timeout(Duration::from_secs(lifetime * 2 + 5), revoked_rx.recv()).await {
+            Ok(Some(_)) => told += 1,
+            _ => {
+                return Err(Failure::new(
+                    ErrorCode::Timeout,
+                    "apps were not told about the revocation in time",
+                ));
+            }
+        }
+    }
+    let status = client.status().await?;
+    progress.say(
+        "agent",
+        format!(
+            "state {}; a new registration token (`regent enroll`) would re-enroll without a restart",
+            status["slots"][0]["state"].as_str().unwrap_or("?")
+        ),
+    );
+
+    for app in apps {
+        app.abort();
+    }
+    let _ = stop_agent.send(());
+    match tokio::time::timeout(Duration::from_secs(10), agent).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        _ => {
+            return Err(Failure::new(
+                ErrorCode::Timeout,
+                "the agent did not stop in time",
+            ));
+        }
+    }
+    emulator.shutdown().await;
+    progress.say(
+        "demo",
+        "done: agent stopped, socket removed, temporary state deleted",
+    );
+    Ok(())
+}
+
+fn demo_config(
+    url: &str,
+    dir: &Path,
+    socket: &Path,
+    keychain: bool,
+) -> Result<regent_agent::config::Config, Failure> {
+    let store = if keychain {
+        "kind = \"keychain\"\nservice = \"regent-demo\""
+    } else {
+        "kind = \"file\""
+    };
+    let text = format!(
+        "[server]\nprofile = \"sentinel\"\nurl = \"{url}\"\n\n[store]\n{store}\n\n[state]\ndir = \"{}\"\n\n[ipc]\nsocket = \"{}\"\n\n[refresh]\nbackoff_max = 5\n",
+        dir.display(),
+        socket.display()
+    );
+    Ok(regent_agent::config::Config::parse(
+        &text,
+        Path::new("<demo>"),
+    )?)
+}
+
+async fn connect_when_ready(socket: &Path) -> Result<Client, Failure> {
+    let started = Instant::now();
+    loop {
+        match Client::connect(ClientOptions::new("regent-demo").socket(socket)).await {
+            Ok(c) => return Ok(c),
+            Err(e) if started.elapsed() > Duration::from_secs(10) => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn app_client(socket: &Path, name: &str) -> Result<Arc<Client>, Failure> {
+    Ok(Arc::new(
+        Client::connect(ClientOptions::new(name).socket(socket)).await?,
+    ))
+}

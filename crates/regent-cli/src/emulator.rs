@@ -1,0 +1,369 @@
+//! `regent emulator`: run the license-server emulator, or act on a running one
+//! through its admin API (the same calls an administrator's scripts make).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use regent_proto::ErrorCode;
+use serde_json::{Value, json};
+
+use crate::failure::{Failure, internal};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EmulatorArgs {
+    #[command(subcommand)]
+    pub action: Option<Action>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback only: the emulator is not a server to
+    /// expose on a network. Port 0 picks a free port (printed).
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    pub listen: SocketAddr,
+    /// Lifetime of access tokens from the realm's refresh endpoint, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub access_token_lifespan: u64,
+    /// Lifetime of refresh tokens, in seconds (Keycloak's offline idle: 30 days).
+    #[arg(long, default_value_t = 30 * 86_400)]
+    pub refresh_token_lifespan: u64,
+    /// Keep the same refresh token on refresh (default: rotate, with reuse detection).
+    #[arg(long)]
+    pub no_rotation: bool,
+    /// Admin user for the password grant that authorises the admin API; its
+    /// password comes from $REGENT_EMULATOR_ADMIN_PASSWORD (default "admin").
+    #[arg(long, default_value = "admin")]
+    pub admin_user: String,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The emulator's URL.
+    #[arg(
+        long,
+        env = "REGENT_EMULATOR_URL",
+        default_value = "http://127.0.0.1:8600"
+    )]
+    pub url: String,
+    /// Admin user (password from $REGENT_EMULATOR_ADMIN_PASSWORD, default "admin").
+    #[arg(long, default_value = "admin")]
+    pub admin_user: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Create a registration token and print its value.
+    Mint {
+        #[command(flatten)]
+        target: Target,
+        /// How many auth tokens it may create (devices × instances per device).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 30)]
+        expires_in_days: u32,
+        /// Print the whole JSON record instead of the token value.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List who redeemed registration tokens (auth tokens).
+    AuthTokens {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete (revoke) an auth token: the device's next refresh fails.
+    Revoke {
+        #[command(flatten)]
+        target: Target,
+        /// The auth token id.
+        id: String,
+    },
+    /// Inject faults into the token routes (key from $REGENT_EMULATOR_ADMIN_KEY).
+    Faults {
+        #[command(flatten)]
+        target: Target,
+        /// Added latency per request, in milliseconds.
+        #[arg(long)]
+        latency_ms: Option<u64>,
+        /// Fraction of requests answered 500 (0 to 1).
+        #[arg(long)]
+        failure_rate: Option<f64>,
+        /// Answer this status to the next --count requests.
+        #[arg(long, requires = "count")]
+        next_status: Option<u16>,
+        /// How many requests get --next-status.
+        #[arg(long)]
+        count: Option<u32>,
+        /// Drop the connection of the next N requests.
+        #[arg(long)]
+        drop_connections: Option<u32>,
+        /// Remove every fault.
+        #[arg(long, conflicts_with_all = ["latency_ms", "failure_rate", "next_status", "drop_connections"])]
+        clear: bool,
+    },
+}
+
+pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
+    match args.action {
+        None => serve(args.serve).await,
+        Some(Action::Mint {
+            target,
+            count,
+            expires_in_days,
+            json,
+        }) => {
+            let admin = Admin::login(&target.url, &target.admin_user).await?;
+            let expiry =
+                time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(expires_in_days));
+            let record = admin.mint(count, expiry).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&record).unwrap_or_default()
+                );
+            } else {
+                println!("{}", record["token"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Some(Action::AuthTokens { target }) => {
+            let admin = Admin::login(&target.url, &target.admin_user).await?;
+            let (_, body) = admin
+                .call(reqwest::Method::GET, "/token/api/v5/authTokens", None)
+                .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body["authTokens"]).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Some(Action::Revoke { target, id }) => {
+            let admin = Admin::login(&target.url, &target.admin_user).await?;
+            admin.revoke(&id).await?;
+            println!("auth token {id} deleted; the device's next refresh will fail with REVOKED");
+            Ok(())
+        }
+        Some(Action::Faults {
+            target,
+            latency_ms,
+            failure_rate,
+            next_status,
+            count,
+            drop_connections,
+            clear,
+        }) => {
+            let key = std::env::var("REGENT_EMULATOR_ADMIN_KEY").map_err(|_| {
+                Failure::new(ErrorCode::Config, "set REGENT_EMULATOR_ADMIN_KEY to the emulator's control key (printed when it starts)")
+            })?;
+            let http = reqwest::Client::new();
+            let url = format!("{}/_emulator/faults", target.url.trim_end_matches('/'));
+            let request = if clear {
+                http.delete(&url)
+            } else {
+                let mut body = json!({});
+                if let Some(ms) = latency_ms {
+                    body["latencyMs"] = json!(ms);
+                }
+                if let Some(rate) = failure_rate {
+                    body["failureRate"] = json!(rate);
+                }
+                if let (Some(status), Some(count)) = (next_status, count) {
+                    body["nextStatus"] = json!({"status": status, "count": count});
+                }
+                if let Some(n) = drop_connections {
+                    body["dropConnections"] = json!(n);
+                }
+                http.put(&url).json(&body)
+            };
+            let resp = request
+                .header("X-Emulator-Key", key)
+                .send()
+                .await
+                .map_err(|e| unreachable_emulator(&target.url, e))?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                return Err(Failure::new(
+                    ErrorCode::ServerError,
+                    format!("emulator answered {status}: {text}"),
+                ));
+            }
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    if !args.listen.ip().is_loopback() {
+        return Err(Failure::new(
+            ErrorCode::Config,
+            format!(
+                "refusing to listen on {}: the emulator is for loopback use only (127.0.0.1 or ::1)",
+                args.listen
+            ),
+        ));
+    }
+    let config = regent_emulator::EmulatorConfig {
+        access_token_lifespan: Duration::from_secs(args.access_token_lifespan),
+        refresh_token_lifespan: Duration::from_secs(args.refresh_token_lifespan),
+        rotate_refresh_tokens: !args.no_rotation,
+        admin_username: args.admin_user,
+        // Secrets never come from arguments.
+        admin_password: admin_password(),
+        admin_key: std::env::var("REGENT_EMULATOR_ADMIN_KEY")
+            .unwrap_or_else(|_| regent_emulator::EmulatorConfig::default().admin_key),
+        ..regent_emulator::EmulatorConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| internal(&format!("cannot listen on {}", args.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| internal("cannot read the listening address", e))?;
+    let url = format!("http://{addr}");
+    println!("regent emulator listening on {url}");
+    println!(
+        "  realm {:?}, access tokens {}s, refresh rotation {}",
+        config.realm,
+        args.access_token_lifespan,
+        if config.rotate_refresh_tokens {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    println!("  control key (X-Emulator-Key): {}", config.admin_key);
+    println!();
+    println!("Mint a registration token for 3 devices:");
+    println!("  regent emulator mint --url {url} --count 3");
+    println!(
+        "Then point an agent at it ([server] profile = \"sentinel\", url = \"{url}\") and run:"
+    );
+    println!("  regent emulator mint --url {url} | regent enroll");
+    println!("Press Ctrl-C to stop.");
+    regent_emulator::run(listener, config, crate::agent::shutdown_signal())
+        .await
+        .map_err(|e| internal("the emulator stopped with an error", e))
+}
+
+fn admin_password() -> String {
+    std::env::var("REGENT_EMULATOR_ADMIN_PASSWORD").unwrap_or_else(|_| "admin".to_owned())
+}
+
+fn unreachable_emulator(url: &str, e: reqwest::Error) -> Failure {
+    Failure::new(
+        ErrorCode::Unavailable,
+        format!("cannot reach the emulator at {url}: {e}"),
+    )
+}
+
+/// An admin session against a Sentinel-shaped admin API.
+pub struct Admin {
+    http: reqwest::Client,
+    url: String,
+    bearer: String,
+}
+
+impl Admin {
+    /// Logs in with the realm's password grant.
+    pub async fn login(url: &str, user: &str) -> Result<Admin, Failure> {
+        let url = url.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::new();
+        let resp = http
+            .post(format!(
+                "{url}/auth/realms/regent/protocol/openid-connect/token"
+            ))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", user),
+                ("password", admin_password().as_str()),
+                ("client_id", "regent-agent"),
+            ])
+            .send()
+            .await
+            .map_err(|e| unreachable_emulator(&url, e))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let Some(bearer) = body["access_token"].as_str() else {
+            return Err(Failure::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "admin login refused ({status}: {}); check --admin-user and REGENT_EMULATOR_ADMIN_PASSWORD",
+                    body["error_description"]
+                        .as_str()
+                        .unwrap_or("no description")
+                ),
+            ));
+        };
+        Ok(Admin {
+            http,
+            url,
+            bearer: bearer.to_owned(),
+        })
+    }
+
+    /// One admin call; non-2xx answers are failures carrying the server's message.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), Failure> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.bearer);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| unreachable_emulator(&self.url, e))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            return Err(Failure::new(
+                ErrorCode::ServerError,
+                format!(
+                    "{path}: server answered {status} {}: {}",
+                    body["error"].as_str().unwrap_or(""),
+                    body["error_description"].as_str().unwrap_or(&text)
+                ),
+            ));
+        }
+        Ok((status, body))
+    }
+
+    /// Creates a registration token; returns its record (with `token`).
+    pub async fn mint(&self, count: u32, expiry: time::OffsetDateTime) -> Result<Value, Failure> {
+        let expiry = expiry
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| internal("cannot format the expiry", e))?;
+        let (_, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/token/api/v5/registrationTokens",
+                Some(json!({"registrationToken": {"count": count, "expiryDate": expiry}})),
+            )
+            .await?;
+        Ok(body["registrationToken"].clone())
+    }
+
+    /// Deletes an auth token.
+    pub async fn revoke(&self, id: &str) -> Result<(), Failure> {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/token/api/v5/authTokens/{id}"),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+}

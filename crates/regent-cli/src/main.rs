@@ -1,0 +1,114 @@
+//! `regent`: parses arguments and calls the library functions that do the work.
+//!
+//! Exit status follows the error table (`regent-proto`): 0 on success, the
+//! error's number otherwise (e.g. 6 = REVOKED, 14 = AGENT_UNREACHABLE); usage
+//! errors exit 12 (BAD_REQUEST).
+
+mod agent;
+mod client;
+mod demo;
+mod emulator;
+mod failure;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use regent_proto::ErrorCode;
+
+use failure::Failure;
+
+/// regent — a client-side licensing agent.
+///
+/// One agent per device redeems a registration token once for an auth token,
+/// keeps its secrets in the OS keychain, keeps an access token fresh and hands
+/// it to licensed applications over a local socket.
+///
+/// Quick start, all on this machine: `regent demo`.
+#[derive(Debug, Parser)]
+#[command(name = "regent", version, about, long_about, propagate_version = true)]
+struct Cli {
+    /// The agent's socket [default: $REGENT_SOCKET, else
+    /// $XDG_RUNTIME_DIR/regent/agent.sock, else /run/regent/agent.sock].
+    #[arg(long, global = true, env = "REGENT_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (what the service units run).
+    Agent(agent::AgentArgs),
+    /// Enroll this device: redeem a registration token (or store an OAuth2
+    /// client secret). The secret is read from stdin, a file or an
+    /// environment variable — never from an argument, where every user could
+    /// see it with `ps`.
+    Enroll(client::EnrollArgs),
+    /// Print an access token valid for at least --min-valid seconds.
+    Token(client::TokenArgs),
+    /// Show the agent's state, token expiry, next renewal and last error.
+    /// Exits non-zero (with the error's code) when the credential is not usable.
+    Status(client::StatusArgs),
+    /// Print the agent's metrics (Prometheus text format).
+    Metrics,
+    /// Forget the credential: delete this device's stored secrets.
+    Unenroll,
+    /// Run the license-server emulator, or act on a running one.
+    Emulator(emulator::EmulatorArgs),
+    /// Everything on one machine in under a minute: emulator, agent, enrollment,
+    /// apps fetching and subscribing, renewals, then revocation.
+    Demo(demo::DemoArgs),
+    /// Print shell completions (bash, zsh, fish, powershell, elvish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage_error = e.use_stderr();
+            let _ = e.print();
+            return if usage_error {
+                ExitCode::from(ErrorCode::BadRequest.number())
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("regent: cannot start the async runtime: {e}");
+            return ExitCode::from(ErrorCode::Internal.number());
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("regent: {}", failure.message);
+            ExitCode::from(failure.code.number())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket;
+    match cli.command {
+        Command::Agent(args) => agent::run(args, socket).await,
+        Command::Enroll(args) => client::enroll(args, socket).await,
+        Command::Token(args) => client::token(args, socket).await,
+        Command::Status(args) => client::status(args, socket).await,
+        Command::Metrics => client::metrics(socket).await,
+        Command::Unenroll => client::unenroll(socket).await,
+        Command::Emulator(args) => emulator::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "regent", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! One blocking connection to the agent: connect, `hello`, send frames, read
+//! responses with a deadline. Standard library and `interprocess` only.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use interprocess::ConnectWaitMode;
+use interprocess::local_socket::traits::Stream as _;
+use interprocess::local_socket::{ConnectOptions, GenericFilePath, Stream, ToFsName};
+use regent_proto::message::{Op, Response};
+
+use crate::error::{self, Error, Failure, Result};
+use crate::wire::{self, FrameBuffer};
+use crate::{AgentInfo, ClientOptions};
+
+pub(crate) struct Connection {
+    stream: Stream,
+    frames: FrameBuffer,
+    socket: PathBuf,
+    next_id: u64,
+    /// The receive timeout last set on the socket, to skip redundant syscalls.
+    recv_timeout: Option<Duration>,
+    /// The stream can no longer be used (closed, desynchronised, half-written frame).
+    broken: bool,
+    pub(crate) agent: AgentInfo,
+}
+
+impl Connection {
+    /// Connects and says `hello`, all within `opts.connect_timeout`.
+    pub(crate) fn open(socket: &Path, opts: &ClientOptions) -> Result<Self> {
+        let deadline = Instant::now() + opts.connect_timeout;
+        let name = socket
+            .to_fs_name::<GenericFilePath>()
+            .map_err(|e| error::connect_failed(socket, &e))?;
+        let stream = ConnectOptions::new()
+            .name(name)
+            .wait_mode(ConnectWaitMode::Timeout(opts.connect_timeout))
+            .connect_sync()
+            .map_err(|e| error::connect_failed(socket, &e))?;
+        no_sigpipe(&stream).map_err(|e| error::connect_failed(socket, &e))?;
+        stream
+            .set_send_timeout(Some(opts.request_timeout.max(Duration::from_millis(1))))
+            .map_err(|e| error::connect_failed(socket, &e))?;
+        let mut conn = Connection {
+            stream,
+            frames: FrameBuffer::new(),
+            socket: socket.to_owned(),
+            next_id: 1,
+            recv_timeout: None,
+            broken: false,
+            agent: AgentInfo {
+                protocol: 0,
+                version: String::new(),
+            },
+        };
+        let id = conn.send(wire::hello(opts)).map_err(Failure::into_error)?;
+        let response = conn
+            .receive(id, Some(deadline))
+            .map_err(Failure::into_error)?
+            .ok_or_else(|| error::handshake_timeout(socket, opts.connect_timeout))?;
+        conn.agent = wire::agent_info(socket, response)?;
+        Ok(conn)
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Sends one request and returns its id.
+    ///
+    /// A failed write means the agent did not get the whole frame, so it
+    /// cannot have acted on it: [`Failure::NotSent`] (timeouts excepted).
+    pub(crate) fn send(&mut self, op: Op) -> Result<u64, Failure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let name = op.name();
+        let frame = wire::encode_request(id, op).map_err(Failure::Other)?;
+        if let Err(e) = write_all(&self.stream, &frame) {
+            // Part of the frame may be out: nothing more can go on this stream.
+            self.broken = true;
+            return Err(if is_timeout(&e) {
+                Failure::Other(Error::new(
+                    regent_proto::ErrorCode::Timeout,
+                    format!(
+                        "the regent agent at {} is not reading requests; `{name}` could not be sent",
+                        self.socket.display()
+                    ),
+                ))
+            } else {
+                Failure::NotSent(error::connection_lost(&self.socket, &e))
+            });
+        }
+        Ok(id)
+    }
+
+    /// Reads until the response (or event) carrying `id` arrives; `Ok(None)`
+    /// once `deadline` passes. Frames for other ids (answers to calls that
+    /// timed out earlier) are skipped.
+    pub(crate) fn receive(
+        &mut self,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Response>, Failure> {
+        loop {
+            match self.frames.next_response() {
+                Ok(Some(response)) if response.id == id => return Ok(Some(response)),
+                Ok(Some(response)) => {
+                    tracing::debug!(id = response.id, "skipping a late response");
+                    continue;
+                }
+                Ok(None) => {}
+                Err(detail) => {
+                    self.broken = true;
+                    return Err(Failure::Other(error::malformed(&self.socket, &detail)));
+                }
+            }
+            let timeout = match deadline {
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(None),
+                },
+                None => None,
+            };
+            self.set_recv_timeout(timeout)?;
+            match self.frames.read_from(&self.stream) {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(Failure::Lost(error::connection_lost(
+                        &self.socket,
+                        &"the agent closed the connection",
+                    )));
+                }
+                Ok(_) => {}
+                // The deadline check at the top of the loop decides.
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(Failure::Lost(error::connection_lost(&self.socket, &e)));
+                }
+            }
+        }
+    }
+
+    fn set_recv_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Failure> {
+        if self.recv_timeout != timeout {
+            self.stream.set_recv_timeout(timeout).map_err(|e| {
+                self.broken = true;
+                Failure::Lost(error::connection_lost(&self.socket, &e))
+            })?;
+            self.recv_timeout = timeout;
+        }
+        Ok(())
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Writes a whole frame without raising SIGPIPE when the agent has gone.
+#[cfg(all(
+    unix,
+    not(any(target_vendor = "apple", target_os = "redox", target_os = "vita"))
+))]
+fn write_all(stream: &Stream, mut buf: &[u8]) -> io::Result<()> {
+    use rustix::net::{SendFlags, send};
+    let Stream::UdSocket(socket) = stream;
+    while !buf.is_empty() {
+        match send(socket.inner(), buf, SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(all(
+    unix,
+    not(any(target_vendor = "apple", target_os = "redox", target_os = "vita"))
+)))]
+fn write_all(stream: &Stream, buf: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut writer = stream;
+    writer.write_all(buf)
+}
+
+/// Where `MSG_NOSIGNAL` does not exist, the socket itself is told not to signal.
+#[cfg(target_vendor = "apple")]
+fn no_sigpipe(stream: &Stream) -> io::Result<()> {
+    let Stream::UdSocket(socket) = stream;
+    rustix::net::sockopt::set_socket_nosigpipe(socket.inner(), true).map_err(io::Error::from)
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn no_sigpipe(_stream: &Stream) -> io::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! One multiplexed async connection: a writer task sending whole frames from
+//! a queue, a reader task dispatching responses by id to waiting calls and
+//! subscriptions. Dropping the last handle stops both and closes the socket.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::{ConnectOptions, GenericFilePath, ToFsName};
+use regent_proto::message::{Op, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{self, Error, Failure, Result};
+use crate::wire::{self, Frame, FrameBuffer};
+use crate::{AgentInfo, ClientOptions};
+
+/// Requests queued for the writer; senders wait when it is full.
+const QUEUE: usize = 256;
+/// The writer sends queued frames together, up to this many bytes per write.
+const BATCH: usize = 64 * 1024;
+
+/// Why a connection stopped, as seen by one request.
+#[derive(Debug, Clone)]
+pub(crate) struct Closed {
+    pub(crate) error: Error,
+    pub(crate) kind: ClosedKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClosedKind {
+    /// The socket broke before any of this request was written.
+    NotSent,
+    /// The socket broke after the request may have reached the agent.
+    Lost,
+    /// The agent broke the protocol.
+    Violation,
+}
+
+impl Closed {
+    pub(crate) fn failure(self) -> Failure {
+        match self.kind {
+            ClosedKind::NotSent => Failure::NotSent(self.error),
+            ClosedKind::Lost => Failure::Lost(self.error),
+            ClosedKind::Violation => Failure::Other(self.error),
+        }
+    }
+}
+
+/// Frames for the writer, with their request ids.
+type Queue = mpsc::Sender<(u64, Frame)>;
+
+/// What the reader hands a waiter.
+pub(crate) type Delivery = Result<Response, Closed>;
+
+enum Route {
+    Call(oneshot::Sender<Delivery>),
+    Subscription(mpsc::UnboundedSender<Delivery>),
+}
+
+struct Pending {
+    route: Route,
+    /// Some of the request's frame may have been written.
+    maybe_sent: bool,
+}
+
+#[derive(Default)]
+struct Routes {
+    /// Set once the connection has stopped: new requests are refused.
+    closed: Option<Error>,
+    by_id: HashMap<u64, Pending>,
+}
+
+struct Shared {
+    socket: PathBuf,
+    routes: Mutex<Routes>,
+}
+
+impl Shared {
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        // Nothing panics while holding the lock; a poisoned map is still consistent.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, id: u64, route: Route) -> Result<(), Failure> {
+        let mut routes = self.routes();
+        if let Some(error) = &routes.closed {
+            return Err(Failure::NotSent(error.clone()));
+        }
+        routes.by_id.insert(
+            id,
+            Pending {
+                route,
+                maybe_sent: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records whether the frames of `ids` may have reached the agent.
+    fn mark(&self, ids: impl Iterator<Item = u64>, maybe_sent: bool) {
+        let mut routes = self.routes();
+        for id in ids {
+            if let Some(pending) = routes.by_id.get_mut(&id) {
+                pending.maybe_sent = maybe_sent;
+            }
+        }
+    }
+
+    fn dispatch(&self, response: Response) {
+        let mut routes = self.routes();
+        let id = response.id;
+        match routes.by_id.remove(&id) {
+            Some(Pending {
+                route: Route::Call(waiter),
+                ..
+            }) => {
+                // The waiter may have timed out meanwhile; its answer is dropped.
+                let _ = waiter.send(Ok(response));
+            }
+            Some(Pending {
+                route: Route::Subscription(events),
+                maybe_sent,
+            }) => {
+                if events.send(Ok(response)).is_ok() {
+                    let route = Route::Subscription(events);
+                    routes.by_id.insert(id, Pending { route, maybe_sent });
+                }
+            }
+            None => tracing::debug!(id, "dropping a response nobody waits for"),
+        }
+    }
+
+    /// Stops the connection: every waiter learns why, and whether its request
+    /// may have been acted on.
+    fn close(&self, error: Error, violation: bool) {
+        let mut routes = self.routes();
+        if routes.closed.is_some() {
+            return;
+        }
+        tracing::debug!(%error, "connection to the agent closed");
+        for (_, pending) in routes.by_id.drain() {
+            let kind = match (violation, pending.maybe_sent) {
+                (true, _) => ClosedKind::Violation,
+                (false, true) => ClosedKind::Lost,
+                (false, false) => ClosedKind::NotSent,
+            };
+            let closed = Closed {
+                error: error.clone(),
+                kind,
+            };
+            let _ = match pending.route {
+                Route::Call(waiter) => waiter.send(Err(closed)).is_ok(),
+                Route::Subscription(events) => events.send(Err(closed)).is_ok(),
+            };
+        }
+        routes.closed = Some(error);
+    }
+
+    fn lost(&self, cause: &dyn std::fmt::Display) -> Error {
+        error::connection_lost(&self.socket, cause)
+    }
+}
+
+/// Removes a route when its call ends or is cancelled; for a subscription,
+/// also tells the agent to stop.
+pub(crate) struct RouteGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    unsubscribe: Option<(Queue, Arc<AtomicU64>)>,
+}
+
+impl RouteGuard {
+    /// The agent refused the subscription: nothing to unsubscribe from.
+    pub(crate) fn refused(mut self) {
+        self.unsubscribe = None;
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        let still_open = {
+            let mut routes = self.shared.routes();
+            routes.by_id.remove(&self.id);
+            routes.closed.is_none()
+        };
+        if let (true, Some((frames, ids))) = (still_open, self.unsubscribe.take()) {
+            let id = ids.fetch_add(1, Ordering::Relaxed);
+            let op = Op::Unsubscribe {
+                subscription: self.id,
+            };
+            // Best effort: the agent also ends subscriptions with their connection.
+            if let Ok(frame) = wire::encode_request(id, op) {
+                let _ = frames.try_send((id, frame));
+            }
+        }
+    }
+}
+
+/// A connection that has said `hello`.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    frames: Queue,
+    ids: Arc<AtomicU64>,
+    tasks: [AbortHandle; 2],
+    pub(crate) agent: AgentInfo,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Conn {
+    /// Connects and says `hello`, all within `opts.connect_timeout`.
+    pub(crate) async fn open(
+        socket: &Path,
+        opts: &ClientOptions,
+        ids: Arc<AtomicU64>,
+    ) -> Result<Conn> {
+        let handshake = async {
+            let name = socket
+                .to_fs_name::<GenericFilePath>()
+                .map_err(|e| error::connect_failed(socket, &e))?;
+            let stream = ConnectOptions::new()
+                .name(name)
+                .connect_tokio()
+                .await
+                .map_err(|e| error::connect_failed(socket, &e))?;
+            let mut conn = Conn::start(socket, stream, ids);
+            let response = conn
+                .call(wire::hello(opts))
+                .await
+                .map_err(Failure::into_error)?;
+            conn.agent = wire::agent_info(socket, response)?;
+            Ok(conn)
+        };
+        tokio::time::timeout(opts.connect_timeout, handshake)
+            .await
+            .unwrap_or_else(|_| Err(error::handshake_timeout(socket, opts.connect_timeout)))
+    }
+
+    fn start(socket: &Path, stream: Stream, ids: Arc<AtomicU64>) -> Conn {
+        let stream = Arc::new(stream);
+        let shared = Arc::new(Shared {
+            socket: socket.to_owned(),
+            routes: Mutex::new(Routes::default()),
+        });
+        let (frames, queue) = mpsc::channel(QUEUE);
+        let reader = tokio::spawn(read_loop(Arc::clone(&stream), Arc::clone(&shared)));
+        let writer = tokio::spawn(write_loop(stream, queue, Arc::clone(&shared)));
+        Conn {
+            shared,
+            frames,
+            ids,
+            tasks: [reader.abort_handle(), writer.abort_handle()],
+            agent: AgentInfo {
+                protocol: 0,
+                version: String::new(),
+            },
+        }
+    }
+
+    /// Whether the connection has stopped (the next call needs a new one).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.routes().closed.is_some()
+    }
+
+    /// Sends a request and waits for its response, however long it takes;
+    /// callers bound the wait. Cancel-safe.
+    pub(crate) async fn call(&self, op: Op) -> Result<Response, Failure> {
+        let (waiter, answer) = oneshot::channel();
+        let (_route, _) = self.send(op, Route::Call(waiter), false).await?;
+        match answer.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(closed)) => Err(closed.failure()),
+            Err(_) => Err(Failure::Lost(
+                self.shared.lost(&"the connection's reader stopped"),
+            )),
+        }
+    }
+
+    /// Sends `subscribe`; the reply and then the events arrive on the receiver.
+    pub(crate) async fn subscribe(
+        &self,
+        op: Op,
+    ) -> Result<(RouteGuard, mpsc::UnboundedReceiver<Delivery>), Failure> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let (route, _) = self.send(op, Route::Subscription(events), true).await?;
+        Ok((route, receiver))
+    }
+
+    async fn send(
+        &self,
+        op: Op,
+        route: Route,
+        subscription: bool,
+    ) -> Result<(RouteGuard, u64), Failure> {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode_request(id, op).map_err(Failure::Other)?;
+        self.shared.register(id, route)?;
+        let guard = RouteGuard {
+            shared: Arc::clone(&self.shared),
+            id,
+            unsubscribe: subscription.then(|| (self.frames.clone(), Arc::clone(&self.ids))),
+        };
+        if self.frames.send((id, frame)).await.is_err() {
+            // The writer has stopped, so this frame was never written.
+            let closed = self.shared.routes().closed.clone();
+            let error =
+                closed.unwrap_or_else(|| self.shared.lost(&"the connection's writer stopped"));
+            return Err(Failure::NotSent(error));
+        }
+        Ok((guard, id))
+    }
+}
+
+async fn read_loop(stream: Arc<Stream>, shared: Arc<Shared>) {
+    let mut frames = FrameBuffer::new();
+    let mut source = &*stream;
+    loop {
+        loop {
+            match frames.next_response() {
+                Ok(Some(response)) => shared.dispatch(response),
+                Ok(None) => break,
+                Err(detail) => {
+                    shared.close(error::malformed(&shared.socket, &detail), true);
+                    return;
+                }
+            }
+        }
+        match frames.read_from_async(&mut source).await {
+            Ok(0) => {
+                shared.close(shared.lost(&"the agent closed the connection"), false);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                shared.close(shared.lost(&e), false);
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    stream: Arc<Stream>,
+    mut queue: mpsc::Receiver<(u64, Frame)>,
+    shared: Arc<Shared>,
+) {
+    let mut sink = &*stream;
+    let mut batch = Zeroizing::new(Vec::with_capacity(BATCH));
+    // (request id, end of its frame in `batch`)
+    let mut ends = Vec::new();
+    while let Some((id, frame)) = queue.recv().await {
+        batch.extend_from_slice(&frame);
+        ends.push((id, batch.len()));
+        drop(frame);
+        // Pipelined requests go out in one write.
+        while batch.len() < BATCH {
+            let Ok((id, frame)) = queue.try_recv() else {
+                break;
+            };
+            batch.extend_from_slice(&frame);
+            ends.push((id, batch.len()));
+        }
+        // Marked before writing: if the connection breaks meanwhile, the
+        // request counts as possibly received — never resent by mistake.
+        shared.mark(ends.iter().map(|(id, _)| *id), true);
+        let mut written = 0;
+        let result = loop {
+            if written == batch.len() {
+                break Ok(());
+            }
+            match sink.write(&batch[written..]).await {
+                Ok(0) => break Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        batch.zeroize();
+        if let Err(e) = result {
+            // A frame cut short cannot have been acted on.
+            let unsent = ends.iter().filter(|(_, end)| *end > written);
+            shared.mark(unsent.map(|(id, _)| *id), false);
+            shared.close(shared.lost(&e), false);
+            return;
+        }
+        ends.clear();
+    }
+}

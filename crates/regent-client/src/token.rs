@@ -1,0 +1,178 @@
+//! What calls return: tokens, enrollment results, subscription events.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use regent_proto::message::{Event, TokenReply};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::Error;
+
+/// An access token from the agent.
+///
+/// The bearer value is zeroized on drop and redacted in `Debug`; read it with
+/// [`Token::secret`] only where it is sent.
+#[derive(Clone)]
+pub struct Token {
+    access_token: SecretString,
+    /// Usually `"Bearer"`.
+    pub token_type: String,
+    /// When the token stops being valid (wall clock).
+    pub expires_at: SystemTime,
+    /// The granted scope, when the license server said.
+    pub scope: Option<String>,
+}
+
+impl Token {
+    /// A token with this value and expiry (for tests and other transports).
+    pub fn new(
+        access_token: SecretString,
+        token_type: impl Into<String>,
+        expires_at: SystemTime,
+        scope: Option<String>,
+    ) -> Self {
+        Token {
+            access_token,
+            token_type: token_type.into(),
+            expires_at,
+            scope,
+        }
+    }
+
+    /// The bearer value, for the one place that sends it.
+    pub fn secret(&self) -> &str {
+        self.access_token.expose_secret()
+    }
+
+    /// How long the token stays valid from now, by the wall clock; zero once expired.
+    pub fn remaining(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    pub(crate) fn from_reply(reply: &TokenReply) -> Self {
+        Token {
+            access_token: SecretString::from(reply.access_token.expose()),
+            token_type: reply.token_type.clone(),
+            expires_at: from_unix_ms(reply.expires_at_ms),
+            scope: reply.scope.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// A successful enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The slot identifier (sentinel profile) or client id (oauth2 profile).
+    pub identifier: String,
+    /// The license server's auth-token id, when it has one (sentinel profile).
+    pub auth_token_id: Option<String>,
+    /// When the first access token expires.
+    pub expires_at: SystemTime,
+}
+
+/// Who answered `hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// The negotiated protocol version.
+    pub protocol: u32,
+    /// The agent's software version.
+    pub version: String,
+}
+
+/// Something a subscription reports.
+#[derive(Debug, Clone)]
+pub enum SubscriptionEvent {
+    /// A token valid for at least the subscription's `min_valid`: the first
+    /// one right after subscribing, then one each time the agent renews it.
+    Token(Token),
+    /// The agent's state changed (`active`, `degraded`, `revoked`,
+    /// `unenrolled`, …), with the reason when it was a failure.
+    State {
+        /// The new state's name.
+        state: String,
+        /// Why, when the change was a failure.
+        error: Option<Error>,
+    },
+}
+
+impl SubscriptionEvent {
+    pub(crate) fn from_event(event: Event) -> Self {
+        match event {
+            Event::Token(reply) => SubscriptionEvent::Token(Token::from_reply(&reply)),
+            Event::State { state, error } => SubscriptionEvent::State {
+                state,
+                error: error.map(Error::from),
+            },
+        }
+    }
+}
+
+/// A wire expiry (unix milliseconds) as a wall-clock instant; an expiry past
+/// what `SystemTime` can hold reads as already expired rather than eternal.
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use regent_proto::message::WireSecret;
+
+    use super::*;
+
+    fn reply(expires_at_ms: u64) -> TokenReply {
+        TokenReply {
+            access_token: WireSecret::new("eyJ-very-secret".into()),
+            token_type: "Bearer".into(),
+            expires_at_ms,
+            scope: Some("read".into()),
+        }
+    }
+
+    #[test]
+    fn tokens_carry_the_reply_and_hide_the_secret() {
+        let token = Token::from_reply(&reply(1_790_000_000_123));
+        assert_eq!(token.secret(), "eyJ-very-secret");
+        assert_eq!(token.token_type, "Bearer");
+        assert_eq!(token.scope.as_deref(), Some("read"));
+        assert_eq!(
+            token.expires_at.duration_since(UNIX_EPOCH).ok(),
+            Some(Duration::from_millis(1_790_000_000_123))
+        );
+        let debug = format!("{token:?}");
+        assert!(!debug.contains("very-secret"), "{debug}");
+        assert!(debug.contains("redacted"));
+        let event = SubscriptionEvent::from_event(Event::Token(reply(5)));
+        assert!(!format!("{event:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn remaining_follows_the_wall_clock() {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let token = Token::from_reply(&reply(now_ms + 60_000));
+        let left = token.remaining();
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::from_secs(55),
+            "{left:?}"
+        );
+        let expired = Token::from_reply(&reply(now_ms.saturating_sub(1000)));
+        assert_eq!(expired.remaining(), Duration::ZERO);
+    }
+}

@@ -1,0 +1,511 @@
+//! Reltio-style OAuth2: issuer discovery and `POST /oauth/token`
+//! (`client_credentials`, `refresh_token`, and `password` for the admin user),
+//! with single-token re-issue, multi-token mode and its active-token cap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::clock;
+use crate::error::{ApiError, token_response};
+use crate::extract::{FormParams, authorization};
+use crate::secret;
+use crate::state::{ADMIN_TOKEN_LIFESPAN, AppState, Store, Subject};
+
+/// Grant types `/oauth/token` understands.
+const SUPPORTED_GRANTS: &str = "client_credentials, refresh_token, password";
+
+/// A registered OAuth2 client.
+#[derive(Clone, Debug)]
+pub(crate) struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_validity: Duration,
+    pub refresh_validity: Duration,
+    pub grant_types: Vec<String>,
+    pub scope: Vec<String>,
+    /// Emulator extension: rotate refresh tokens on use (default true).
+    pub rotate_refresh_tokens: bool,
+    /// Other fields the admin sent (authorities, resourceIds, …), echoed back.
+    pub extra: Map<String, Value>,
+}
+
+impl OAuthClient {
+    fn allows(&self, grant: &str) -> bool {
+        self.grant_types.iter().any(|g| g == grant)
+    }
+}
+
+/// A customer: groups clients and carries the multi-token setting.
+#[derive(Clone, Debug)]
+pub(crate) struct Customer {
+    pub id: String,
+    pub application_clients: Vec<String>,
+    /// `multitokenConfig.clientCredentialsMultiTokenConfig.maxActiveTokensAllowed`.
+    pub max_active_tokens: Option<u32>,
+    pub extra: Map<String, Value>,
+}
+
+/// An issued OAuth2 access token.
+#[derive(Clone, Debug)]
+pub(crate) struct OAuthAccess {
+    /// Public handle for listings (never the token value).
+    pub handle: String,
+    pub client_id: String,
+    pub grant: &'static str,
+    pub scope: String,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub refresh_token: Option<String>,
+}
+
+/// An issued OAuth2 refresh token.
+#[derive(Clone, Debug)]
+pub(crate) struct OAuthRefresh {
+    pub client_id: String,
+    pub scope: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Clients, customers and the tokens issued to them.
+#[derive(Debug, Default)]
+pub(crate) struct OAuthStore {
+    pub clients: BTreeMap<String, OAuthClient>,
+    pub customers: BTreeMap<String, Customer>,
+    /// Access tokens by value.
+    pub access: HashMap<String, OAuthAccess>,
+    /// Access token values per client, oldest first.
+    pub by_client: HashMap<String, Vec<String>>,
+    /// Refresh tokens by value.
+    pub refresh: HashMap<String, OAuthRefresh>,
+}
+
+impl OAuthStore {
+    pub(crate) fn sweep(&mut self, now: OffsetDateTime) {
+        self.access.retain(|_, t| t.expires_at > now);
+        let access = &self.access;
+        self.by_client.retain(|_, values| {
+            values.retain(|v| access.contains_key(v));
+            !values.is_empty()
+        });
+        self.refresh.retain(|_, r| r.expires_at > now);
+    }
+
+    /// Drops the client's expired access tokens.
+    fn prune_client(&mut self, client_id: &str, now: OffsetDateTime) {
+        if let Some(values) = self.by_client.get_mut(client_id) {
+            let access = &mut self.access;
+            values.retain(|v| match access.get(v) {
+                Some(t) if t.expires_at > now => true,
+                Some(_) => {
+                    access.remove(v);
+                    false
+                }
+                None => false,
+            });
+        }
+    }
+
+    /// The client's unexpired, unrevoked access tokens, oldest first.
+    pub(crate) fn active_tokens(&self, client_id: &str, now: OffsetDateTime) -> Vec<&OAuthAccess> {
+        self.by_client
+            .get(client_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| self.access.get(v))
+            .filter(|t| t.expires_at > now)
+            .collect()
+    }
+
+    /// Active `client_credentials` tokens: the ones the multi-token cap counts.
+    pub(crate) fn active_multitokens(
+        &self,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> Vec<&OAuthAccess> {
+        let mut tokens = self.active_tokens(client_id, now);
+        tokens.retain(|t| t.grant == "client_credentials");
+        tokens
+    }
+
+    /// The client's multi-token cap: the smallest `maxActiveTokensAllowed` of
+    /// the customers listing it; `None` = single-token (re-issue) mode.
+    pub(crate) fn multitoken_limit(&self, client_id: &str) -> Option<u32> {
+        self.customers
+            .values()
+            .filter(|c| c.application_clients.iter().any(|id| id == client_id))
+            .filter_map(|c| c.max_active_tokens)
+            .min()
+    }
+
+    /// Revokes every access and refresh token of a client; returns how many
+    /// access tokens were active.
+    pub(crate) fn revoke_client(&mut self, client_id: &str, now: OffsetDateTime) -> usize {
+        let active = self.active_tokens(client_id, now).len();
+        for value in self.by_client.remove(client_id).unwrap_or_default() {
+            self.access.remove(&value);
+        }
+        self.refresh.retain(|_, r| r.client_id != client_id);
+        active
+    }
+
+    /// Active access tokens per client id.
+    pub(crate) fn active_counts(&self, now: OffsetDateTime) -> BTreeMap<String, usize> {
+        self.by_client
+            .keys()
+            .map(|id| (id.clone(), self.active_tokens(id, now).len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    fn authenticate(&self, client_id: &str, client_secret: &str) -> Result<OAuthClient, ApiError> {
+        self.clients
+            .get(client_id)
+            .filter(|c| secret::ct_eq(client_secret, &c.client_secret))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::invalid_client(
+                    "client authentication failed: unknown client_id or wrong client_secret",
+                )
+            })
+    }
+
+    fn mint_refresh(&mut self, client: &OAuthClient, scope: &str, now: OffsetDateTime) -> String {
+        let value = secret::token();
+        self.refresh.insert(
+            value.clone(),
+            OAuthRefresh {
+                client_id: client.client_id.clone(),
+                scope: scope.to_owned(),
+                expires_at: clock::after(now, client.refresh_validity),
+            },
+        );
+        value
+    }
+}
+
+/// `/oauth/token` success body.
+#[derive(Debug, Serialize)]
+pub(crate) struct OAuthTokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+}
+
+/// `GET /.well-known/openid-configuration`
+pub(crate) async fn openid_configuration(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "issuer": app.base_url,
+        "token_endpoint": format!("{}/oauth/token", app.base_url),
+        "grant_types_supported": ["client_credentials", "refresh_token", "password"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "response_types_supported": ["token"],
+    }))
+}
+
+/// `POST /oauth/token`
+pub(crate) async fn token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    form: FormParams,
+) -> Result<Response, ApiError> {
+    let grant = form.require("grant_type")?;
+    let client = client_authentication(&headers, &form)?;
+    let response = app
+        .store()
+        .oauth_token(grant, client, &form, clock::now())?;
+    if grant == "refresh_token" {
+        app.counters().note_refresh();
+    }
+    Ok(token_response(StatusCode::OK, response))
+}
+
+/// Client credentials from `Authorization: Basic base64(id:secret)` or from
+/// `client_id`/`client_secret` form parameters (not both).
+fn client_authentication(
+    headers: &HeaderMap,
+    form: &FormParams,
+) -> Result<Option<(String, String)>, ApiError> {
+    let form_id = form.get("client_id")?;
+    let form_secret = form.get("client_secret")?;
+    if let Some(basic) = authorization(headers, "Basic") {
+        let decoded = STANDARD
+            .decode(basic)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+            return Err(ApiError::invalid_client(
+                "malformed Authorization header: expected Basic base64(client_id:client_secret)",
+            ));
+        };
+        if form_secret.is_some() {
+            return Err(ApiError::invalid_request(
+                "use one client authentication method: the Authorization header or \
+                 client_secret in the form, not both",
+            ));
+        }
+        if form_id.is_some_and(|f| f != id) {
+            return Err(ApiError::invalid_request(
+                "client_id in the form differs from the one in the Authorization header",
+            ));
+        }
+        return Ok(Some((id.to_owned(), secret.to_owned())));
+    }
+    match (form_id, form_secret) {
+        (Some(id), Some(secret)) => Ok(Some((id.to_owned(), secret.to_owned()))),
+        (None, None) => Ok(None),
+        _ => Err(ApiError::invalid_client(
+            "incomplete client authentication: send both client_id and client_secret",
+        )),
+    }
+}
+
+/// The scope to grant: the request's (each word must be one of the client's
+/// scopes, when it has any) or else all of the client's.
+fn granted_scope(client: &OAuthClient, requested: Option<&str>) -> Result<String, ApiError> {
+    let Some(requested) = requested else {
+        return Ok(client.scope.join(" "));
+    };
+    let words: Vec<&str> = requested.split_whitespace().collect();
+    let unknown: Vec<&str> = words
+        .iter()
+        .copied()
+        .filter(|w| !client.scope.iter().any(|s| s == w))
+        .collect();
+    if !client.scope.is_empty() && !unknown.is_empty() {
+        return Err(ApiError::invalid_scope(format!(
+            "client '{}' may not request scope {}; its scopes are: {}",
+            client.client_id,
+            unknown.join(" "),
+            client.scope.join(" ")
+        )));
+    }
+    Ok(words.join(" "))
+}
+
+impl Store {
+    fn oauth_token(
+        &mut self,
+        grant: &str,
+        client: Option<(String, String)>,
+        form: &FormParams,
+        now: OffsetDateTime,
+    ) -> Result<OAuthTokenResponse, ApiError> {
+        if !matches!(grant, "client_credentials" | "refresh_token" | "password") {
+            return Err(ApiError::unsupported_grant_type(grant, SUPPORTED_GRANTS));
+        }
+        if grant == "password" && client.is_none() {
+            return self.admin_password_grant(form, now);
+        }
+        let (client_id, client_secret) = client.ok_or_else(|| {
+            ApiError::invalid_client(
+                "missing client authentication: send Authorization: Basic \
+                 base64(client_id:client_secret)",
+            )
+        })?;
+        let client = self.oauth.authenticate(&client_id, &client_secret)?;
+        if !client.allows(grant) {
+            return Err(ApiError::unauthorized_client(format!(
+                "client '{client_id}' may not use grant_type {grant}; its authorizedGrantTypes \
+                 are [{}]",
+                client.grant_types.join(", ")
+            )));
+        }
+        match grant {
+            "client_credentials" => {
+                let scope = granted_scope(&client, form.get("scope")?)?;
+                self.client_credentials(&client, scope, now)
+            }
+            "refresh_token" => self.oauth_refresh(&client, form.require("refresh_token")?, now),
+            _ => self.admin_password_grant(form, now),
+        }
+    }
+
+    fn admin_password_grant(
+        &mut self,
+        form: &FormParams,
+        now: OffsetDateTime,
+    ) -> Result<OAuthTokenResponse, ApiError> {
+        self.check_admin_password(form.require("username")?, form.require("password")?)?;
+        let access_token = self.mint_bearer(Subject::Admin, ADMIN_TOKEN_LIFESPAN, now);
+        Ok(OAuthTokenResponse {
+            access_token,
+            token_type: "bearer",
+            expires_in: ADMIN_TOKEN_LIFESPAN.as_secs(),
+            scope: "admin".to_owned(),
+            refresh_token: None,
+        })
+    }
+
+    /// Single-token mode re-issues the live token with its remaining lifetime;
+    /// multi-token mode mints a new one unless the client is at its cap (429
+    /// with `Retry-After` = seconds until its earliest token expires).
+    fn client_credentials(
+        &mut self,
+        client: &OAuthClient,
+        scope: String,
+        now: OffsetDateTime,
+    ) -> Result<OAuthTokenResponse, ApiError> {
+        let id = &client.client_id;
+        self.oauth.prune_client(id, now);
+        match self.oauth.multitoken_limit(id) {
+            None => {
+                let live = self
+                    .oauth
+                    .by_client
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| self.oauth.access.get(v).map(|t| (v, t)))
+                    .filter(|(_, t)| t.grant == "client_credentials" && t.scope == scope)
+                    .max_by_key(|(_, t)| t.expires_at)
+                    .map(|(v, t)| (v.clone(), t.expires_at, t.refresh_token.clone()));
+                if let Some((value, expires_at, refresh)) = live {
+                    let expires_in = clock::secs_until_floor(now, expires_at);
+                    if expires_in >= 1 {
+                        return Ok(self.reissue(client, value, expires_in, scope, refresh, now));
+                    }
+                }
+            }
+            Some(max) => {
+                let active = self.oauth.active_multitokens(id, now);
+                if active.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
+                    let retry_after = active
+                        .iter()
+                        .map(|t| clock::secs_until_ceil(now, t.expires_at))
+                        .min()
+                        .unwrap_or(1);
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "active_token_limit_exceeded",
+                        format!(
+                            "client {id} already holds {} active tokens (limit {max}); wait for \
+                             one to expire or raise maxActiveTokensAllowed",
+                            active.len()
+                        ),
+                    )
+                    .with_retry_after(retry_after));
+                }
+            }
+        }
+        let refresh_token = client
+            .allows("refresh_token")
+            .then(|| self.oauth.mint_refresh(client, &scope, now));
+        Ok(self.mint_oauth_access(client, "client_credentials", scope, refresh_token, now))
+    }
+
+    /// Answers with an already-issued access token; its refresh token is
+    /// replaced if it has since been used up.
+    fn reissue(
+        &mut self,
+        client: &OAuthClient,
+        value: String,
+        expires_in: u64,
+        scope: String,
+        refresh: Option<String>,
+        now: OffsetDateTime,
+    ) -> OAuthTokenResponse {
+        let refresh_token = match refresh {
+            Some(r) if self.oauth.refresh.contains_key(&r) => Some(r),
+            _ if client.allows("refresh_token") => {
+                let fresh = self.oauth.mint_refresh(client, &scope, now);
+                if let Some(t) = self.oauth.access.get_mut(&value) {
+                    t.refresh_token = Some(fresh.clone());
+                }
+                Some(fresh)
+            }
+            _ => None,
+        };
+        OAuthTokenResponse {
+            access_token: value,
+            token_type: "bearer",
+            expires_in,
+            scope,
+            refresh_token,
+        }
+    }
+
+    fn oauth_refresh(
+        &mut self,
+        client: &OAuthClient,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<OAuthTokenResponse, ApiError> {
+        let record = self.oauth.refresh.get(presented).cloned().ok_or_else(|| {
+            ApiError::invalid_grant(
+                "Invalid refresh token: unknown, expired, revoked or already used",
+            )
+        })?;
+        if record.client_id != client.client_id {
+            return Err(ApiError::invalid_grant(
+                "Invalid refresh token: it was issued to another client",
+            ));
+        }
+        if record.expires_at <= now {
+            self.oauth.refresh.remove(presented);
+            return Err(ApiError::invalid_grant("Invalid refresh token: expired"));
+        }
+        self.oauth.prune_client(&client.client_id, now);
+        let refresh_token = if client.rotate_refresh_tokens {
+            self.oauth.refresh.remove(presented);
+            self.oauth.mint_refresh(client, &record.scope, now)
+        } else {
+            presented.to_owned()
+        };
+        Ok(self.mint_oauth_access(
+            client,
+            "refresh_token",
+            record.scope,
+            Some(refresh_token),
+            now,
+        ))
+    }
+
+    fn mint_oauth_access(
+        &mut self,
+        client: &OAuthClient,
+        grant: &'static str,
+        scope: String,
+        refresh_token: Option<String>,
+        now: OffsetDateTime,
+    ) -> OAuthTokenResponse {
+        self.note_mint(now);
+        let value = secret::token();
+        self.oauth.access.insert(
+            value.clone(),
+            OAuthAccess {
+                handle: secret::handle(),
+                client_id: client.client_id.clone(),
+                grant,
+                scope: scope.clone(),
+                issued_at: now,
+                expires_at: clock::after(now, client.access_validity),
+                refresh_token: refresh_token.clone(),
+            },
+        );
+        self.oauth
+            .by_client
+            .entry(client.client_id.clone())
+            .or_default()
+            .push(value.clone());
+        OAuthTokenResponse {
+            access_token: value,
+            token_type: "bearer",
+            expires_in: client.access_validity.as_secs(),
+            scope,
+            refresh_token,
+        }
+    }
+}

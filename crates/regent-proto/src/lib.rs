@@ -1,0 +1,13 @@
+//! regent's wire contract, shared by the agent, the clients, the C library and the CLI.
+//!
+//! - [`code`]: the one table of stable error codes (DESIGN §7). The same numbers
+//!   appear in IPC responses, the Rust client's errors, `regent_result` in the C
+//!   header, the Python binding and the CLI's exit status.
+//! - [`frame`]: the framing (4-byte big-endian length + one JSON object, 64 KiB cap).
+//! - [`message`]: requests, responses and pushed events, version negotiation.
+
+pub mod code;
+pub mod frame;
+pub mod message;
+
+pub use code::{CodedError, ErrorCode};

@@ -1,0 +1,395 @@
+//! Requests, responses and pushed events (DESIGN §6).
+//!
+//! Every request carries an `id`; its response echoes it, so a client may
+//! pipeline. Events pushed for a subscription carry the `id` of the `subscribe`
+//! request. Unknown fields are ignored both ways; an unknown `op` is a
+//! `BAD_REQUEST` that still echoes the `id` when one could be read.
+//!
+//! ```text
+//! → {"id":1,"op":"hello","versions":[1],"app":"editor"}
+//! ← {"id":1,"ok":{"kind":"hello","version":1,"agent":"0.1.0"}}
+//! → {"id":2,"op":"token","min_valid":60}
+//! ← {"id":2,"ok":{"kind":"token","access_token":"…","token_type":"Bearer","expires_at_ms":1790000000000}}
+//! ← {"id":3,"error":{"code":"REVOKED","number":6,"message":"…"}}
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use crate::code::{CodedError, ErrorCode};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Every version this crate can speak, oldest first.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// Picks the highest version both sides speak.
+pub fn negotiate(offered: &[u32]) -> Option<u32> {
+    SUPPORTED_VERSIONS
+        .iter()
+        .rev()
+        .find(|v| offered.contains(v))
+        .copied()
+}
+
+/// A secret on the wire: serialised as a plain string, but redacted in `Debug`
+/// and zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
+#[serde(transparent)]
+#[zeroize(drop)]
+pub struct WireSecret(String);
+
+impl WireSecret {
+    /// Wraps a value.
+    pub fn new(value: String) -> Self {
+        WireSecret(value)
+    }
+    /// The value, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WireSecret([redacted])")
+    }
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the response.
+    pub id: u64,
+    /// What is asked.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// First message on a connection: version negotiation and who is asking.
+    Hello {
+        /// Versions the client speaks.
+        versions: Vec<u32>,
+        /// The application's name (for audit and status).
+        #[serde(default)]
+        app: String,
+        /// A stable instance id, for per-instance slots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+    },
+    /// A token valid for at least `min_valid` seconds.
+    Token {
+        /// Seconds the token must stay valid.
+        #[serde(default)]
+        min_valid: u64,
+        /// Requested scope (reserved; the slot's scope is used).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+    },
+    /// Push a token now and a fresh one before it drops below `min_valid`,
+    /// plus state changes; events carry this request's id.
+    Subscribe {
+        /// Seconds each pushed token must stay valid.
+        #[serde(default)]
+        min_valid: u64,
+    },
+    /// Ends the subscription made by request `subscription`.
+    Unsubscribe {
+        /// The id of the `subscribe` request.
+        subscription: u64,
+    },
+    /// The agent's status.
+    Status {},
+    /// Prometheus-style metrics text.
+    Metrics {},
+    /// Enroll with a registration token or client secret (agent's uid or root only).
+    Enroll {
+        /// The registration token or client secret.
+        secret: WireSecret,
+        /// Replace a working credential.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Forget the credential (agent's uid or root only).
+    Unenroll {},
+}
+
+impl Op {
+    /// The op's wire name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Hello { .. } => "hello",
+            Op::Token { .. } => "token",
+            Op::Subscribe { .. } => "subscribe",
+            Op::Unsubscribe { .. } => "unsubscribe",
+            Op::Status {} => "status",
+            Op::Metrics {} => "metrics",
+            Op::Enroll { .. } => "enroll",
+            Op::Unenroll {} => "unenroll",
+        }
+    }
+}
+
+/// A response or pushed event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id (or the subscription's, for events).
+    pub id: u64,
+    /// Success, failure or event.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// What a response carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The request succeeded.
+    Ok(Reply),
+    /// The request failed.
+    Error(WireError),
+    /// Something a subscription asked to hear about.
+    Event(Event),
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// Version agreed.
+    Hello {
+        /// The negotiated protocol version.
+        version: u32,
+        /// The agent's software version.
+        agent: String,
+    },
+    /// A token.
+    Token(TokenReply),
+    /// The subscription is live; events follow.
+    Subscribed {},
+    /// The subscription has ended.
+    Unsubscribed {},
+    /// Status document (the agent's `--json` status shape).
+    Status {
+        /// The status.
+        status: serde_json::Value,
+    },
+    /// Metrics in Prometheus text format.
+    Metrics {
+        /// The exposition text.
+        text: String,
+    },
+    /// Enrollment succeeded.
+    Enrolled {
+        /// Slot identifier or client id.
+        identifier: String,
+        /// The server's auth-token id (Sentinel).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth_token_id: Option<String>,
+        /// First token's expiry, unix milliseconds.
+        expires_at_ms: u64,
+    },
+    /// The credential is gone.
+    Unenrolled {},
+}
+
+/// An access token handed to an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReply {
+    /// The bearer token.
+    pub access_token: WireSecret,
+    /// Usually `"Bearer"`.
+    pub token_type: String,
+    /// Expiry, unix milliseconds (wall clock).
+    pub expires_at_ms: u64,
+    /// Granted scope, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// A pushed event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A fresh token for the subscription.
+    Token(TokenReply),
+    /// The slot's state changed (e.g. `revoked`), with the reason.
+    State {
+        /// New state name (`active`, `degraded`, `revoked`, `unenrolled`, …).
+        state: String,
+        /// Why, when it was a failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<WireError>,
+    },
+}
+
+/// An error on the wire: the code by name and number, a message, and when to retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// The code's number (the same as `code`; for readers without the table).
+    #[serde(default)]
+    pub number: u8,
+    /// What happened and what to do.
+    pub message: String,
+    /// Milliseconds after which retrying may help.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl WireError {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            number: code.number(),
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl From<WireError> for CodedError {
+    fn from(e: WireError) -> Self {
+        CodedError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// A request that could not be understood: the id when it could be read, and
+/// a `BAD_REQUEST` saying what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    /// The request's id, when readable (0 otherwise).
+    pub id: u64,
+    /// What was wrong.
+    pub error: WireError,
+}
+
+/// Parses one frame's payload as a request.
+///
+/// # Errors
+/// [`BadRequest`] naming the problem (not UTF-8 JSON, not an object, unknown
+/// op, a field of the wrong type).
+pub fn decode_request(payload: &[u8]) -> Result<Request, BadRequest> {
+    match serde_json::from_slice::<Request>(payload) {
+        Ok(request) => Ok(request),
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct IdOnly {
+                #[serde(default)]
+                id: u64,
+            }
+            let id = serde_json::from_slice::<IdOnly>(payload)
+                .map(|r| r.id)
+                .unwrap_or(0);
+            Err(BadRequest {
+                id,
+                error: WireError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "malformed request: {e}; a request is a JSON object with \"id\" and \"op\""
+                    ),
+                ),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_ignore_unknown_fields() {
+        let r =
+            decode_request(br#"{"id":7,"op":"token","min_valid":30,"future":"field"}"#).unwrap();
+        assert_eq!(r.id, 7);
+        assert!(matches!(
+            r.op,
+            Op::Token {
+                min_valid: 30,
+                scope: None
+            }
+        ));
+        let r = decode_request(br#"{"id":1,"op":"hello","versions":[1,2],"app":"x"}"#).unwrap();
+        assert!(matches!(r.op, Op::Hello { ref versions, .. } if versions == &[1, 2]));
+        let r = decode_request(br#"{"id":2,"op":"status"}"#).unwrap();
+        assert!(matches!(r.op, Op::Status {}));
+    }
+
+    #[test]
+    fn bad_requests_echo_the_id_when_they_can() {
+        let e = decode_request(br#"{"id":9,"op":"fly"}"#).unwrap_err();
+        assert_eq!(e.id, 9);
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        let e = decode_request(b"not json").unwrap_err();
+        assert_eq!(e.id, 0);
+        let e = decode_request(br#"{"id":3,"op":"token","min_valid":"soon"}"#).unwrap_err();
+        assert_eq!(e.id, 3);
+        assert!(e.error.message.contains("malformed request"));
+    }
+
+    #[test]
+    fn responses_have_the_documented_shape() {
+        let ok = Response {
+            id: 2,
+            outcome: Outcome::Ok(Reply::Token(TokenReply {
+                access_token: WireSecret::new("abc".into()),
+                token_type: "Bearer".into(),
+                expires_at_ms: 5,
+                scope: None,
+            })),
+        };
+        let json = serde_json::to_value(&ok).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":2,"ok":{"kind":"token","access_token":"abc","token_type":"Bearer","expires_at_ms":5}})
+        );
+        let err = Response {
+            id: 3,
+            outcome: Outcome::Error(WireError::new(ErrorCode::Revoked, "gone")),
+        };
+        let json = serde_json::to_string(&err).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":3,"error":{"code":"REVOKED","number":6,"message":"gone"}}"#
+        );
+        let back: Response = serde_json::from_str(&json).unwrap();
+        assert!(matches!(
+            back.outcome,
+            Outcome::Error(WireError {
+                code: ErrorCode::Revoked,
+                ..
+            })
+        ));
+        let event: Response = serde_json::from_str(
+            r#"{"id":4,"event":{"kind":"state","state":"revoked","error":{"code":"REVOKED","message":"x"}},"extra":1}"#,
+        )
+        .unwrap();
+        assert!(matches!(event.outcome, Outcome::Event(Event::State { .. })));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let r = decode_request(br#"{"id":1,"op":"enroll","secret":"hunter2-secret"}"#).unwrap();
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        assert_eq!(negotiate(&[1]), Some(1));
+        assert_eq!(negotiate(&[0, 1, 99]), Some(1));
+        assert_eq!(negotiate(&[2, 3]), None);
+        assert_eq!(negotiate(&[]), None);
+    }
+}

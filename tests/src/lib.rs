@@ -1,0 +1,307 @@
+//! Shared helpers for the end-to-end tests: the real `regent` binary running
+//! the emulator and the agent as processes, in temporary directories, with
+//! waits on observable events (a line printed, a socket answering) instead of
+//! sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `regent` binary built by `cargo test --workspace` (or `cargo build`).
+pub fn regent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/regent
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("regent{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p regent-cli` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Known control key for emulators started by tests.
+pub const EMULATOR_KEY: &str = "e2e-control-key";
+
+/// A `regent emulator` process on an ephemeral loopback port.
+#[derive(Debug)]
+pub struct EmulatorProc {
+    child: Child,
+    pub url: String,
+}
+
+impl EmulatorProc {
+    pub fn start(access_token_lifespan: u64) -> EmulatorProc {
+        let mut child = Command::new(regent_bin())
+            .args([
+                "emulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--access-token-lifespan",
+            ])
+            .arg(access_token_lifespan.to_string())
+            .env("REGENT_EMULATOR_ADMIN_KEY", EMULATOR_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn regent emulator");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("emulator prints its URL").unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("URL in the first line")
+            .to_owned();
+        // Keep draining stdout so the emulator never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        EmulatorProc { child, url }
+    }
+
+    /// Mints a registration token with `regent emulator mint`.
+    pub fn mint(&self, count: u32) -> String {
+        let out = regent(
+            &[
+                "emulator",
+                "mint",
+                "--url",
+                &self.url,
+                "--count",
+                &count.to_string(),
+            ],
+            None,
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "mint failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// The auth tokens the emulator knows (who redeemed).
+    pub fn auth_tokens(&self) -> Vec<serde_json::Value> {
+        let out = regent(&["emulator", "auth-tokens", "--url", &self.url], None, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn revoke(&self, id: &str) {
+        let out = regent(&["emulator", "revoke", "--url", &self.url, id], None, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for EmulatorProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `regent` with `args`, optional stdin, and extra environment.
+pub fn regent(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(regent_bin());
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn regent");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A temporary agent home: config file, state directory, socket.
+#[derive(Debug)]
+pub struct AgentHome {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl AgentHome {
+    /// A sentinel-profile agent with a file store; `extra` is appended to the config.
+    pub fn new(server_url: &str, extra: &str) -> AgentHome {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/agent.sock");
+        let config = dir.path().join("regent.toml");
+        let text = format!(
+            "[server]\nprofile = \"sentinel\"\nurl = \"{server_url}\"\nrequest_timeout = 5\n\n\
+             [store]\nkind = \"file\"\n\n[state]\ndir = \"{}\"\n\n{extra}\n",
+            dir.path().join("state").display()
+        );
+        let text = if text.contains("[ipc]") {
+            text.replace(
+                "[ipc]",
+                &format!("[ipc]\nsocket = \"{}\"", socket.display()),
+            )
+        } else {
+            format!("{text}\n[ipc]\nsocket = \"{}\"\n", socket.display())
+        };
+        std::fs::write(&config, text).unwrap();
+        AgentHome {
+            dir,
+            config,
+            socket,
+        }
+    }
+
+    /// Environment for CLI commands talking to this agent.
+    pub fn env(&self) -> [(&str, &str); 1] {
+        [("REGENT_SOCKET", self.socket.to_str().unwrap())]
+    }
+
+    /// Runs a CLI command against this agent.
+    pub fn regent(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        regent(args, stdin, &self.env())
+    }
+
+    pub fn client_options(&self, app: &str) -> regent_client::ClientOptions {
+        regent_client::ClientOptions::new(app).socket(&self.socket)
+    }
+}
+
+/// A `regent agent` process.
+#[derive(Debug)]
+pub struct AgentProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts the agent and waits until its socket answers.
+    pub fn start(home: &AgentHome) -> AgentProc {
+        let agent = AgentProc::spawn(home);
+        wait_for_socket(&home.socket, Duration::from_secs(20));
+        agent
+    }
+
+    /// Starts the agent without waiting.
+    pub fn spawn(home: &AgentHome) -> AgentProc {
+        let log = unique(home.dir.path().join("agent.log"));
+        let child = Command::new(regent_bin())
+            .args(["agent", "--config"])
+            .arg(&home.config)
+            .env("RUST_LOG", "regent_agent=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn regent agent");
+        AgentProc { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    #[cfg(unix)]
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = wait_timeout(&mut self.child, Duration::from_secs(15));
+        std::mem::forget(self);
+        status
+    }
+
+    /// SIGKILL (a crash): nothing is cleaned up.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::mem::forget(self);
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut n = 0;
+    let mut p = path.clone();
+    while p.exists() {
+        n += 1;
+        p = path.with_extension(format!("{n}.log"));
+    }
+    p
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a child to exit, killing it after `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until something accepts connections on `socket`.
+pub fn wait_for_socket(socket: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        #[cfg(unix)]
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent socket {} not ready within {timeout:?}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The exit code of a finished command.
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// stdout and stderr as text, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,272 @@
+//! End to end: the real `regent agent`, `regent emulator` and CLI commands.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use regent_client::{Client, SubscriptionEvent};
+use regent_proto::ErrorCode;
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, regent, text};
+
+fn exit(code_: ErrorCode) -> i32 {
+    i32::from(code_.number())
+}
+
+#[tokio::test]
+async fn enroll_token_status_unenroll_through_the_cli() {
+    let emulator = EmulatorProc::start(300);
+    let home = AgentHome::new(&emulator.url, "");
+    let _agent = AgentProc::start(&home);
+
+    let out = home.regent(&["token"], None);
+    assert_eq!(code(&out), exit(ErrorCode::NotEnrolled), "{}", text(&out));
+    let out = home.regent(&["status"], None);
+    assert_eq!(code(&out), exit(ErrorCode::NotEnrolled), "{}", text(&out));
+
+    // A secret as an argument is refused, with the reason.
+    let out = home.regent(&["enroll", "my-registration-token"], None);
+    assert_eq!(code(&out), exit(ErrorCode::BadRequest), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ps"),
+        "{}",
+        text(&out)
+    );
+
+    // A wrong token: its own code.
+    let out = home.regent(&["enroll"], Some("not-a-token\n"));
+    assert_eq!(
+        code(&out),
+        exit(ErrorCode::RegistrationTokenInvalid),
+        "{}",
+        text(&out)
+    );
+
+    let registration = emulator.mint(2);
+    let out = home.regent(&["enroll"], Some(&format!("{registration}\n")));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("enrolled"),
+        "{}",
+        text(&out)
+    );
+
+    let raw = home.regent(&["token", "--min-valid", "30"], None);
+    assert!(raw.status.success(), "{}", text(&raw));
+    let token = String::from_utf8(raw.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(token.len() > 20);
+    let header = home.regent(&["token", "--format", "header"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&header.stdout).trim(),
+        format!("Authorization: Bearer {token}")
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&home.regent(&["token", "--format", "json"], None).stdout).unwrap();
+    assert_eq!(json["access_token"], token.as_str());
+    assert!(json["expires_in"].as_u64().unwrap() >= 30);
+    let exec: serde_json::Value = serde_json::from_slice(
+        &home
+            .regent(&["token", "--format", "exec-credential"], None)
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(exec["kind"], "ExecCredential");
+    assert_eq!(exec["apiVersion"], "client.authentication.k8s.io/v1");
+    assert_eq!(exec["status"]["token"], token.as_str());
+    assert!(
+        exec["status"]["expirationTimestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+
+    // More validity than a 300 s token can give: UNAVAILABLE, never a short token.
+    let out = home.regent(&["token", "--min-valid", "3600"], None);
+    assert_eq!(code(&out), exit(ErrorCode::Unavailable), "{}", text(&out));
+
+    let out = home.regent(&["status", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["slots"][0]["state"], "active");
+    assert!(status["slots"][0]["expires_at"].as_u64().is_some());
+    let human = home.regent(&["status"], None);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("active"),
+        "{}",
+        text(&human)
+    );
+
+    let metrics = home.regent(&["metrics"], None);
+    let metrics = String::from_utf8(metrics.stdout).unwrap();
+    assert!(
+        metrics.contains("regent_slot_state{state=\"active\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("regent_tokens_served_total"), "{metrics}");
+    assert!(!metrics.contains(&token));
+
+    // The redeemer is visible to the administrator; one count used.
+    assert_eq!(emulator.auth_tokens().len(), 1);
+
+    let out = home.regent(&["unenroll"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = home.regent(&["token"], None);
+    assert_eq!(code(&out), exit(ErrorCode::NotEnrolled), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn subscribers_get_three_renewals_and_hear_about_revocation() {
+    let emulator = EmulatorProc::start(3);
+    let home = AgentHome::new(&emulator.url, "");
+    let _agent = AgentProc::start(&home);
+    let out = home.regent(&["enroll"], Some(&emulator.mint(1)));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let client = Client::connect(home.client_options("subscriber"))
+        .await
+        .unwrap();
+    let min_valid = Duration::from_secs(1);
+    let mut subscription = client.subscribe(min_valid).await.unwrap();
+    let mut tokens = Vec::new();
+    while tokens.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("a pushed token within a renewal period")
+            .unwrap();
+        if let SubscriptionEvent::Token(t) = event {
+            assert!(
+                t.remaining() >= min_valid,
+                "pushed token below min_valid: {:?}",
+                t.remaining()
+            );
+            tokens.push(t.secret().to_owned());
+        }
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 4, "each push is a new token");
+
+    let id = emulator.auth_tokens()[0]["id"].as_str().unwrap().to_owned();
+    emulator.revoke(&id);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("the revocation is pushed within a renewal period")
+            .unwrap();
+        if let SubscriptionEvent::State { state, error } = event
+            && state == "revoked"
+        {
+            assert_eq!(error.unwrap().code, ErrorCode::Revoked);
+            break;
+        }
+    }
+    let out = home.regent(&["token", "--min-valid", "1"], None);
+    assert_eq!(code(&out), exit(ErrorCode::Revoked), "{}", text(&out));
+    // A new registration token re-enrolls without a restart.
+    let out = home.regent(&["enroll"], Some(&emulator.mint(1)));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = home.regent(&["token", "--min-valid", "1"], None);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn restart_sigterm_live_and_stale_sockets() {
+    let emulator = EmulatorProc::start(300);
+    let home = AgentHome::new(&emulator.url, "");
+    let agent = AgentProc::start(&home);
+    assert!(
+        home.regent(&["enroll"], Some(&emulator.mint(1)))
+            .status
+            .success()
+    );
+
+    // The socket has the configured mode.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&home.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A second agent refuses to take over a live socket.
+    let mut second = AgentProc::spawn(&home);
+    let status = regent_tests::wait_timeout(&mut second.child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(exit(ErrorCode::Config)));
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    assert!(log.contains("already listening"), "{log}");
+    assert!(
+        home.regent(&["token"], None).status.success(),
+        "the first agent still serves"
+    );
+
+    // A connected client survives an agent restart (it reconnects).
+    let client = Client::connect(home.client_options("survivor"))
+        .await
+        .unwrap();
+    let before = client.token(Duration::from_secs(10)).await.unwrap();
+
+    // SIGTERM: clean exit, socket removed.
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !home.socket.exists(),
+        "socket file left behind after SIGTERM"
+    );
+
+    let agent = AgentProc::start(&home);
+    let after = client.token(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        before.secret(),
+        after.secret(),
+        "the stored token is served after a restart"
+    );
+
+    // SIGKILL leaves a stale socket; the next agent reclaims it.
+    agent.kill();
+    assert!(home.socket.exists());
+    let agent = AgentProc::start(&home);
+    assert!(
+        agent.log_text().contains("reclaimed a stale socket"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(home.regent(&["token"], None).status.success());
+    assert_eq!(
+        emulator.auth_tokens().len(),
+        1,
+        "restarts never redeem again"
+    );
+}
+
+#[test]
+fn emulator_refuses_non_loopback_and_demo_needs_no_setup() {
+    let out = regent(&["emulator", "--listen", "0.0.0.0:0"], None, &[]);
+    assert_eq!(code(&out), exit(ErrorCode::Config), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+#[test]
+fn the_demo_runs_start_to_finish() {
+    let out = regent(
+        &["demo", "--token-lifetime", "4", "--renewals", "2"],
+        None,
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    for expected in [
+        "minted a registration token",
+        "enrolled",
+        "got token",
+        "deleting auth token",
+        "told: agent is revoked",
+        "done",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
+    }
+}
