@@ -1,5 +1,5 @@
-//! The agent: one slot's credential, its crash-safe enrollment, and the handout
-//! API that the IPC layer serves.
+//! The agent: its slots' credentials, crash-safe enrollment, instance leases,
+//! and the handout API that the IPC layer serves.
 //!
 //! Crash safety (DESIGN §5): before a redemption the slot's identifier and a
 //! pending marker are in `state.json` and the registration token is in the
@@ -7,31 +7,44 @@
 //! reported. On start, a pending marker without a credential resumes the
 //! redemption with the same identifier, which the server answers as a replay —
 //! no second count.
+//!
+//! Slots (DESIGN §8): `shared` mode has slot 0 only, used by every connection.
+//! `per-instance` mode leases a slot to each connected app instance and
+//! activates it lazily on its first token request: the enrollment secret is
+//! kept as `device.secret`, and each slot redeems it once with its own
+//! identifier (Sentinel) or holds its own token from the same client
+//! credentials (OAuth2). At most `instances.max` slots ever exist.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use regent_proto::ErrorCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, InstanceMode, Profile};
 use crate::crash::crash_point;
-use crate::engine::{BoxFuture, Engine, EngineSettings, EngineStatus, Event, Renewer, SlotState};
+use crate::credential::{IssuedToken, Ledger, SlotRenewer, StoredCredential, to_ms};
+use crate::engine::{DemandGuard, Engine, EngineSettings, EngineStatus, Event, Renewer, SlotState};
 use crate::error::{Error, Result};
 use crate::grant::Grant;
-use crate::secret::{ExposeSecret, SecretString, secret};
+use crate::lease::{Holder, Lease, LeaseTable};
+use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{SecretStore, StateFile, StoreKind};
 use crate::upstream::http::{Http, HttpSettings};
 use crate::upstream::oauth2::{OAuth2, OAuth2Endpoint};
 use crate::upstream::sentinel::Sentinel;
 use crate::upstream::{DeviceIdentity, Upstream};
 
-/// The only slot until per-instance mode (DESIGN §8) adds more.
-const SHARED_SLOT: u32 = 0;
+/// The slot `shared` mode uses, and the first slot in `per-instance` mode.
+const FIRST_SLOT: u32 = 0;
 const STATE_VERSION: u32 = 1;
+/// After a slot's redemption is refused, ask again no sooner than this.
+const REFUSAL_HOLD: Duration = Duration::from_secs(30);
+/// The enrollment secret kept for lazy per-instance slots.
+const DEVICE_SECRET: &str = "device.secret";
 
 /// Non-secret state, persisted atomically in `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,104 +66,6 @@ struct SlotRecord {
     enrolled_at: Option<u64>,
 }
 
-/// A slot's secrets, stored as one entry so an update is one write.
-#[derive(Default, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-struct StoredCredential {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    auth_token_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_expires_at_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    client_secret: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    access: Option<StoredAccess>,
-    /// OAuth2 multi-token servers: the tokens this slot holds that may still be
-    /// alive (fingerprint, expiry), so restarts never exceed the cap.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    issued: Vec<IssuedToken>,
-}
-
-#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-struct StoredAccess {
-    token: String,
-    token_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
-    received_at_ms: u64,
-    expires_at_ms: u64,
-}
-
-#[derive(Clone, Copy, Serialize, Deserialize, Zeroize)]
-struct IssuedToken {
-    fingerprint: u64,
-    expires_at_ms: u64,
-}
-
-impl StoredCredential {
-    fn parse(value: &SecretString) -> Result<StoredCredential> {
-        serde_json::from_str(value.expose_secret()).map_err(|e| {
-            Error::new(
-                ErrorCode::StoreUnavailable,
-                format!(
-                    "the stored credential is unreadable ({e}); run `regent unenroll` and enroll again"
-                ),
-            )
-        })
-    }
-
-    fn to_secret(&self) -> Result<SecretString> {
-        serde_json::to_string(self).map(secret).map_err(|e| {
-            Error::new(
-                ErrorCode::Internal,
-                format!("cannot encode the credential: {e}"),
-            )
-        })
-    }
-
-    fn set_grant(&mut self, grant: &Grant) {
-        if let Some(rt) = &grant.refresh_token {
-            self.refresh_token = Some(rt.expose_secret().to_owned());
-        }
-        if grant.refresh_expires_at.is_some() || grant.refresh_token.is_some() {
-            self.refresh_expires_at_ms = grant.refresh_expires_at.map(to_ms);
-        }
-        self.access = Some(StoredAccess {
-            token: grant.access_token.expose_secret().to_owned(),
-            token_type: grant.token_type.clone(),
-            scope: grant.scope.clone(),
-            received_at_ms: to_ms(grant.received_at),
-            expires_at_ms: to_ms(grant.expires_at),
-        });
-    }
-
-    /// The cached access token, if it has not expired.
-    fn cached_grant(&self, now: SystemTime) -> Option<Grant> {
-        let access = self.access.as_ref()?;
-        let expires_at = from_ms(access.expires_at_ms);
-        (expires_at > now).then(|| Grant {
-            access_token: secret(access.token.clone()),
-            token_type: access.token_type.clone(),
-            received_at: from_ms(access.received_at_ms),
-            expires_at,
-            refresh_token: None,
-            refresh_expires_at: self.refresh_expires_at_ms.map(from_ms),
-            scope: access.scope.clone(),
-        })
-    }
-}
-
-fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn from_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
 fn now_secs() -> u64 {
     to_ms(SystemTime::now()) / 1000
 }
@@ -163,7 +78,7 @@ fn registration_entry(slot: u32) -> String {
     format!("slot-{slot}.registration")
 }
 
-/// What `enroll` does when the slot already holds a working credential.
+/// What `enroll` does when the device already holds a working credential.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EnrollOptions {
     /// Replace a working credential (consumes another registration count).
@@ -187,11 +102,15 @@ pub struct Enrolled {
 pub struct AgentStatus {
     /// `"sentinel"` or `"oauth2"`.
     pub profile: &'static str,
+    /// `"shared"` or `"per-instance"`.
+    pub instance_mode: &'static str,
+    /// Most slots (`instances.max`).
+    pub instances_max: u32,
     /// This state directory's device id.
     pub device_id: String,
     /// Where secrets are kept.
     pub store: String,
-    /// One entry per slot.
+    /// One entry per slot that exists.
     pub slots: Vec<SlotStatus>,
 }
 
@@ -204,6 +123,9 @@ pub struct SlotStatus {
     pub identifier: Option<String>,
     /// Lifecycle state.
     pub state: SlotState,
+    /// Who leases the slot (per-instance mode; shown to the agent's uid and root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leased_by: Option<Holder>,
     /// A redemption was sent but its outcome is not stored yet.
     pub pending_redemption: bool,
     /// Access-token expiry (unix seconds).
@@ -226,6 +148,17 @@ pub struct SlotStatus {
     pub handouts: u64,
 }
 
+/// One slot: its engine, and the locks that keep its activation single.
+#[derive(Debug)]
+struct Slot {
+    engine: Engine,
+    /// One lazy activation (redemption) at a time.
+    activating: Mutex<()>,
+    /// The last refused redemption, so a refused slot does not ask again on
+    /// every request.
+    refused: SyncMutex<Option<(Instant, Error)>>,
+}
+
 /// The agent as a library.
 #[derive(Debug)]
 pub struct Agent {
@@ -234,14 +167,18 @@ pub struct Agent {
     state_file: StateFile,
     state: Mutex<PersistentState>,
     upstream: Arc<Upstream>,
-    engine: Engine,
+    slots: SyncMutex<BTreeMap<u32, Arc<Slot>>>,
+    settings: SyncMutex<EngineSettings>,
+    leases: Arc<LeaseTable>,
+    instances_max: AtomicU32,
+    ledger: Arc<Ledger>,
     /// One enrollment (or unenrollment) at a time.
     enroll_lock: Mutex<()>,
 }
 
 impl Agent {
-    /// Opens the agent: loads state, the stored credential and the cached
-    /// token, and resumes an interrupted redemption in the background.
+    /// Opens the agent: loads state, every slot's stored credential and cached
+    /// token, and resumes interrupted redemptions in the background.
     ///
     /// # Errors
     /// `CONFIG` for a bad server URL or state directory; `STORE_UNAVAILABLE`
@@ -271,19 +208,68 @@ impl Agent {
                 state
             }
         };
+        let known: Vec<u32> = state.slots.keys().copied().collect();
         let upstream = Arc::new(open_upstream(&config)?);
-        let engine = Engine::start(EngineSettings::from(&config.refresh));
         let agent = Arc::new(Agent {
-            config,
             store,
             state_file,
             state: Mutex::new(state),
             upstream,
-            engine,
+            slots: SyncMutex::new(BTreeMap::new()),
+            settings: SyncMutex::new(EngineSettings::from(&config.refresh)),
+            leases: LeaseTable::new(Duration::from_secs(config.instances.lease_grace)),
+            instances_max: AtomicU32::new(config.instances.max),
+            ledger: Arc::new(Ledger::default()),
             enroll_lock: Mutex::new(()),
+            config,
         });
-        agent.load_slot(SHARED_SLOT).await?;
+        agent.slot(FIRST_SLOT);
+        for slot in known {
+            agent.load_slot(slot).await?;
+        }
         Ok(agent)
+    }
+
+    /// The slot's engine, created on first use.
+    fn slot(&self, number: u32) -> Arc<Slot> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Arc::clone(slots.entry(number).or_insert_with(|| {
+            Arc::new(Slot {
+                engine: Engine::start(settings),
+                activating: Mutex::new(()),
+                refused: SyncMutex::new(None),
+            })
+        }))
+    }
+
+    fn existing_slots(&self) -> Vec<(u32, Arc<Slot>)> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, s)| (*n, Arc::clone(s)))
+            .collect()
+    }
+
+    fn per_instance(&self) -> bool {
+        self.config.instances.mode == InstanceMode::PerInstance
+    }
+
+    async fn is_pending(&self, slot: u32) -> bool {
+        let state = self.state.lock().await;
+        state
+            .slots
+            .get(&slot)
+            .and_then(|r| r.pending_since)
+            .is_some()
     }
 
     /// Loads a slot's stored credential into its engine, or resumes its
@@ -292,6 +278,7 @@ impl Agent {
         if let Some(value) = self.store.get(&credential_entry(slot)).await? {
             let credential = StoredCredential::parse(&value)?;
             let grant = credential.cached_grant(SystemTime::now());
+            self.ledger.load(slot, &credential.issued);
             tracing::info!(
                 slot,
                 cached_token = grant.is_some(),
@@ -299,74 +286,56 @@ impl Agent {
                 "loaded stored credential"
             );
             let renewer = self.renewer(slot, credential);
-            self.engine.activate(renewer, grant).await;
-            let pending = {
-                let state = self.state.lock().await;
-                state
-                    .slots
-                    .get(&slot)
-                    .and_then(|r| r.pending_since)
-                    .is_some()
-            };
-            if pending {
+            self.slot(slot).engine.activate(renewer, grant).await;
+            if self.is_pending(slot).await {
                 // A crash after the credential was stored but before the
                 // marker was cleared: the stored credential wins.
                 self.clear_pending(slot, true).await;
             }
             return Ok(());
         }
-        let pending = {
-            let state = self.state.lock().await;
-            state
-                .slots
-                .get(&slot)
-                .and_then(|r| r.pending_since)
-                .is_some()
-        };
-        if pending && let Some(registration) = self.store.get(&registration_entry(slot)).await? {
+        if self.is_pending(slot).await
+            && let Some(registration) = self.store.get(&registration_entry(slot)).await?
+        {
             tracing::info!(
                 slot,
                 "resuming an interrupted redemption with the same identifier"
             );
             let agent = Arc::clone(self);
-            tokio::spawn(async move {
-                agent.resume_redemption(slot, registration).await;
-            });
+            tokio::spawn(async move { agent.resume_redemption(slot, registration).await });
         }
         Ok(())
     }
 
     /// Retries an interrupted redemption until it succeeds or is refused for good.
     async fn resume_redemption(self: Arc<Self>, slot: u32, registration: SecretString) {
-        let _enrolling = self.enroll_lock.lock().await;
+        let slot_ref = self.slot(slot);
         let mut delays = backon_delays(&self.config);
         loop {
-            match self.redeem(slot, &registration).await {
+            let attempt = {
+                // Held per attempt, not across the sleep: an enroll may come in between.
+                let _activating = slot_ref.activating.lock().await;
+                if !self.is_pending(slot).await {
+                    return; // someone enrolled or unenrolled meanwhile
+                }
+                self.redeem(slot, &registration).await
+            };
+            match attempt {
                 Ok(_) => return,
                 Err(e) if e.is_permanent() => return,
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(60));
                     let delay = delay.max(e.retry_after.unwrap_or_default());
-                    tracing::warn!(code = %e.code, error = %e.message, retry_in_s = delay.as_secs(), "redemption not finished; retrying");
+                    tracing::warn!(slot, code = %e.code, error = %e.message, retry_in_s = delay.as_secs(), "redemption not finished; retrying");
                     tokio::time::sleep(delay).await;
-                    // Someone may have enrolled or unenrolled meanwhile.
-                    let still_pending = {
-                        let state = self.state.lock().await;
-                        state
-                            .slots
-                            .get(&slot)
-                            .and_then(|r| r.pending_since)
-                            .is_some()
-                    };
-                    if !still_pending {
-                        return;
-                    }
                 }
             }
         }
     }
 
     /// Enrolls with a registration token (Sentinel) or a client secret (OAuth2).
+    /// In `per-instance` mode the secret is kept so that further slots can be
+    /// activated as instances need them; slot 0 is activated now.
     ///
     /// # Errors
     /// `ALREADY_ENROLLED` unless forced; the registration token's refusal code
@@ -379,18 +348,37 @@ impl Agent {
         options: EnrollOptions,
     ) -> Result<Enrolled> {
         let _enrolling = self.enroll_lock.lock().await;
-        let slot = SHARED_SLOT;
-        let status = self.engine.status();
-        if !options.force && matches!(status.state, SlotState::Active | SlotState::Degraded) {
+        let first = self.slot(FIRST_SLOT);
+        if !options.force
+            && matches!(
+                first.engine.status().state,
+                SlotState::Active | SlotState::Degraded
+            )
+        {
             return Err(Error::new(
                 ErrorCode::AlreadyEnrolled,
                 "this device is already enrolled and its credential works; run `regent unenroll` first, or pass --force (a new registration consumes another count)",
             ));
         }
-        match self.config.server.profile {
-            Profile::Sentinel => self.enroll_sentinel(slot, secret_value).await,
-            Profile::OAuth2 => self.enroll_oauth2(slot, secret_value).await,
+        if self.per_instance() {
+            self.store.set(DEVICE_SECRET, secret_value.clone()).await?;
+            for (_, slot) in self.existing_slots() {
+                clear_refusal(&slot);
+            }
         }
+        let _activating = first.activating.lock().await;
+        let result = match self.config.server.profile {
+            Profile::Sentinel => self.enroll_sentinel(FIRST_SLOT, secret_value).await,
+            Profile::OAuth2 => self.enroll_oauth2(FIRST_SLOT, secret_value).await,
+        };
+        if let Err(e) = &result
+            && e.is_permanent()
+            && self.per_instance()
+        {
+            // A refused secret must not be kept for later slots.
+            let _ = self.store.delete(DEVICE_SECRET).await;
+        }
+        result
     }
 
     async fn enroll_sentinel(
@@ -398,27 +386,9 @@ impl Agent {
         slot: u32,
         registration: SecretString,
     ) -> Result<Enrolled> {
-        // 1. Identifier, registration token and pending marker are durable
-        //    before anything is sent.
-        self.store
-            .set(&registration_entry(slot), registration.clone())
-            .await?;
-        {
-            let mut state = self.state.lock().await;
-            let device_id = state.device_id.clone();
-            let record = state.slots.entry(slot).or_insert_with(|| SlotRecord {
-                identifier: format!("{device_id}-{slot}"),
-                pending_since: None,
-                enrolled_at: None,
-            });
-            record.pending_since = Some(now_secs());
-            let snapshot = state.clone();
-            self.state_file.save(&snapshot)?;
-        }
-        crash_point("before-redeem");
-        self.engine.begin_enrolling();
-        // 2. Redeem, retrying transient failures a few times (Sentinel: an HTTP
-        //    500 while creating an auth token should be retried).
+        self.begin_redemption(slot, &registration).await?;
+        // Redeem, retrying transient failures a few times (Sentinel: an HTTP
+        // 500 while creating an auth token should be retried).
         let mut delays = backon_delays(&self.config).take(3);
         loop {
             match self.redeem(slot, &registration).await {
@@ -427,7 +397,7 @@ impl Agent {
                 Err(e) => match delays.next() {
                     Some(delay) => {
                         let delay = delay.max(e.retry_after.unwrap_or_default());
-                        tracing::warn!(code = %e.code, error = %e.message, retry_in_ms = delay.as_millis() as u64, "redemption failed; retrying");
+                        tracing::warn!(slot, code = %e.code, error = %e.message, retry_in_ms = delay.as_millis() as u64, "redemption failed; retrying");
                         tokio::time::sleep(delay).await;
                     }
                     None => {
@@ -444,6 +414,29 @@ impl Agent {
         }
     }
 
+    /// Makes the identifier, registration token and pending marker durable
+    /// before anything is sent.
+    async fn begin_redemption(&self, slot: u32, registration: &SecretString) -> Result<()> {
+        self.store
+            .set(&registration_entry(slot), registration.clone())
+            .await?;
+        {
+            let mut state = self.state.lock().await;
+            let device_id = state.device_id.clone();
+            let record = state.slots.entry(slot).or_insert_with(|| SlotRecord {
+                identifier: format!("{device_id}-{slot}"),
+                pending_since: None,
+                enrolled_at: None,
+            });
+            record.pending_since = Some(now_secs());
+            let snapshot = state.clone();
+            self.state_file.save(&snapshot)?;
+        }
+        crash_point("before-redeem");
+        self.slot(slot).engine.begin_enrolling();
+        Ok(())
+    }
+
     /// One redemption attempt with the slot's stored identifier.
     async fn redeem(self: &Arc<Self>, slot: u32, registration: &SecretString) -> Result<Enrolled> {
         let Upstream::Sentinel(sentinel) = self.upstream.as_ref() else {
@@ -452,6 +445,7 @@ impl Agent {
                 "redemption needs the sentinel profile",
             ));
         };
+        let engine = &self.slot(slot).engine;
         let identifier = {
             let state = self.state.lock().await;
             match state.slots.get(&slot) {
@@ -462,22 +456,19 @@ impl Agent {
         let mut identity = DeviceIdentity::detect(identifier.clone());
         identity.ref_id1 = self.config.server.ref_id1.clone();
         identity.ref_id2 = self.config.server.ref_id2.clone();
-        let outcome = sentinel.redeem(registration, &identity).await;
-        let redemption = match outcome {
+        let redemption = match sentinel.redeem(registration, &identity).await {
             Ok(r) => r,
             Err(e) => {
                 if e.is_permanent() {
                     // Refused: leave nothing half-written behind.
                     self.clear_pending(slot, false).await;
-                    self.engine.enrolling_failed(e.clone());
-                } else {
-                    self.engine.enrolling_failed(e.clone());
                 }
+                engine.enrolling_failed(e.clone());
                 return Err(e);
             }
         };
         crash_point("after-redeem");
-        // 3. The auth token is in the store before success is reported.
+        // The auth token is in the store before success is reported.
         let mut credential = StoredCredential::default();
         credential.auth_token_id = Some(redemption.auth_token_id.clone());
         credential.set_grant(&redemption.grant);
@@ -486,14 +477,14 @@ impl Agent {
             .set(&credential_entry(slot), credential.to_secret()?)
             .await
         {
-            self.engine.enrolling_failed(e.clone());
+            engine.enrolling_failed(e.clone());
             return Err(e);
         }
         crash_point("after-store");
         self.clear_pending(slot, true).await;
         let expires_at = redemption.grant.expires_at;
         let renewer = self.renewer(slot, credential);
-        self.engine.activate(renewer, Some(redemption.grant)).await;
+        engine.activate(renewer, Some(redemption.grant)).await;
         tracing::info!(slot, identifier = %identifier, "enrolled: registration token redeemed for an auth token");
         Ok(Enrolled {
             identifier,
@@ -502,7 +493,7 @@ impl Agent {
         })
     }
 
-    /// Drops the pending marker and the stored registration token.
+    /// Drops the pending marker and the slot's stored registration token.
     async fn clear_pending(&self, slot: u32, enrolled: bool) {
         {
             let mut state = self.state.lock().await;
@@ -533,13 +524,14 @@ impl Agent {
                 "client secrets need the oauth2 profile",
             ));
         };
-        self.engine.begin_enrolling();
+        let engine = &self.slot(slot).engine;
+        engine.begin_enrolling();
         // Proving the secret works is the enrollment: nothing is stored until
         // the server accepts it.
         let grant = match oauth2.client_credentials(&client_secret).await {
             Ok(g) => g,
             Err(e) => {
-                self.engine.enrolling_failed(e.clone());
+                engine.enrolling_failed(e.clone());
                 return Err(e);
             }
         };
@@ -547,249 +539,342 @@ impl Agent {
         credential.client_secret = Some(client_secret.expose_secret().to_owned());
         credential.set_grant(&grant);
         credential.issued.push(IssuedToken {
-            fingerprint: fingerprint(&grant.access_token),
+            fingerprint: crate::credential::fingerprint(&grant.access_token),
             expires_at_ms: to_ms(grant.expires_at),
         });
+        self.ledger.load(slot, &credential.issued);
         if let Err(e) = self
             .store
             .set(&credential_entry(slot), credential.to_secret()?)
             .await
         {
-            self.engine.enrolling_failed(e.clone());
+            engine.enrolling_failed(e.clone());
             return Err(e);
         }
-        {
-            let mut state = self.state.lock().await;
-            let identifier = self.config.server.client_id.clone().unwrap_or_default();
-            state.slots.insert(
-                slot,
-                SlotRecord {
-                    identifier,
-                    pending_since: None,
-                    enrolled_at: Some(now_secs()),
-                },
-            );
-            let snapshot = state.clone();
-            self.state_file.save(&snapshot)?;
-        }
+        let identifier = self.record_oauth2_slot(slot).await?;
         let expires_at = grant.expires_at;
         let renewer = self.renewer(slot, credential);
-        self.engine.activate(renewer, Some(grant)).await;
+        engine.activate(renewer, Some(grant)).await;
         Ok(Enrolled {
-            identifier: self.config.server.client_id.clone().unwrap_or_default(),
+            identifier,
             auth_token_id: None,
             expires_at: time::OffsetDateTime::from(expires_at),
         })
     }
 
-    /// Forgets the credential: secrets are deleted from the store and the slot
-    /// answers `NOT_ENROLLED`. The server-side auth token is left for the
-    /// administrator to delete (the agent has no right to).
+    async fn record_oauth2_slot(&self, slot: u32) -> Result<String> {
+        let client_id = self.config.server.client_id.clone().unwrap_or_default();
+        let identifier = if slot == FIRST_SLOT {
+            client_id
+        } else {
+            format!("{client_id}#{slot}")
+        };
+        let mut state = self.state.lock().await;
+        state.slots.insert(
+            slot,
+            SlotRecord {
+                identifier: identifier.clone(),
+                pending_since: None,
+                enrolled_at: Some(now_secs()),
+            },
+        );
+        let snapshot = state.clone();
+        self.state_file.save(&snapshot)?;
+        Ok(identifier)
+    }
+
+    /// Activates a per-instance slot on its first use: a redemption of the
+    /// kept registration token with the slot's own identifier (Sentinel), or
+    /// a credential from the same client secret (OAuth2).
+    async fn activate_slot(self: &Arc<Self>, number: u32) -> Result<()> {
+        let slot = self.slot(number);
+        let _activating = slot.activating.lock().await;
+        if slot.engine.status().state != SlotState::Unenrolled {
+            return Ok(());
+        }
+        if let Some((at, e)) = slot
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            && at.elapsed() < REFUSAL_HOLD
+        {
+            return Err(e.with_retry_after(REFUSAL_HOLD.saturating_sub(at.elapsed())));
+        }
+        let Some(secret) = self.store.get(DEVICE_SECRET).await? else {
+            return Err(Error::new(
+                ErrorCode::NotEnrolled,
+                "this device is not enrolled: run `regent enroll` with a registration token",
+            ));
+        };
+        let result = match self.config.server.profile {
+            Profile::Sentinel => {
+                self.begin_redemption(number, &secret).await?;
+                self.redeem(number, &secret).await.map(|_| ())
+            }
+            Profile::OAuth2 => {
+                let mut credential = StoredCredential::default();
+                credential.client_secret = Some(secret.expose_secret().to_owned());
+                self.store
+                    .set(&credential_entry(number), credential.to_secret()?)
+                    .await?;
+                self.record_oauth2_slot(number).await?;
+                let renewer = self.renewer(number, credential);
+                slot.engine.activate(renewer, None).await;
+                Ok(())
+            }
+        };
+        if let Err(e) = &result
+            && e.is_permanent()
+        {
+            *slot
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((Instant::now(), e.clone()));
+        }
+        result
+    }
+
+    /// Forgets every credential: secrets are deleted from the store and every
+    /// slot answers `NOT_ENROLLED`. The server-side auth tokens are left for
+    /// the administrator to delete (the agent has no right to).
     ///
     /// # Errors
     /// `STORE_UNAVAILABLE` when a secret could not be deleted.
     pub async fn unenroll(&self) -> Result<()> {
         let _enrolling = self.enroll_lock.lock().await;
-        let slot = SHARED_SLOT;
-        self.store.delete(&credential_entry(slot)).await?;
-        self.store.delete(&registration_entry(slot)).await?;
+        self.store.delete(DEVICE_SECRET).await?;
+        for (number, slot) in self.existing_slots() {
+            self.store.delete(&credential_entry(number)).await?;
+            self.store.delete(&registration_entry(number)).await?;
+            self.ledger.forget(number);
+            clear_refusal(&slot);
+            slot.engine.deactivate().await;
+        }
         {
             let mut state = self.state.lock().await;
-            if let Some(record) = state.slots.get_mut(&slot) {
+            for record in state.slots.values_mut() {
                 record.pending_since = None;
                 record.enrolled_at = None;
             }
             let snapshot = state.clone();
             self.state_file.save(&snapshot)?;
         }
-        self.engine.deactivate().await;
-        tracing::info!(slot, "unenrolled: stored secrets deleted");
+        self.leases.clear_reservations();
+        tracing::info!("unenrolled: stored secrets deleted");
         Ok(())
     }
 
-    /// A token valid for at least `min_valid`.
+    /// Leases a slot to an app instance (`per-instance` mode); `None` in
+    /// `shared` mode, where every connection uses slot 0.
+    ///
+    /// # Errors
+    /// `NO_FREE_INSTANCE` when every slot is leased; who holds them is named
+    /// only when `show_holders` (the caller is the agent's uid or root).
+    pub fn lease(&self, holder: Holder, show_holders: bool) -> Result<Option<Lease>> {
+        if !self.per_instance() {
+            return Ok(None);
+        }
+        let max = self.instances_max.load(Ordering::Relaxed);
+        let slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let enrolled = |n: u32| {
+            slots.get(&n).is_some_and(|s| {
+                matches!(
+                    s.engine.status().state,
+                    SlotState::Active | SlotState::Degraded
+                )
+            })
+        };
+        match self.leases.acquire(holder, max, enrolled) {
+            Ok(lease) => Ok(Some(lease)),
+            Err(all) => {
+                let mut message = format!("all {} instance slots are in use", all.slots);
+                if show_holders && !all.holders.is_empty() {
+                    let who: Vec<String> = all
+                        .holders
+                        .iter()
+                        .map(|(slot, h)| {
+                            format!(
+                                "slot {slot}: {}{} (pid {})",
+                                h.app,
+                                h.instance
+                                    .as_deref()
+                                    .map(|i| format!("/{i}"))
+                                    .unwrap_or_default(),
+                                h.pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
+                            )
+                        })
+                        .collect();
+                    message.push_str(&format!(" — {}", who.join(", ")));
+                }
+                message.push_str("; retry when an instance exits, or ask the administrator to raise instances.max");
+                Err(Error::new(ErrorCode::NoFreeInstance, message)
+                    .with_retry_after(Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// Lowers or raises `instances.max` (live reload). Leased slots above the
+    /// new maximum keep working; they are not leased again once released.
+    pub fn set_instances_max(&self, max: u32) {
+        self.instances_max.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// A token from `slot` valid for at least `min_valid`, activating a
+    /// per-instance slot on first use.
+    ///
+    /// # Errors
+    /// See [`Engine::token`]; plus the slot's redemption refusal.
+    pub async fn token_for(self: &Arc<Self>, slot: u32, min_valid: Duration) -> Result<Arc<Grant>> {
+        let engine = self.slot(slot).engine.clone();
+        if self.per_instance() && engine.status().state == SlotState::Unenrolled {
+            self.activate_slot(slot).await?;
+        }
+        engine.token(min_valid).await
+    }
+
+    /// A token from the first slot (the device's, in `shared` mode).
     ///
     /// # Errors
     /// See [`Engine::token`].
-    pub async fn token(&self, min_valid: Duration) -> Result<Arc<Grant>> {
-        self.engine.token(min_valid).await
+    pub async fn token(self: &Arc<Self>, min_valid: Duration) -> Result<Arc<Grant>> {
+        self.token_for(FIRST_SLOT, min_valid).await
     }
 
-    /// Keeps a standing demand (a subscription) registered until dropped.
-    pub fn hold_demand(&self, min_valid: Duration) -> crate::engine::DemandGuard {
-        self.engine.hold_demand(min_valid)
+    /// Keeps a standing demand (a subscription) on `slot` until dropped.
+    pub fn hold_demand_for(&self, slot: u32, min_valid: Duration) -> DemandGuard {
+        self.slot(slot).engine.hold_demand(min_valid)
     }
 
-    /// State changes and renewals.
+    /// Keeps a standing demand on the first slot until dropped.
+    pub fn hold_demand(&self, min_valid: Duration) -> DemandGuard {
+        self.hold_demand_for(FIRST_SLOT, min_valid)
+    }
+
+    /// State changes and renewals of `slot`.
+    pub fn events_for(&self, slot: u32) -> tokio::sync::broadcast::Receiver<Event> {
+        self.slot(slot).engine.events()
+    }
+
+    /// State changes and renewals of the first slot.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.engine.events()
+        self.events_for(FIRST_SLOT)
     }
 
-    /// The engine's raw status.
+    /// The raw engine status of `slot`.
+    pub fn engine_status_for(&self, slot: u32) -> EngineStatus {
+        self.slot(slot).engine.status()
+    }
+
+    /// The raw engine status of the first slot.
     pub fn engine_status(&self) -> EngineStatus {
-        self.engine.status()
+        self.engine_status_for(FIRST_SLOT)
     }
 
-    /// Status for people and scripts.
-    pub async fn status(&self) -> AgentStatus {
+    /// Status for people and scripts; lease holders only when `show_holders`.
+    pub async fn status_with(&self, show_holders: bool) -> AgentStatus {
         let state = self.state.lock().await;
-        let s = self.engine.status();
-        let record = state.slots.get(&SHARED_SLOT);
+        let holders = self.leases.holders();
         let secs = |t: Option<SystemTime>| t.map(|t| to_ms(t) / 1000);
+        let slots = self
+            .existing_slots()
+            .into_iter()
+            .map(|(number, slot)| {
+                let s = slot.engine.status();
+                let record = state.slots.get(&number);
+                SlotStatus {
+                    slot: number,
+                    identifier: record.map(|r| r.identifier.clone()),
+                    state: s.state,
+                    leased_by: show_holders
+                        .then(|| {
+                            holders
+                                .iter()
+                                .find(|(n, _)| *n == number)
+                                .map(|(_, h)| h.clone())
+                        })
+                        .flatten(),
+                    pending_redemption: record.is_some_and(|r| r.pending_since.is_some()),
+                    expires_at: secs(s.expires_at),
+                    next_renewal: secs(s.next_renewal),
+                    last_renewal: secs(s.last_renewal),
+                    last_error_code: s.last_error.as_ref().map(|e| e.code.name().to_owned()),
+                    last_error: s.last_error.as_ref().map(|e| e.message.clone()),
+                    failures: s.failures,
+                    renewals_ok: s.renewals_ok,
+                    renewals_failed: s.renewals_failed,
+                    handouts: s.handouts,
+                }
+            })
+            .collect();
         AgentStatus {
             profile: match self.config.server.profile {
                 Profile::Sentinel => "sentinel",
                 Profile::OAuth2 => "oauth2",
             },
+            instance_mode: if self.per_instance() {
+                "per-instance"
+            } else {
+                "shared"
+            },
+            instances_max: self.instances_max.load(Ordering::Relaxed),
             device_id: state.device_id.clone(),
             store: self.store.describe(),
-            slots: vec![SlotStatus {
-                slot: SHARED_SLOT,
-                identifier: record.map(|r| r.identifier.clone()),
-                state: s.state,
-                pending_redemption: record.is_some_and(|r| r.pending_since.is_some()),
-                expires_at: secs(s.expires_at),
-                next_renewal: secs(s.next_renewal),
-                last_renewal: secs(s.last_renewal),
-                last_error_code: s.last_error.as_ref().map(|e| e.code.name().to_owned()),
-                last_error: s.last_error.as_ref().map(|e| e.message.clone()),
-                failures: s.failures,
-                renewals_ok: s.renewals_ok,
-                renewals_failed: s.renewals_failed,
-                handouts: s.handouts,
-            }],
+            slots,
         }
     }
 
-    /// Applies new refresh settings (live reload).
-    pub fn set_refresh_settings(&self, settings: EngineSettings) {
-        self.engine.set_settings(settings);
+    /// Status without lease holders.
+    pub async fn status(&self) -> AgentStatus {
+        self.status_with(false).await
     }
 
-    /// The configuration the agent runs with.
+    /// Applies new refresh settings to every slot (live reload).
+    pub fn set_refresh_settings(&self, settings: EngineSettings) {
+        for (_, slot) in self.existing_slots() {
+            slot.engine.set_settings(settings.clone());
+        }
+        *self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+    }
+
+    /// The configuration the agent was opened with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
     /// Stops background work.
     pub fn shutdown(&self) {
-        self.engine.shutdown();
+        for (_, slot) in self.existing_slots() {
+            slot.engine.shutdown();
+        }
     }
 
     fn renewer(&self, slot: u32, credential: StoredCredential) -> Arc<dyn Renewer> {
         Arc::new(SlotRenewer {
+            slot,
             upstream: Arc::clone(&self.upstream),
             store: self.store.clone(),
             entry: credential_entry(slot),
             max_active_tokens: self.config.server.max_active_tokens,
+            request_timeout: Duration::from_secs(self.config.server.request_timeout),
+            ledger: Arc::clone(&self.ledger),
             credential: Mutex::new(credential),
         })
     }
 }
 
-/// Renews one slot's credential and persists what rotated before returning.
-struct SlotRenewer {
-    upstream: Arc<Upstream>,
-    store: SecretStore,
-    entry: String,
-    max_active_tokens: Option<u32>,
-    credential: Mutex<StoredCredential>,
-}
-
-impl Renewer for SlotRenewer {
-    fn renew(&self) -> BoxFuture<'_, Result<Grant>> {
-        Box::pin(async move {
-            let mut credential = self.credential.lock().await;
-            let grant = match self.upstream.as_ref() {
-                Upstream::Sentinel(sentinel) => {
-                    let Some(refresh_token) = credential.refresh_token.clone().map(secret) else {
-                        return Err(Error::new(
-                            ErrorCode::Revoked,
-                            "the stored credential has no refresh token; enroll again",
-                        ));
-                    };
-                    sentinel.refresh(&refresh_token).await?
-                }
-                Upstream::OAuth2(oauth2) => self.oauth2_renew(oauth2, &mut credential).await?,
-            };
-            crash_point("after-refresh");
-            // The rotated refresh token is durable before anyone uses the new
-            // access token. If the store fails, the new credential stays in
-            // memory (the session is not lost) and the engine retries.
-            credential.set_grant(&grant);
-            self.store.set(&self.entry, credential.to_secret()?).await?;
-            Ok(grant)
-        })
-    }
-}
-
-impl SlotRenewer {
-    async fn oauth2_renew(
-        &self,
-        oauth2: &OAuth2,
-        credential: &mut StoredCredential,
-    ) -> Result<Grant> {
-        let Some(client_secret) = credential.client_secret.clone().map(secret) else {
-            return Err(Error::new(
-                ErrorCode::Revoked,
-                "the stored credential has no client secret; enroll again",
-            ));
-        };
-        let now = SystemTime::now();
-        let now_ms = to_ms(now);
-        credential.issued.retain(|t| t.expires_at_ms > now_ms);
-        if let Some(max) = self.max_active_tokens
-            && credential.issued.len() >= max as usize
-        {
-            // Our own live tokens fill the server's cap: asking now would
-            // only earn a 429. Wait for the earliest to expire.
-            let earliest = credential
-                .issued
-                .iter()
-                .map(|t| t.expires_at_ms)
-                .min()
-                .unwrap_or(now_ms);
-            let wait =
-                Duration::from_millis(earliest.saturating_sub(now_ms)) + Duration::from_millis(250);
-            return Err(Error::new(
-                    ErrorCode::TokenLimit,
-                    format!(
-                        "this slot already holds {} live tokens (max_active_tokens = {max}); the next one can be requested when one expires",
-                        credential.issued.len()
-                    ),
-                )
-                .with_retry_after(wait));
-        }
-        let grant = match credential.refresh_token.clone().map(secret) {
-            Some(refresh_token) => match oauth2.refresh(&client_secret, &refresh_token).await {
-                Ok(grant) => grant,
-                Err(e) if e.code == ErrorCode::Revoked => {
-                    tracing::info!("refresh token refused; falling back to client credentials");
-                    credential.refresh_token = None;
-                    oauth2.client_credentials(&client_secret).await?
-                }
-                Err(e) => return Err(e),
-            },
-            None => oauth2.client_credentials(&client_secret).await?,
-        };
-        let print = fingerprint(&grant.access_token);
-        if !credential.issued.iter().any(|t| t.fingerprint == print) {
-            credential.issued.push(IssuedToken {
-                fingerprint: print,
-                expires_at_ms: to_ms(grant.expires_at),
-            });
-        }
-        Ok(grant)
-    }
-}
-
-/// A non-reversible 64-bit fingerprint of a high-entropy token, to recognise a
-/// re-issued token without storing it twice.
-fn fingerprint(token: &SecretString) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    token.expose_secret().hash(&mut h);
-    h.finish()
+fn clear_refusal(slot: &Slot) {
+    *slot
+        .refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
 }
 
 fn random_id() -> String {

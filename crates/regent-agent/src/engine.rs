@@ -647,6 +647,16 @@ fn unavailable(inner: &Inner, min_valid: Duration, retry_at: SystemTime, now: Sy
         if e.is_permanent() {
             return e.clone();
         }
+        let has_token = inner
+            .grant
+            .as_ref()
+            .is_some_and(|g| g.remaining(now) > Duration::ZERO);
+        if !has_token && matches!(e.code, ErrorCode::TokenLimit | ErrorCode::RateLimited) {
+            // No token at all because of a cap or a rate limit: say so.
+            return e
+                .clone()
+                .with_retry_after(e.retry_after.unwrap_or_default().max(retry_after));
+        }
         return Error::new(
             ErrorCode::Unavailable,
             format!(

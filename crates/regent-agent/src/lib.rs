@@ -8,6 +8,8 @@
 //! - [`store`]: the secret store (OS keychain or an explicit `0600` file) and `state.json`.
 //! - [`upstream`]: the only code that speaks HTTP: the `sentinel` and `oauth2` profiles.
 //! - [`crash`]: named crash points that tests use to kill the agent at an exact step.
+//! - `credential`: a slot's stored secrets, its renewer, the multi-token ledger.
+//! - [`lease`]: per-instance slot leases with a grace period.
 //! - [`engine`]: one token engine per slot: refresh ahead, single-flight, backoff.
 //! - [`agent`]: slots, enrollment with crash safety, and the handout API the IPC layer uses.
 //! - [`ipc`]: the local socket server: peer checks, framing, requests, subscriptions.
@@ -17,11 +19,13 @@
 pub mod agent;
 pub mod config;
 pub mod crash;
+pub(crate) mod credential;
 pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod grant;
 pub mod ipc;
+pub mod lease;
 pub mod metrics;
 pub mod secret;
 pub mod store;

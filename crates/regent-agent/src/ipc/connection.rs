@@ -21,6 +21,7 @@ use super::peer::{Access, Peer};
 use crate::engine::{DemandGuard, Event, SlotState};
 use crate::error::Error;
 use crate::grant::Grant;
+use crate::lease::{Holder, Lease};
 use crate::secret::{ExposeSecret, SecretString};
 
 /// Target of audit events: who received a token, never the token.
@@ -40,6 +41,13 @@ struct Connection<'a> {
     peer: Peer,
     access: Access,
     app: Option<String>,
+    /// The slot this connection's tokens come from (0 in shared mode).
+    slot: u32,
+    /// The per-instance lease, taken on the first token or subscribe request
+    /// (so admin connections such as `regent status` never hold a slot) and
+    /// released into its grace period when the connection ends.
+    lease: Option<Lease>,
+    instance: Option<String>,
     buf: Vec<u8>,
     out: Vec<u8>,
     subscriptions: Vec<Subscription>,
@@ -107,6 +115,9 @@ pub(crate) async fn handle(stream: Stream, shared: &Shared, mut shutdown: broadc
         peer,
         access,
         app: None,
+        slot: 0,
+        lease: None,
+        instance: None,
         buf: Vec::new(),
         out: Vec::new(),
         subscriptions: Vec::new(),
@@ -253,13 +264,18 @@ impl Connection<'_> {
             } => self.hello(id, &versions, app, instance),
             Op::Token { min_valid, .. } => {
                 let min_valid = Duration::from_secs(min_valid);
-                match self.shared.agent.token(min_valid).await {
+                if let Err(e) = self.ensure_lease() {
+                    self.reply_error(id, e);
+                    return;
+                }
+                match self.shared.agent.token_for(self.slot, min_valid).await {
                     Ok(grant) => {
                         tracing::debug!(
                             target: AUDIT_TARGET,
                             pid = self.peer.pid,
                             uid = self.peer.uid,
                             app = self.app.as_deref().unwrap_or(""),
+                            slot = self.slot,
                             min_valid_s = min_valid.as_secs(),
                             "token handed out"
                         );
@@ -277,7 +293,11 @@ impl Connection<'_> {
                 self.reply(id, Reply::Unsubscribed {});
             }
             Op::Status {} => {
-                let status = self.shared.agent.status().await;
+                let status = self
+                    .shared
+                    .agent
+                    .status_with(self.access == Access::Admin)
+                    .await;
                 match serde_json::to_value(&status) {
                     Ok(status) => self.reply(id, Reply::Status { status }),
                     Err(e) => self.reply_error(id, Error::new(ErrorCode::Internal, e.to_string())),
@@ -349,6 +369,7 @@ impl Connection<'_> {
             instance = instance.as_deref().unwrap_or(""),
             "client connected"
         );
+        self.instance = instance;
         self.app = Some(app);
         self.reply(
             id,
@@ -359,10 +380,44 @@ impl Connection<'_> {
         );
     }
 
+    /// Leases a slot for this instance (per-instance mode) if it has none yet.
+    fn ensure_lease(&mut self) -> Result<(), Error> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        let holder = Holder {
+            app: self.app.clone().unwrap_or_default(),
+            instance: self.instance.clone(),
+            pid: self.peer.pid,
+        };
+        match self
+            .shared
+            .agent
+            .lease(holder, self.access == Access::Admin)
+        {
+            Ok(lease) => {
+                self.slot = lease.as_ref().map_or(0, Lease::slot);
+                if let Some(l) = &lease {
+                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), slot = l.slot(), "instance slot leased");
+                }
+                self.lease = lease;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), "no free instance slot");
+                Err(e)
+            }
+        }
+    }
+
     async fn subscribe(&mut self, id: u64, min_valid: Duration) {
-        let demand = self.shared.agent.hold_demand(min_valid);
+        if let Err(e) = self.ensure_lease() {
+            self.reply_error(id, e);
+            return;
+        }
+        let demand = self.shared.agent.hold_demand_for(self.slot, min_valid);
         if self.events.is_none() {
-            self.events = Some(self.shared.agent.events());
+            self.events = Some(self.shared.agent.events_for(self.slot));
         }
         self.subscriptions.push(Subscription {
             id,
@@ -372,10 +427,10 @@ impl Connection<'_> {
         });
         self.reply(id, Reply::Subscribed {});
         // The current token right away (or why there is none).
-        match self.shared.agent.token(min_valid).await {
+        match self.shared.agent.token_for(self.slot, min_valid).await {
             Ok(grant) => self.push_token(id, &grant),
             Err(e) => {
-                let state = self.shared.agent.engine_status().state;
+                let state = self.shared.agent.engine_status_for(self.slot).state;
                 self.push_state(id, state, Some(e));
             }
         }
@@ -430,7 +485,7 @@ impl Connection<'_> {
                 .map(|s| (s.id, s.min_valid))
                 .collect();
             for (id, min_valid) in subs {
-                if let Ok(grant) = self.shared.agent.token(min_valid).await {
+                if let Ok(grant) = self.shared.agent.token_for(self.slot, min_valid).await {
                     self.push_token(id, &grant);
                 }
             }
