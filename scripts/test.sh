@@ -8,11 +8,20 @@ log() { printf '\n==> %s\n' "$*"; }
 
 # --- system packages the tests really use -------------------------------------
 # dbus + gnome-keyring: the real Secret Service the keychain tests start.
-# gcc: C compiler for aws-lc-sys (rustls' crypto) and, later, the C examples.
+# gcc: C compiler for aws-lc-sys (rustls' crypto) and the C examples (with its
+# AddressSanitizer/LeakSanitizer runtime); g++: the C++ wrapper's example;
+# python3: the Python binding's tests; nm (binutils): the exported-symbols check.
+# systemd-analyze: the unit files are verified; dpkg-deb: the .deb is built and
+# unpacked into a scratch root (python3 also parses the launchd plist).
 declare -A want=(
   [dbus-daemon]=dbus
   [gnome-keyring-daemon]=gnome-keyring
   [cc]=gcc
+  [g++]=g++
+  [python3]=python3
+  [nm]=binutils
+  [systemd-analyze]=systemd
+  [dpkg-deb]=dpkg
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -38,6 +47,12 @@ for comp in rustfmt clippy; do
   fi
 done
 
+# cargo-deb builds the .deb in the packaging test (the version scripts/package.sh pins).
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  log "installing cargo-deb"
+  cargo install --locked cargo-deb --version 3.8.0
+fi
+
 # --- checks ---------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all --check
@@ -50,3 +65,4 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 log "cargo test"
 cargo test --workspace --locked
+log "regent-bench smoke run (--quick: the scenarios run; targets are not judged)" && cargo run -p regent-bench --locked --quiet -- all --quick

@@ -305,3 +305,90 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Polls `check` every 20 ms until it holds, failing after `timeout` with `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl AgentProc {
+    /// Starts the agent with extra environment variables (and some removed),
+    /// e.g. without `RUST_LOG` so that `[log] level` decides; waits for the socket.
+    pub fn start_with_env(home: &AgentHome, env: &[(&str, &str)], remove: &[&str]) -> AgentProc {
+        let log = unique(home.dir.path().join("agent.log"));
+        let mut cmd = Command::new(regent_bin());
+        cmd.args(["agent", "--config"])
+            .arg(&home.config)
+            .env("RUST_LOG", "regent_agent=debug,info");
+        for name in remove {
+            cmd.env_remove(name);
+        }
+        let child = cmd
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn regent agent");
+        let agent = AgentProc { child, log };
+        wait_for_socket(&home.socket, Duration::from_secs(20));
+        agent
+    }
+
+    /// Waits until the log has a line containing every one of `needles`
+    /// (after the first `skip` lines); returns that line.
+    pub fn wait_for_log_line(&self, skip: usize, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log
+                .lines()
+                .skip(skip)
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for a log line with {needles:?}; the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many lines the log has now (to wait only for later lines).
+    pub fn log_lines(&self) -> usize {
+        self.log_text().lines().count()
+    }
+}
+
+/// Replaces a file the way editors save: write a temporary file, rename it over.
+pub fn save_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.swp-tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A copy of the `regent` binary in a fresh world-readable directory, for
+/// tests that run it as another uid: the checkout (and its `target/`) may sit
+/// below a directory that other users cannot enter, such as `/root`.
+#[cfg(unix)]
+pub fn regent_bin_for_any_user() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("regent-bin-")
+        .tempdir_in("/tmp")
+        .expect("temporary directory in /tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("regent");
+    std::fs::copy(regent_bin(), &bin).expect("copy the regent binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, bin)
+}

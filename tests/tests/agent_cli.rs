@@ -249,10 +249,12 @@ fn emulator_refuses_non_loopback_and_demo_needs_no_setup() {
 
 #[test]
 fn the_demo_runs_start_to_finish() {
-    let out = regent(
-        &["demo", "--token-lifetime", "4", "--renewals", "2"],
-        None,
-        &[],
+    // Exactly the README's run command (with its defaults).
+    let started = std::time::Instant::now();
+    let out = regent(&["demo"], None, &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the demo takes under a minute"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
@@ -269,4 +271,78 @@ fn the_demo_runs_start_to_finish() {
             "demo output lacks {expected:?}:\n{stdout}"
         );
     }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn another_uid_is_refused_unless_allowed_and_never_enrolls() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to run the CLI as another uid (65534)");
+        return;
+    }
+    let emulator = EmulatorProc::start(300);
+    // 0666 so the kernel lets uid 65534 connect and the agent's own
+    // peer-credential check decides.
+    let home = AgentHome::new(&emulator.url, "[ipc]\nmode = \"0666\"");
+    for dir in [
+        home.dir.path().to_path_buf(),
+        home.socket.parent().unwrap().to_path_buf(),
+    ] {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let agent = AgentProc::start(&home);
+    assert!(
+        home.regent(&["enroll"], Some(&emulator.mint(1)))
+            .status
+            .success()
+    );
+    let (_bin_dir, bin) = regent_tests::regent_bin_for_any_user();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .env("REGENT_SOCKET", &home.socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["token", "--min-valid", "1"]);
+    assert_eq!(
+        code(&out),
+        exit(ErrorCode::PermissionDenied),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("allow_uids"),
+        "{}",
+        text(&out)
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("connection refused: uid not allowed"),
+        "audit line: {log}"
+    );
+    drop(agent);
+
+    // Allowed by uid: tokens yes, enrollment no.
+    let config = std::fs::read_to_string(&home.config).unwrap();
+    std::fs::write(
+        &home.config,
+        config.replace("[ipc]", "[ipc]\nallow_uids = [65534]"),
+    )
+    .unwrap();
+    let _agent = AgentProc::start(&home);
+    let out = as_nobody(&["token", "--min-valid", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_nobody(&["unenroll"]);
+    assert_eq!(
+        code(&out),
+        exit(ErrorCode::PermissionDenied),
+        "{}",
+        text(&out)
+    );
 }

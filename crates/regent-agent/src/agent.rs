@@ -236,12 +236,14 @@ impl Agent {
             .slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let settings = self
-            .settings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        // Every handout comes through here: the settings are only read (and
+        // cloned) when a slot is created.
         Arc::clone(slots.entry(number).or_insert_with(|| {
+            let settings = self
+                .settings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             Arc::new(Slot {
                 engine: Engine::start(settings),
                 activating: Mutex::new(()),
@@ -730,11 +732,11 @@ impl Agent {
     /// # Errors
     /// See [`Engine::token`]; plus the slot's redemption refusal.
     pub async fn token_for(self: &Arc<Self>, slot: u32, min_valid: Duration) -> Result<Arc<Grant>> {
-        let engine = self.slot(slot).engine.clone();
-        if self.per_instance() && engine.status().state == SlotState::Unenrolled {
+        let slot_ref = self.slot(slot);
+        if self.per_instance() && slot_ref.engine.status().state == SlotState::Unenrolled {
             self.activate_slot(slot).await?;
         }
-        engine.token(min_valid).await
+        slot_ref.engine.token(min_valid).await
     }
 
     /// A token from the first slot (the device's, in `shared` mode).

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::store::StoreKind;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the license server is and how to talk to it.
@@ -56,7 +56,7 @@ pub enum Profile {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// `"sentinel"` or `"oauth2"`.
@@ -87,7 +87,7 @@ pub struct ServerConfig {
 }
 
 /// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `"keychain"` (default: the OS keychain) or `"file"` (explicit choice for
@@ -117,7 +117,7 @@ impl Default for StoreConfig {
 }
 
 /// `[state]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// The state directory; default `$XDG_STATE_HOME/regent` (or `~/.local/state/regent`).
@@ -180,7 +180,7 @@ pub enum InstanceMode {
 }
 
 /// `[instances]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesConfig {
     /// `"shared"` (default) or `"per-instance"`.
@@ -205,7 +205,7 @@ impl Default for InstancesConfig {
 }
 
 /// `[ipc]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpcConfig {
     /// Socket path; default `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock`.
@@ -241,10 +241,14 @@ impl Default for IpcConfig {
 }
 
 /// `[provisioning]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisioningConfig {
-    /// A directory where an administrator may drop a registration-token file.
+    /// A directory where an administrator may drop a registration-token file:
+    /// it is redeemed once and deleted, or renamed `NAME.failed` (with a
+    /// `NAME.failed.reason` file) when redemption fails. The directory must be
+    /// owned by root or the agent's user with no group or other access (0700);
+    /// a file that group or others may read is refused, unread.
     pub dir: Option<PathBuf>,
 }
 
@@ -257,16 +261,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// Structured records straight to the systemd journal (falls back to text
+    /// on stderr when the journal socket is missing).
+    Journald,
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `"info"` or `"regent_agent=debug"`; `RUST_LOG` wins.
     #[serde(default = "defaults::log_level")]
     pub level: String,
-    /// `"text"` or `"json"`.
+    /// `"text"`, `"json"` or `"journald"`.
     #[serde(default)]
     pub format: LogFormat,
 }
@@ -577,6 +584,15 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn log_formats_include_journald() {
+        let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n";
+        let c = parse(&format!("{base}[log]\nformat = \"journald\"\n")).unwrap();
+        assert_eq!(c.log.format, LogFormat::Journald);
+        let e = parse(&format!("{base}[log]\nformat = \"syslog\"\n")).unwrap_err();
+        assert!(e.message.contains("line 5"), "{}", e.message);
     }
 
     #[test]

@@ -1,14 +1,50 @@
 //! The agent as a running daemon: bind the socket, open the agent, serve until
-//! shutdown. `regent agent` calls [`run`]; tests call it with their own
-//! shutdown future.
+//! shutdown. `regent agent` calls [`run_with`]; tests call [`run`] with their
+//! own shutdown future.
+//!
+//! Around the server: readiness for the service manager ([`sd_notify`]) once
+//! the socket listens and the state is loaded, the config-file watch
+//! ([`reload`]) and the provisioning drop-in ([`provision`]).
+//!
+//! [`sd_notify`]: crate::sd_notify
+//! [`reload`]: crate::reload
+//! [`provision`]: crate::provision
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::error::Result;
 use crate::ipc::{self, IpcSettings, ServerStats};
+use crate::reload::{self, LogLevelHook, ReloadTargets};
+use crate::sd_notify::{self, Notifier};
+
+/// What the daemon needs besides its configuration.
+#[derive(Default)]
+pub struct DaemonOptions {
+    /// The configuration file to watch for live changes (`None`: no watch).
+    pub config_path: Option<PathBuf>,
+    /// Applies a new `[log] level` (the binary owns the tracing subscriber).
+    pub log_level: Option<LogLevelHook>,
+    /// Where readiness goes; default: `$NOTIFY_SOCKET`.
+    pub notifier: Option<Notifier>,
+    /// Called once when the agent is ready, next to the `READY=1` message
+    /// (the Windows service reports `Running` here).
+    pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for DaemonOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonOptions")
+            .field("config_path", &self.config_path)
+            .field("log_level", &self.log_level.is_some())
+            .field("notifier", &self.notifier)
+            .field("on_ready", &self.on_ready.is_some())
+            .finish()
+    }
+}
 
 /// Binds the socket, opens the agent and serves until `shutdown` resolves.
 /// The socket is bound first, so a second agent on the same path stops
@@ -18,15 +54,76 @@ use crate::ipc::{self, IpcSettings, ServerStats};
 /// `CONFIG` (bad settings, a live agent on the socket), `STORE_UNAVAILABLE`
 /// (state or secrets unreadable), or a persistent accept failure.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    run_with(config, DaemonOptions::default(), shutdown).await
+}
+
+/// [`run`], plus the config watch, the provisioning drop-in and readiness
+/// notification (`READY=1` only once the socket listens and the agent is open).
+///
+/// # Errors
+/// As [`run`]; also `CONFIG` when the config file's or the provisioning
+/// directory cannot be watched.
+pub async fn run_with(
+    config: Config,
+    options: DaemonOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let notifier = options.notifier.unwrap_or_else(Notifier::from_env);
     let settings = IpcSettings::from_config(&config)?;
     let listener = ipc::bind(&settings)?;
-    let agent = Agent::open(config).await?;
-    ipc::serve(
-        agent,
-        listener,
-        settings,
-        Arc::new(ServerStats::default()),
-        shutdown,
-    )
-    .await
+    let agent = Agent::open(config.clone()).await?;
+    let stats = Arc::new(ServerStats::default());
+    let _config_watch = match &options.config_path {
+        Some(path) => Some(reload::watch(
+            path,
+            config.clone(),
+            ReloadTargets {
+                agent: Arc::clone(&agent),
+                policy: settings.policy.clone(),
+                stats: Arc::clone(&stats),
+                log_level: options.log_level.clone(),
+            },
+        )?),
+        None => None,
+    };
+    let _provisioning = match &config.provisioning.dir {
+        Some(dir) => Some(crate::provision::watch(
+            dir,
+            Arc::clone(&agent),
+            Arc::clone(&stats),
+        )?),
+        None => None,
+    };
+    let _watchdog = sd_notify::watchdog_interval()
+        .filter(|_| notifier.is_active())
+        .map(|every| {
+            let notifier = notifier.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    notifier.watchdog();
+                }
+            })
+        })
+        .map(AbortOnDrop);
+    notifier.ready(&format!("serving on {}", listener.path().display()));
+    if let Some(on_ready) = options.on_ready {
+        on_ready();
+    }
+    let notify_stop = notifier.clone();
+    let shutdown = async move {
+        shutdown.await;
+        notify_stop.stopping();
+    };
+    ipc::serve(agent, listener, settings, stats, shutdown).await
+}
+
+/// Stops a background task when the daemon returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

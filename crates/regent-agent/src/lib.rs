@@ -15,6 +15,10 @@
 //! - [`ipc`]: the local socket server: peer checks, framing, requests, subscriptions.
 //! - [`metrics`]: Prometheus text for the `metrics` op.
 //! - [`daemon`]: bind, open, serve until shutdown — what `regent agent` runs.
+//! - [`sd_notify`]: readiness, stopping and watchdog messages to systemd.
+//! - [`watch`]: a debounced directory watch (`notify`) as a tokio channel.
+//! - [`reload`]: live configuration: log level, allow lists, refresh settings.
+//! - [`provision`]: the registration-token drop-in directory.
 
 pub mod agent;
 pub mod config;
@@ -27,9 +31,13 @@ pub mod grant;
 pub mod ipc;
 pub mod lease;
 pub mod metrics;
+pub mod provision;
+pub mod reload;
+pub mod sd_notify;
 pub mod secret;
 pub mod store;
 pub mod upstream;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use regent_proto::ErrorCode;

@@ -1,8 +1,8 @@
 //! Prometheus text exposition of the agent's counters (the `metrics` op).
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::time::UNIX_EPOCH;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::agent::Agent;
 use crate::engine::SlotState;
@@ -103,5 +103,139 @@ pub fn render(agent: &Agent, stats: &ServerStats) -> String {
         "Malformed or stalled requests.",
         &[("", stats.bad_requests.load(Ordering::Relaxed))],
     );
+    metric(
+        "regent_config_reloads_total",
+        "counter",
+        "Configuration file changes by outcome (rejected: the previous settings stayed).",
+        &[
+            (
+                "{outcome=\"applied\"}",
+                stats.config_reloads.load(Ordering::Relaxed),
+            ),
+            (
+                "{outcome=\"rejected\"}",
+                stats.config_rejected.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    metric(
+        "regent_provisioning_files_total",
+        "counter",
+        "Registration-token files found in the provisioning directory, by outcome.",
+        &[
+            (
+                "{outcome=\"redeemed\"}",
+                stats.provisioned.load(Ordering::Relaxed),
+            ),
+            (
+                "{outcome=\"failed\"}",
+                stats.provisioning_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "{outcome=\"refused\"}",
+                stats.provisioning_refused.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    UPSTREAM_LATENCY.render(
+        &mut out,
+        "regent_upstream_request_duration_seconds",
+        "Time from sending a request to the license server to reading its whole answer.",
+    );
     out
+}
+
+/// Latency of every answered request to the license server, process-wide
+/// (the upstream HTTP layer records into it).
+pub static UPSTREAM_LATENCY: Histogram = Histogram::new();
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 12] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 30_000_000,
+];
+
+/// A lock-free Prometheus histogram with fixed latency buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram.
+    pub const fn new() -> Histogram {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS_US.len() + 1],
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let slot = BUCKETS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(BUCKETS_US.len());
+        if let Some(bucket) = self.buckets.get(slot) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = BUCKETS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |us| seconds(*us));
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_sum {}", seconds(sum));
+        // The count is the +Inf bucket, read once, so the two always agree.
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new()
+    }
+}
+
+/// Microseconds as a decimal number of seconds, e.g. `0.025`.
+fn seconds(us: u64) -> String {
+    let text = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let h = Histogram::new();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "help");
+        assert!(out.contains("x_seconds_bucket{le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.05\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"30\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_count 3\n"), "{out}");
+        assert!(out.contains("x_seconds_sum 60.033\n"), "{out}");
+        assert_eq!(seconds(0), "0");
+        assert_eq!(seconds(2_500_000), "2.5");
+    }
 }

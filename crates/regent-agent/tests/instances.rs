@@ -7,74 +7,20 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{RunningAgent, Server, sentinel_server};
 use regent_agent::ErrorCode;
-use regent_agent::config::Config;
 use regent_client::{Client, ClientOptions};
 use regent_emulator::EmulatorConfig;
 use reqwest::Method;
 use serde_json::json;
-use tokio::sync::oneshot;
 
 const CHILD_ENV: &str = "REGENT_TEST_INSTANCE_CHILD";
 
-/// A running agent (in this process) on a socket in a temporary directory.
-struct RunningAgent {
-    socket: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<regent_agent::Result<()>>>,
-}
-
-impl RunningAgent {
-    async fn start(dir: &Path, server_section: &str, instances_max: u32) -> RunningAgent {
-        let socket = dir.join("agent.sock");
-        let text = format!(
-            "{server_section}\nrequest_timeout = 5\n[store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n\
-             [instances]\nmode = \"per-instance\"\nmax = {instances_max}\nlease_grace = 1\n\
-             [ipc]\nsocket = \"{}\"\n",
-            dir.join("state").display(),
-            socket.display()
-        );
-        let config = Config::parse(&text, Path::new("instances.toml")).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(regent_agent::daemon::run(config, async {
-            let _ = stopped.await;
-        }));
-        let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "agent socket not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        RunningAgent {
-            socket,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-
-    fn options(&self, app: &str, instance: Option<&str>) -> ClientOptions {
-        let mut o = ClientOptions::new(app).socket(&self.socket);
-        if let Some(i) = instance {
-            o = o.instance(i);
-        }
-        o
-    }
-}
-
-fn sentinel_server(url: &str) -> String {
-    format!("[server]\nprofile = \"sentinel\"\nurl = \"{url}\"")
+fn per_instance(max: u32) -> String {
+    format!("[instances]\nmode = \"per-instance\"\nmax = {max}\nlease_grace = 1\n")
 }
 
 async fn enroll(agent: &RunningAgent, token: &str) {
@@ -106,7 +52,12 @@ async fn three_slots_three_auth_tokens_fourth_refused_then_freed_without_new_red
     let server = Server::start(EmulatorConfig::default()).await;
     let (reg_id, token) = server.mint(json!({"count": 10})).await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(dir.path(), &sentinel_server(&server.url()), 3).await;
+    let agent = RunningAgent::start(
+        dir.path(),
+        &sentinel_server(&server.url()),
+        &per_instance(3),
+    )
+    .await;
     // Enrolling (an admin connection) holds no instance slot.
     enroll(&agent, &token).await;
 
@@ -174,7 +125,12 @@ async fn three_slots_three_auth_tokens_fourth_refused_then_freed_without_new_red
 
     // Restart: all slots kept (no new redemption), instances re-lease them.
     agent.stop().await;
-    let agent = RunningAgent::start(dir.path(), &sentinel_server(&server.url()), 3).await;
+    let agent = RunningAgent::start(
+        dir.path(),
+        &sentinel_server(&server.url()),
+        &per_instance(3),
+    )
+    .await;
     let mut again = Vec::new();
     for i in 1..=3 {
         let c = Client::connect(agent.options("editor", Some(&format!("r{i}"))))
@@ -214,7 +170,12 @@ async fn a_killed_instance_frees_its_slot() {
     let server = Server::start(EmulatorConfig::default()).await;
     let (_, token) = server.mint(json!({"count": 1})).await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(dir.path(), &sentinel_server(&server.url()), 1).await;
+    let agent = RunningAgent::start(
+        dir.path(),
+        &sentinel_server(&server.url()),
+        &per_instance(1),
+    )
+    .await;
     enroll(&agent, &token).await;
 
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -250,7 +211,16 @@ async fn a_killed_instance_frees_its_slot() {
 
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    token_within(&other, Duration::from_secs(5)).await.unwrap();
+    // The client's own wait-for-free-slot option.
+    let waiting = Client::connect(
+        agent
+            .options("other", None)
+            .wait_for_instance(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    waiting.token(Duration::from_secs(10)).await.unwrap();
+    drop(other);
     agent.stop().await;
 }
 
@@ -259,7 +229,12 @@ async fn exhausted_registration_token_fails_only_the_third_instance() {
     let server = Server::start(EmulatorConfig::default()).await;
     let (reg_id, token) = server.mint(json!({"count": 2})).await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(dir.path(), &sentinel_server(&server.url()), 3).await;
+    let agent = RunningAgent::start(
+        dir.path(),
+        &sentinel_server(&server.url()),
+        &per_instance(3),
+    )
+    .await;
     enroll(&agent, &token).await;
     let a = Client::connect(agent.options("app", Some("a")))
         .await
@@ -323,7 +298,7 @@ async fn multitoken_cap_five_with_eight_instances() {
         "[server]\nprofile = \"oauth2\"\ntoken_url = \"{}/oauth/token\"\nclient_id = \"fleet\"\nmax_active_tokens = 5",
         server.url()
     );
-    let agent = RunningAgent::start(dir.path(), &server_section, 8).await;
+    let agent = RunningAgent::start(dir.path(), &server_section, &per_instance(8)).await;
     enroll(&agent, "fleet-secret").await;
 
     let mut clients = Vec::new();

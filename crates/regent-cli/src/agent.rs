@@ -1,9 +1,11 @@
 //! `regent agent`: the agent in the foreground.
 
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::path::PathBuf;
 
 use clap::Args;
-use regent_agent::config::{Config, LogFormat};
+use regent_agent::config::Config;
+use regent_agent::daemon::DaemonOptions;
 
 use crate::failure::Failure;
 
@@ -14,6 +16,18 @@ pub struct AgentArgs {
     /// else /etc/regent/regent.toml].
     #[arg(long, short, env = "REGENT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Check the configuration file and exit: 0 when it is valid, else the
+    /// CONFIG exit status with the line and the problem.
+    #[arg(long)]
+    pub check: bool,
+    /// Do not watch the configuration file for live changes.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Run under the Windows service control manager (the service's own
+    /// command line; `packaging/windows/install.ps1` registers it).
+    #[cfg(windows)]
+    #[arg(long)]
+    pub windows_service: bool,
 }
 
 /// The configuration file to use when none is named.
@@ -30,49 +44,57 @@ pub fn default_config_path() -> PathBuf {
 }
 
 pub async fn run(args: AgentArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+    run_until(args, socket, shutdown_signal(), None).await
+}
+
+/// Runs the agent until `shutdown` resolves (a signal, or the Windows
+/// service's Stop control: one shutdown path). `on_ready` runs once the
+/// socket listens.
+pub async fn run_until(
+    args: AgentArgs,
+    socket: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<(), Failure> {
     let path = args.config.unwrap_or_else(default_config_path);
     let mut config = Config::load(&path)?;
+    if args.check {
+        println!("{}: valid", path.display());
+        return Ok(());
+    }
     if let Some(socket) = socket {
         config.ipc.socket = Some(socket);
     }
-    init_logging(&config, &path);
+    let log_level = crate::logging::init(&config.log, &path);
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "regent agent starting");
-    regent_agent::daemon::run(config, shutdown_signal()).await?;
+    let options = DaemonOptions {
+        config_path: (!args.no_watch).then_some(path),
+        log_level: Some(log_level),
+        notifier: None,
+        on_ready,
+    };
+    regent_agent::daemon::run_with(config, options, shutdown).await?;
     Ok(())
 }
 
-fn init_logging(config: &Config, path: &Path) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level));
-    let filter = match filter {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!(
-                "regent: config file {}: [log] level {:?} is not a valid filter ({e}); using \"info\"",
-                path.display(),
-                config.log.level
-            );
-            tracing_subscriber::EnvFilter::new("info")
-        }
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM (Ctrl-C on Windows).
-pub async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM (Ctrl-C on Windows). The handlers are
+/// installed when this is called, not when the future is first polled: a
+/// service manager may send SIGTERM right after readiness, and a signal that
+/// arrives before its handler exists would kill the agent uncleanly.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
+        )
+    };
+    #[cfg(not(unix))]
+    let handlers = tokio::signal::windows::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        match handlers {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -84,11 +106,13 @@ pub async fn shutdown_signal() {
                 std::future::pending::<()>().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+        #[cfg(not(unix))]
+        match handlers {
+            Ok(mut ctrl_c) => {
+                ctrl_c.recv().await;
+                tracing::info!("Ctrl-C received");
+            }
+            Err(_) => std::future::pending::<()>().await,
         }
     }
 }

@@ -180,7 +180,30 @@ pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Fai
     // The exit status says whether the credential is usable, not just whether
     // the agent runs: scripts can use `regent status` as a health check.
     match status["slots"][0]["state"].as_str() {
-        Some("active") | Some("degraded") => Ok(()),
+        Some("active") => Ok(()),
+        // Degraded: the last renewal failed; healthy only while the cached
+        // token still works.
+        Some("degraded") => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if status["slots"][0]["expires_at"]
+                .as_u64()
+                .is_some_and(|at| at > now)
+            {
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "no valid token: the last renewal failed ({}) and the cached token has expired",
+                        status["slots"][0]["last_error"]
+                            .as_str()
+                            .unwrap_or("unknown error")
+                    ),
+                ))
+            }
+        }
         Some("unenrolled") | Some("enrolling") => {
             Err(Failure::new(ErrorCode::NotEnrolled, "not enrolled"))
         }
@@ -215,13 +238,29 @@ pub fn summarize(status: &Value) -> String {
         )
     };
     out.push_str(&format!(
-        "profile {}, store {}\n",
+        "profile {}, {} instances (max {}), store {}\n",
         status["profile"].as_str().unwrap_or("?"),
+        status["instance_mode"].as_str().unwrap_or("shared"),
+        status["instances_max"],
         status["store"].as_str().unwrap_or("?")
     ));
     for slot in status["slots"].as_array().into_iter().flatten() {
+        let leased = match &slot["leased_by"] {
+            Value::Object(h) => format!(
+                ", leased by {}{} (pid {})",
+                h.get("app").and_then(Value::as_str).unwrap_or("?"),
+                h.get("instance")
+                    .and_then(Value::as_str)
+                    .map(|i| format!("/{i}"))
+                    .unwrap_or_default(),
+                h.get("pid")
+                    .and_then(Value::as_u64)
+                    .map_or_else(|| "?".to_owned(), |p| p.to_string())
+            ),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "slot {}: {}{}\n",
+            "slot {}: {}{}{leased}\n",
             slot["slot"],
             slot["state"].as_str().unwrap_or("?"),
             slot["identifier"]

@@ -4,11 +4,15 @@
 //! error's number otherwise (e.g. 6 = REVOKED, 14 = AGENT_UNREACHABLE); usage
 //! errors exit 12 (BAD_REQUEST).
 
+mod admin;
 mod agent;
 mod client;
 mod demo;
 mod emulator;
 mod failure;
+mod logging;
+#[cfg(windows)]
+mod service_windows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +58,10 @@ enum Command {
     Metrics,
     /// Forget the credential: delete this device's stored secrets.
     Unenroll,
+    /// Administer registration tokens and auth tokens on the license server
+    /// (a Sentinel-EMS-shaped admin API). Credentials come from the keychain,
+    /// a file or the environment — never from an argument.
+    Admin(admin::AdminArgs),
     /// Run the license-server emulator, or act on a running one.
     Emulator(emulator::EmulatorArgs),
     /// Everything on one machine in under a minute: emulator, agent, enrollment,
@@ -79,6 +87,20 @@ fn main() -> ExitCode {
             };
         }
     };
+    // The service control manager owns the main thread: its dispatcher must
+    // start before any runtime; the service builds its own.
+    #[cfg(windows)]
+    if let Command::Agent(args) = &cli.command
+        && args.windows_service
+    {
+        return match service_windows::run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                eprintln!("regent: {}", failure.message);
+                ExitCode::from(failure.code.number())
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -104,6 +126,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(args) => client::status(args, socket).await,
         Command::Metrics => client::metrics(socket).await,
         Command::Unenroll => client::unenroll(socket).await,
+        Command::Admin(args) => admin::run(args).await,
         Command::Emulator(args) => emulator::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Completions { shell } => {

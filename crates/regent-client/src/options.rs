@@ -28,6 +28,10 @@ pub struct ClientOptions {
     pub instance: Option<String>,
     /// Limit for connecting plus the `hello` exchange (default 2 s).
     pub connect_timeout: Duration,
+    /// How long a token request waits for a free instance slot when the
+    /// agent answers `NO_FREE_INSTANCE` (per-instance mode); `None` (the
+    /// default) returns that error at once.
+    pub wait_for_instance: Option<Duration>,
     /// Limit for one call, reconnecting included (default 30 s: a token
     /// request may wait for the license server).
     pub request_timeout: Duration,
@@ -63,6 +67,14 @@ impl ClientOptions {
         self
     }
 
+    /// Waits up to `limit` for a free instance slot instead of failing with
+    /// `NO_FREE_INSTANCE` at once.
+    #[must_use]
+    pub fn wait_for_instance(mut self, limit: Duration) -> Self {
+        self.wait_for_instance = Some(limit);
+        self
+    }
+
     /// Sets the per-call timeout.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
@@ -86,6 +98,7 @@ impl Default for ClientOptions {
             app: executable_name(),
             instance: None,
             connect_timeout: Duration::from_secs(2),
+            wait_for_instance: None,
             request_timeout: Duration::from_secs(30),
         }
     }

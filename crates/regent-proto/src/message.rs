@@ -275,12 +275,40 @@ pub struct BadRequest {
     pub error: WireError,
 }
 
+/// The fields of a `token` request; unknown fields are ignored, as in [`Op`].
+#[derive(Deserialize)]
+struct TokenRequest<'a> {
+    id: u64,
+    #[serde(borrow)]
+    op: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    min_valid: u64,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
 /// Parses one frame's payload as a request.
 ///
 /// # Errors
 /// [`BadRequest`] naming the problem (not UTF-8 JSON, not an object, unknown
 /// op, a field of the wrong type).
 pub fn decode_request(payload: &[u8]) -> Result<Request, BadRequest> {
+    // The hot path: a `token` request read straight into a flat struct. The
+    // general `Request` (a flattened, internally tagged `Op`) first buffers
+    // every field, which made decoding a quarter of a handout's cost. Any
+    // other op, and anything unusual, takes the general path, which also
+    // words the errors.
+    if let Ok(token) = serde_json::from_slice::<TokenRequest<'_>>(payload)
+        && token.op == "token"
+    {
+        return Ok(Request {
+            id: token.id,
+            op: Op::Token {
+                min_valid: token.min_valid,
+                scope: token.scope,
+            },
+        });
+    }
     match serde_json::from_slice::<Request>(payload) {
         Ok(request) => Ok(request),
         Err(e) => {
@@ -325,6 +353,43 @@ mod tests {
         assert!(matches!(r.op, Op::Hello { ref versions, .. } if versions == &[1, 2]));
         let r = decode_request(br#"{"id":2,"op":"status"}"#).unwrap();
         assert!(matches!(r.op, Op::Status {}));
+    }
+
+    #[test]
+    fn the_token_fast_path_agrees_with_the_general_decoder() {
+        let cases: &[&[u8]] = &[
+            br#"{"id":7,"op":"token","min_valid":30}"#,
+            br#"{"op":"token","id":8}"#,
+            br#"{"id":9,"op":"token","min_valid":5,"scope":"read write","extra":[1,{"a":2}]}"#,
+            br#"{"id":10,"op":"token","min_valid":1}"#,
+            br#"{"id":11,"op":"token","scope":null}"#,
+        ];
+        for payload in cases {
+            let fast = decode_request(payload).unwrap();
+            let general = serde_json::from_slice::<Request>(payload).unwrap();
+            assert_eq!(
+                serde_json::to_value(&fast).unwrap(),
+                serde_json::to_value(&general).unwrap(),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // Malformed token requests still get the general path's errors.
+        for payload in [
+            &br#"{"id":3,"op":"token","min_valid":"soon"}"#[..],
+            br#"{"id":4,"op":"token","min_valid":-1}"#,
+            br#"{"op":"token"}"#,
+        ] {
+            let e = decode_request(payload).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::BadRequest);
+            assert!(e.error.message.contains("malformed request"));
+        }
+        assert_eq!(
+            decode_request(br#"{"id":4,"op":"token","min_valid":-1}"#)
+                .unwrap_err()
+                .id,
+            4
+        );
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! subscription events. One bad client never affects another: every failure
 //! here ends this connection only.
 
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use interprocess::local_socket::tokio::Stream;
@@ -10,11 +14,12 @@ use interprocess::local_socket::traits::StreamCommon as _;
 use regent_proto::ErrorCode;
 use regent_proto::frame::{self, Framed};
 use regent_proto::message::{
-    self, Event as WireEvent, Op, Outcome, Reply, Response, TokenReply, WireError, WireSecret,
+    self, BadRequest, Event as WireEvent, Op, Outcome, Reply, Request, Response, TokenReply,
+    WireError, WireSecret,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::Shared;
 use super::peer::{Access, Peer};
@@ -25,6 +30,13 @@ use crate::lease::{Holder, Lease};
 use crate::secret::{ExposeSecret, SecretString};
 
 /// Target of audit events: who received a token, never the token.
+///
+/// Every handout is audited with the peer's pid, uid, executable and app
+/// name and what it received (slot, token type, scope, expiry). The first
+/// handout of each token to a connection is an `info` line; the same token
+/// handed to the same connection again is a `debug` line, so a busy app does
+/// not flood the log while every token still has an `info` record of who got
+/// it. Enrollment changes (enroll, unenroll, refusals) are `info`/`warn`.
 pub const AUDIT_TARGET: &str = "regent::audit";
 
 struct Subscription {
@@ -47,7 +59,16 @@ struct Connection<'a> {
     /// (so admin connections such as `regent status` never hold a slot) and
     /// released into its grace period when the connection ends.
     lease: Option<Lease>,
+    /// The lease question is settled: a lease is held, or the agent is in
+    /// shared mode and never leases (so requests skip asking).
+    leased: bool,
     instance: Option<String>,
+    /// The last token reply serialised on this connection (see [`TokenFrame`]).
+    token_frame: Option<TokenFrame>,
+    /// The peer's executable, resolved once at hello, for audit lines.
+    exe: Option<std::path::PathBuf>,
+    /// Expiry of the last token audited at `info` for this connection.
+    audited: Option<SystemTime>,
     buf: Vec<u8>,
     out: Vec<u8>,
     subscriptions: Vec<Subscription>,
@@ -66,7 +87,7 @@ fn peer_of(stream: &Stream) -> Peer {
         },
         #[cfg(not(unix))]
         Ok(creds) => Peer {
-            pid: creds.pid().map(|p| p as u32),
+            pid: creds.pid(),
             ..Peer::default()
         },
         Err(e) => {
@@ -86,6 +107,20 @@ pub(crate) async fn refuse(mut stream: Stream, code: ErrorCode, message: &str) {
     if frame::encode(&response, &mut out).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
     }
+    // Closing at once could make the client's own first write (its hello)
+    // fail with EPIPE before it reads the refusal; drain what it sends for a
+    // moment (bounded in bytes and time) so it sees the reason.
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > 64 * 1024 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
 }
 
 /// Serves one connection until it closes, misbehaves, or the agent shuts down.
@@ -117,7 +152,11 @@ pub(crate) async fn handle(stream: Stream, shared: &Shared, mut shutdown: broadc
         app: None,
         slot: 0,
         lease: None,
+        leased: false,
         instance: None,
+        token_frame: None,
+        exe: None,
+        audited: None,
         buf: Vec::new(),
         out: Vec::new(),
         subscriptions: Vec::new(),
@@ -129,6 +168,7 @@ pub(crate) async fn handle(stream: Stream, shared: &Shared, mut shutdown: broadc
 impl Connection<'_> {
     async fn run(&mut self, shutdown: &mut broadcast::Receiver<()>) {
         let read_timeout = self.shared.settings.read_timeout;
+        let mut shutdown = ShutdownSignal::new(shutdown.recv());
         loop {
             // Answer every whole frame already buffered (pipelined requests).
             loop {
@@ -136,9 +176,9 @@ impl Connection<'_> {
                     Ok(Framed::Incomplete) => break,
                     Ok(Framed::Frame { len }) => {
                         let end = frame::HEADER + len;
-                        let payload: Vec<u8> = self.buf[frame::HEADER..end].to_vec();
+                        let request = message::decode_request(&self.buf[frame::HEADER..end]);
                         self.buf.drain(..end);
-                        self.request(&payload).await;
+                        self.request(request).await;
                     }
                     Err(e) => {
                         self.shared
@@ -170,7 +210,7 @@ impl Connection<'_> {
                 (!self.buf.is_empty() || self.app.is_none()).then_some(read_timeout);
             let events = self.events.as_mut();
             tokio::select! {
-                _ = shutdown.recv() => return,
+                () = &mut shutdown => return,
                 read = read_some(&mut self.stream, &mut self.buf, stalled_limit) => match read {
                     ReadOutcome::Data => {}
                     ReadOutcome::Closed => return,
@@ -229,9 +269,25 @@ impl Connection<'_> {
         }
     }
 
-    async fn request(&mut self, payload: &[u8]) {
+    /// Answers a token request. The reply is serialised once per grant and
+    /// reused while the slot hands out the same token: only the id changes.
+    fn reply_token(&mut self, id: u64, grant: &Arc<Grant>) {
+        let fresh = self
+            .token_frame
+            .as_ref()
+            .is_none_or(|cached| !cached.is_for(grant));
+        if fresh {
+            self.token_frame = TokenFrame::new(grant);
+        }
+        match &self.token_frame {
+            Some(cached) => cached.encode(id, &mut self.out),
+            None => self.reply(id, Reply::Token(token_reply(grant))),
+        }
+    }
+
+    async fn request(&mut self, request: Result<Request, BadRequest>) {
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let request = match message::decode_request(payload) {
+        let request = match request {
             Ok(r) => r,
             Err(bad) => {
                 self.shared
@@ -270,16 +326,8 @@ impl Connection<'_> {
                 }
                 match self.shared.agent.token_for(self.slot, min_valid).await {
                     Ok(grant) => {
-                        tracing::debug!(
-                            target: AUDIT_TARGET,
-                            pid = self.peer.pid,
-                            uid = self.peer.uid,
-                            app = self.app.as_deref().unwrap_or(""),
-                            slot = self.slot,
-                            min_valid_s = min_valid.as_secs(),
-                            "token handed out"
-                        );
-                        self.reply(id, Reply::Token(token_reply(&grant)));
+                        self.audit_handout(&grant, "token", min_valid);
+                        self.reply_token(id, &grant);
                     }
                     Err(e) => self.reply_error(id, e),
                 }
@@ -309,6 +357,7 @@ impl Connection<'_> {
             }
             Op::Enroll { secret, force } => {
                 if self.access != Access::Admin {
+                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "enroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("enroll"));
                     return;
                 }
@@ -317,7 +366,17 @@ impl Connection<'_> {
                 let options = crate::agent::EnrollOptions { force };
                 match self.shared.agent.enroll(value, options).await {
                     Ok(enrolled) => {
-                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.peer.executable(), "enrolled");
+                        tracing::info!(
+                            target: AUDIT_TARGET,
+                            pid = self.peer.pid,
+                            uid = self.peer.uid,
+                            exe = ?self.exe,
+                            app = self.app.as_deref().unwrap_or(""),
+                            identifier = %enrolled.identifier,
+                            auth_token_id = enrolled.auth_token_id.as_deref().unwrap_or(""),
+                            forced = force,
+                            "enrolled"
+                        );
                         self.reply(
                             id,
                             Reply::Enrolled {
@@ -327,17 +386,21 @@ impl Connection<'_> {
                             },
                         );
                     }
-                    Err(e) => self.reply_error(id, e),
+                    Err(e) => {
+                        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), code = %e.code, "enrollment failed");
+                        self.reply_error(id, e);
+                    }
                 }
             }
             Op::Unenroll {} => {
                 if self.access != Access::Admin {
+                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("unenroll"));
                     return;
                 }
                 match self.shared.agent.unenroll().await {
                     Ok(()) => {
-                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.peer.executable(), "unenrolled");
+                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenrolled");
                         self.reply(id, Reply::Unenrolled {});
                     }
                     Err(e) => self.reply_error(id, e),
@@ -360,11 +423,12 @@ impl Connection<'_> {
             );
             return;
         };
+        self.exe = self.peer.executable();
         tracing::info!(
             target: AUDIT_TARGET,
             pid = self.peer.pid,
             uid = self.peer.uid,
-            exe = ?self.peer.executable(),
+            exe = ?self.exe,
             app = %app,
             instance = instance.as_deref().unwrap_or(""),
             "client connected"
@@ -382,7 +446,7 @@ impl Connection<'_> {
 
     /// Leases a slot for this instance (per-instance mode) if it has none yet.
     fn ensure_lease(&mut self) -> Result<(), Error> {
-        if self.lease.is_some() {
+        if self.leased {
             return Ok(());
         }
         let holder = Holder {
@@ -401,6 +465,7 @@ impl Connection<'_> {
                     tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), slot = l.slot(), "instance slot leased");
                 }
                 self.lease = lease;
+                self.leased = true;
                 Ok(())
             }
             Err(e) => {
@@ -437,16 +502,33 @@ impl Connection<'_> {
     }
 
     fn push_token(&mut self, id: u64, grant: &Grant) {
+        let mut min_valid = Duration::ZERO;
         if let Some(sub) = self.subscriptions.iter_mut().find(|s| s.id == id) {
             if sub.last_pushed == Some(grant.expires_at) {
                 return;
             }
             sub.last_pushed = Some(grant.expires_at);
+            min_valid = sub.min_valid;
         }
+        self.audit_handout(grant, "subscription", min_valid);
         self.push(Response {
             id,
             outcome: Outcome::Event(WireEvent::Token(token_reply(grant))),
         });
+    }
+
+    /// One audit line per handout: `info` for the first handout of a token
+    /// to this connection, `debug` for repeats (see [`AUDIT_TARGET`]).
+    fn audit_handout(&mut self, grant: &Grant, via: &'static str, min_valid: Duration) {
+        let expires_at = unix_ms(grant.expires_at) / 1000;
+        let app = self.app.as_deref().unwrap_or("");
+        let scope = grant.scope.as_deref().unwrap_or("");
+        if self.audited == Some(grant.expires_at) {
+            tracing::debug!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out again");
+        } else {
+            self.audited = Some(grant.expires_at);
+            tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out");
+        }
     }
 
     fn push_state(&mut self, id: u64, state: SlotState, error: Option<Error>) {
@@ -509,6 +591,129 @@ fn token_reply(grant: &Grant) -> TokenReply {
     }
 }
 
+/// The agent's shutdown broadcast, as a future that is cheap to poll on every
+/// request. Polling a pending `broadcast::Recv` takes the channel's locks,
+/// which every connection shares; so the channel is polled once to register,
+/// and again only after it has woken this connection.
+struct ShutdownSignal<F> {
+    recv: Pin<Box<F>>,
+    wake: Arc<SignalWake>,
+    registered: bool,
+}
+
+/// The waker the channel holds: records that it fired, then wakes the task.
+#[derive(Default)]
+struct SignalWake {
+    fired: AtomicBool,
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Wake for SignalWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::SeqCst);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl<F: Future> ShutdownSignal<F> {
+    fn new(recv: F) -> Self {
+        ShutdownSignal {
+            recv: Box::pin(recv),
+            wake: Arc::new(SignalWake::default()),
+            registered: false,
+        }
+    }
+}
+
+impl<F: Future> Future for ShutdownSignal<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            // Forward to the task's current waker (it rarely changes).
+            let mut task = self
+                .wake
+                .task
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if self.registered && !self.wake.fired.swap(false, Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        self.registered = true;
+        let waker = Waker::from(Arc::clone(&self.wake));
+        let mut inner = Context::from_waker(&waker);
+        self.recv.as_mut().poll(&mut inner).map(|_| ())
+    }
+}
+
+/// A token reply serialised once: `"ok":{…}}`, the response after its
+/// `{"id":N,` prefix. Keyed by the grant's allocation, which a `Weak` keeps
+/// from being reused, so a renewed token can never be mistaken for it.
+struct TokenFrame {
+    grant: Weak<Grant>,
+    tail: Zeroizing<Vec<u8>>,
+}
+
+impl TokenFrame {
+    /// `None` only if the reply cannot be serialised (then the caller takes
+    /// the general path, which reports it).
+    fn new(grant: &Arc<Grant>) -> Option<TokenFrame> {
+        let outcome = Outcome::Ok(Reply::Token(token_reply(grant)));
+        let json = Zeroizing::new(serde_json::to_vec(&outcome).ok()?);
+        // `{"ok":{…}}` without its opening brace.
+        let tail = Zeroizing::new(json.get(1..)?.to_vec());
+        (tail.len() + 32 <= frame::MAX_FRAME).then(|| TokenFrame {
+            grant: Arc::downgrade(grant),
+            tail,
+        })
+    }
+
+    fn is_for(&self, grant: &Arc<Grant>) -> bool {
+        std::ptr::eq(self.grant.as_ptr(), Arc::as_ptr(grant))
+    }
+
+    /// Appends the frame `{"id":ID,"ok":{…}}`, byte for byte what
+    /// `frame::encode` makes of the same response.
+    fn encode(&self, id: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; frame::HEADER]);
+        out.extend_from_slice(b"{\"id\":");
+        push_decimal(out, id);
+        out.push(b',');
+        out.extend_from_slice(&self.tail);
+        let len = (out.len() - start - frame::HEADER) as u32;
+        out[start..start + frame::HEADER].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -523,8 +728,10 @@ enum ReadOutcome {
 
 async fn read_some(stream: &mut Stream, buf: &mut Vec<u8>, limit: Option<Duration>) -> ReadOutcome {
     let read = async {
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(4096);
+        // Requests are small (a token request is ~40 bytes): idle
+        // connections keep a 512-byte buffer, larger frames grow it.
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(512);
         }
         stream.read_buf(buf).await
     };
@@ -553,5 +760,91 @@ async fn next_event(events: Option<&mut broadcast::Receiver<Event>>) -> Option<E
             Err(broadcast::error::RecvError::Lagged(_)) => return None,
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::secret;
+
+    fn grant(token: &str, scope: Option<&str>) -> Arc<Grant> {
+        let now = SystemTime::now();
+        Arc::new(Grant {
+            access_token: secret(token.to_owned()),
+            token_type: "Bearer".into(),
+            received_at: now,
+            expires_at: now + Duration::from_secs(300),
+            refresh_token: None,
+            refresh_expires_at: None,
+            scope: scope.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn cached_token_frames_match_the_general_encoder() {
+        for (token, scope) in [("abc", None), ("a\"b\\c\u{1}é", Some("read write"))] {
+            let g = grant(token, scope);
+            let cached = TokenFrame::new(&g).unwrap();
+            for id in [0, 1, 9, 10, 12_345, u64::MAX] {
+                let mut fast = Vec::new();
+                cached.encode(id, &mut fast);
+                let mut general = Vec::new();
+                frame::encode(
+                    &Response {
+                        id,
+                        outcome: Outcome::Ok(Reply::Token(token_reply(&g))),
+                    },
+                    &mut general,
+                )
+                .unwrap();
+                assert_eq!(fast, general, "id {id}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_signal_fires_once_sent_and_not_before() {
+        let (tx, mut rx) = broadcast::channel::<()>(1);
+        let mut signal = ShutdownSignal::new(rx.recv());
+        for _ in 0..3 {
+            // Polled repeatedly while nothing was sent: pending.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(10), &mut signal)
+                    .await
+                    .is_err()
+            );
+        }
+        let send = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(()).unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(&mut signal, send)
+        })
+        .await
+        .expect("woken by the broadcast");
+        // A dropped sender (the agent's drain) ends it too.
+        let (tx, mut rx) = broadcast::channel::<()>(1);
+        let mut signal = ShutdownSignal::new(rx.recv());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), &mut signal)
+                .await
+                .is_err()
+        );
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), signal)
+            .await
+            .expect("woken by the closed channel");
+    }
+
+    #[test]
+    fn a_cached_frame_belongs_to_one_grant() {
+        let first = grant("one", None);
+        let cached = TokenFrame::new(&first).unwrap();
+        assert!(cached.is_for(&first));
+        assert!(cached.is_for(&Arc::clone(&first)));
+        // Same token value, another grant (a re-issue or a renewal): not it.
+        assert!(!cached.is_for(&grant("one", None)));
     }
 }

@@ -14,8 +14,8 @@ pub mod peer;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use interprocess::local_socket::tokio::Listener as TokioListener;
@@ -39,8 +39,8 @@ pub struct IpcSettings {
     pub socket: PathBuf,
     /// Socket file mode.
     pub mode: u32,
-    /// Who may connect.
-    pub policy: Policy,
+    /// Who may connect; shared with the config reloader, which replaces it live.
+    pub policy: SharedPolicy,
     /// Most simultaneous connections.
     pub max_connections: usize,
     /// How long a half-sent frame (or a missing hello) may stall.
@@ -60,16 +60,66 @@ impl IpcSettings {
                 format!("[ipc] mode = {:?} is not an octal mode", ipc.mode),
             )
         })?;
-        let gids = peer::resolve_groups(&ipc.allow_groups)
-            .map_err(|m| Error::new(ErrorCode::Config, m))?;
+        let policy = policy_from_config(config)?;
         Ok(IpcSettings {
             socket: ipc.socket.clone().unwrap_or_else(default_socket_path),
             mode,
-            policy: Policy::new(ipc.allow_uids.clone(), gids),
+            policy: SharedPolicy::new(policy),
             max_connections: ipc.max_connections.max(1),
             read_timeout: Duration::from_secs(ipc.read_timeout.max(1)),
         })
     }
+}
+
+/// The access policy, replaceable while the agent runs (`[ipc] allow_uids` and
+/// `allow_groups` reload live). Clones share one policy. A new policy applies
+/// to connections made after the change; open connections keep what they were
+/// granted when they connected.
+#[derive(Debug, Clone)]
+pub struct SharedPolicy(Arc<RwLock<Policy>>);
+
+impl SharedPolicy {
+    /// Shares `policy`.
+    pub fn new(policy: Policy) -> SharedPolicy {
+        SharedPolicy(Arc::new(RwLock::new(policy)))
+    }
+
+    /// What `peer` may do under the current policy.
+    pub fn access(&self, peer: &peer::Peer) -> peer::Access {
+        // A poisoned lock only means a writer panicked mid-assignment of a
+        // plain value; the policy inside is still whole.
+        let policy = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        policy.access(peer)
+    }
+
+    /// The current policy.
+    pub fn current(&self) -> Policy {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the policy for connections made from now on.
+    pub fn replace(&self, policy: Policy) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+    }
+}
+
+/// Resolves `[ipc] allow_uids` / `allow_groups` into a policy.
+///
+/// # Errors
+/// `CONFIG` naming a group that does not exist.
+pub fn policy_from_config(config: &Config) -> Result<Policy> {
+    let gids = peer::resolve_groups(&config.ipc.allow_groups)
+        .map_err(|m| Error::new(ErrorCode::Config, m))?;
+    Ok(Policy::new(config.ipc.allow_uids.clone(), gids))
 }
 
 /// `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock` (user agent),
@@ -126,17 +176,64 @@ pub fn bind(settings: &IpcSettings) -> Result<IpcListener> {
         use interprocess::os::unix::local_socket::ListenerOptionsExt;
         options.mode(settings.mode as _)
     };
+    #[cfg(windows)]
+    let options = {
+        use interprocess::os::windows::local_socket::ListenerOptionsExt;
+        options.security_descriptor(pipe_security_descriptor()?)
+    };
     let listener = options.create_tokio().map_err(|e| {
         Error::new(
             ErrorCode::Internal,
             format!("cannot listen on {}: {e}", path.display()),
         )
     })?;
+    // bind() applies the umask to the socket file; set the exact mode now.
+    // Until here the file's mode was the requested one minus the umask, never
+    // looser than asked.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.mode)).map_err(
+            |e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "cannot set mode {:o} on {}: {e}",
+                        settings.mode,
+                        path.display()
+                    ),
+                )
+            },
+        )?;
+    }
     tracing::info!(socket = %path.display(), mode = format!("{:o}", settings.mode), "listening");
     Ok(IpcListener {
         listener,
         path: path.clone(),
     })
+}
+
+/// The named pipe's access list (SDDL): full access for LocalSystem, the
+/// Administrators group and the pipe's owner (the account the agent runs as);
+/// nobody else may open it. On Windows the kernel reports no uid for a pipe
+/// client, so `allow_uids`/`allow_groups` cannot apply and this descriptor is
+/// the whole access check; `P` (protected) stops inherited entries widening it.
+#[cfg(windows)]
+pub const PIPE_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;OW)";
+
+#[cfg(windows)]
+fn pipe_security_descriptor()
+-> Result<interprocess::os::windows::security_descriptor::SecurityDescriptor> {
+    let sddl = widestring::U16CString::from_str(PIPE_SDDL)
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("bad pipe SDDL: {e}")))?;
+    interprocess::os::windows::security_descriptor::SecurityDescriptor::deserialize(&sddl).map_err(
+        |e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot build the named pipe's security descriptor: {e}"),
+            )
+        },
+    )
 }
 
 /// Makes the socket's directory, and removes a stale socket file after checking
@@ -206,6 +303,16 @@ pub struct ServerStats {
     pub requests: AtomicU64,
     /// Malformed requests.
     pub bad_requests: AtomicU64,
+    /// Configuration changes applied without a restart.
+    pub config_reloads: AtomicU64,
+    /// Configuration changes rejected (the previous settings stayed).
+    pub config_rejected: AtomicU64,
+    /// Provisioning drop-in files redeemed.
+    pub provisioned: AtomicU64,
+    /// Provisioning drop-in files whose redemption failed.
+    pub provisioning_failed: AtomicU64,
+    /// Provisioning drop-in files refused unread (permissions, type, size).
+    pub provisioning_refused: AtomicU64,
 }
 
 /// What every connection task shares.

@@ -128,6 +128,7 @@ impl Http {
             }
             body.extend_from_slice(&chunk);
         }
+        crate::metrics::UPSTREAM_LATENCY.observe(started.elapsed());
         tracing::debug!(
             server = %server,
             path = target.path(),

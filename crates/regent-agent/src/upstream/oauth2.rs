@@ -65,7 +65,7 @@ impl OAuth2 {
     /// A profile for `client_id` at `endpoint`, asking for `scope` when given.
     ///
     /// # Errors
-    /// `CONFIG` when the URL is refused by [`check_url`](super::check_url) or the
+    /// `CONFIG` when the URL is refused by [`check_url`] or the
     /// client id is empty or cannot be sent (a `:` or control character).
     pub fn new(
         http: Http,

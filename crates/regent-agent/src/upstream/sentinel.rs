@@ -53,7 +53,7 @@ impl Sentinel {
     /// A profile for the server at `base_url` (the part before `/token/api/v5/…`).
     ///
     /// # Errors
-    /// `CONFIG` when the URL is refused by [`check_url`](super::check_url).
+    /// `CONFIG` when the URL is refused by [`check_url`].
     pub fn new(http: Http, base_url: Url) -> Result<Sentinel, Error> {
         check_url(&base_url)?;
         Ok(Sentinel {

@@ -238,3 +238,71 @@ pub async fn wait_for_renewals(agent: &Arc<Agent>, n: usize, timeout: Duration) 
 pub fn secret(s: &str) -> regent_agent::secret::SecretString {
     regent_agent::secret::secret(s.to_owned())
 }
+
+/// An agent serving a real socket in this process (`daemon::run`), stopped on
+/// demand. `extra` is appended to a config whose `[ipc] socket` is set.
+pub struct RunningAgent {
+    pub socket: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<regent_agent::Result<()>>>,
+}
+
+impl RunningAgent {
+    /// Starts an agent with a file store in `dir`; `server` is the `[server]`
+    /// section, `extra` more sections (the `[ipc]` section gets the socket).
+    pub async fn start(dir: &Path, server: &str, extra: &str) -> RunningAgent {
+        let socket = dir.join("agent.sock");
+        let ipc = format!("[ipc]\nsocket = \"{}\"", socket.display());
+        let extra = if extra.contains("[ipc]") {
+            extra.replace("[ipc]", &ipc)
+        } else {
+            format!("{extra}\n{ipc}\n")
+        };
+        let text = format!(
+            "{server}\nrequest_timeout = 5\n[store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n{extra}\n",
+            dir.join("state").display()
+        );
+        let config = Config::parse(&text, Path::new("agent.toml")).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(regent_agent::daemon::run(config, async {
+            let _ = stopped.await;
+        }));
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "agent socket not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        RunningAgent {
+            socket,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the agent and checks it shut down cleanly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Client options for this agent's socket.
+    pub fn options(&self, app: &str, instance: Option<&str>) -> regent_client::ClientOptions {
+        let mut o = regent_client::ClientOptions::new(app).socket(&self.socket);
+        if let Some(i) = instance {
+            o = o.instance(i);
+        }
+        o
+    }
+}
+
+/// The `[server]` section of a sentinel-profile agent.
+pub fn sentinel_server(url: &str) -> String {
+    format!("[server]\nprofile = \"sentinel\"\nurl = \"{url}\"")
+}

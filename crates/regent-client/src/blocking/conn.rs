@@ -105,6 +105,15 @@ impl Connection {
         loop {
             match self.frames.next_response() {
                 Ok(Some(response)) if response.id == id => return Ok(Some(response)),
+                // An error with id 0 is about the connection itself
+                // (permission refused, connection limit): it answers this call.
+                Ok(Some(response))
+                    if response.id == 0
+                        && matches!(response.outcome, regent_proto::message::Outcome::Error(_)) =>
+                {
+                    self.broken = true;
+                    return Ok(Some(response));
+                }
                 Ok(Some(response)) => {
                     tracing::debug!(id = response.id, "skipping a late response");
                     continue;

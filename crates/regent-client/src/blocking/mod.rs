@@ -28,7 +28,7 @@ use secrecy::{ExposeSecret, SecretString};
 use self::conn::Connection;
 use crate::error::{self, Failure, Resend, Result};
 use crate::wire::{self, min_valid_secs};
-use crate::{AgentInfo, ClientOptions, Enrolled, SubscriptionEvent, Token};
+use crate::{AgentInfo, ClientOptions, Enrolled, ErrorCode, SubscriptionEvent, Token};
 
 /// A blocking connection to the agent, shared safely between threads.
 ///
@@ -94,12 +94,25 @@ impl Client {
     /// The agent's error (`NOT_ENROLLED`, `REVOKED`, `UNAVAILABLE` with
     /// `retry_after`, …), `AGENT_UNREACHABLE`, `TIMEOUT`.
     pub fn token(&self, min_valid: Duration) -> Result<Token> {
-        let op = Op::Token {
-            min_valid: min_valid_secs(min_valid),
-            scope: None,
-        };
-        let response = self.call(op, Resend::Idempotent)?;
-        wire::token(&self.socket, response)
+        let deadline = self.opts.wait_for_instance.map(|w| Instant::now() + w);
+        loop {
+            let op = Op::Token {
+                min_valid: min_valid_secs(min_valid),
+                scope: None,
+            };
+            let response = self.call(op, Resend::Idempotent)?;
+            match wire::token(&self.socket, response) {
+                Err(e) if e.code == ErrorCode::NoFreeInstance => match deadline {
+                    Some(deadline) if Instant::now() < deadline => {
+                        let pause = e.retry_after.unwrap_or(Duration::from_millis(250));
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        std::thread::sleep(pause.min(left).max(Duration::from_millis(20)));
+                    }
+                    _ => return Err(e),
+                },
+                other => return other,
+            }
+        }
     }
 
     /// The agent's status document (the shape of `regent status --json`).

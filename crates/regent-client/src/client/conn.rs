@@ -112,6 +112,14 @@ impl Shared {
     }
 
     fn dispatch(&self, response: Response) {
+        // An error with id 0 is about the connection itself (permission
+        // refused, connection limit): every waiter gets it, unretried.
+        if response.id == 0
+            && let regent_proto::message::Outcome::Error(e) = &response.outcome
+        {
+            self.close(Error::from(e.clone()), true);
+            return;
+        }
         let mut routes = self.routes();
         let id = response.id;
         match routes.by_id.remove(&id) {

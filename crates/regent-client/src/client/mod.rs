@@ -6,7 +6,7 @@ mod conn;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use regent_proto::message::{Op, Outcome, Response, WireSecret};
 use secrecy::{ExposeSecret, SecretString};
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use self::conn::{Conn, Delivery, RouteGuard};
 use crate::error::{self, Failure, Resend, Result};
 use crate::wire::{self, min_valid_secs};
-use crate::{AgentInfo, ClientOptions, Enrolled, SubscriptionEvent, Token};
+use crate::{AgentInfo, ClientOptions, Enrolled, ErrorCode, SubscriptionEvent, Token};
 
 /// An async connection to the agent. Cheap to clone; clones share the
 /// connection, and any number of tasks may call at once (requests are
@@ -110,12 +110,29 @@ impl Client {
     /// The agent's error (`NOT_ENROLLED`, `REVOKED`, `UNAVAILABLE` with
     /// `retry_after`, …), `AGENT_UNREACHABLE`, `TIMEOUT`.
     pub async fn token(&self, min_valid: Duration) -> Result<Token> {
-        let op = Op::Token {
-            min_valid: min_valid_secs(min_valid),
-            scope: None,
-        };
-        let response = self.call(op, Resend::Idempotent).await?;
-        wire::token(&self.inner.socket, response)
+        let deadline = self
+            .inner
+            .opts
+            .wait_for_instance
+            .map(|w| Instant::now() + w);
+        loop {
+            let op = Op::Token {
+                min_valid: min_valid_secs(min_valid),
+                scope: None,
+            };
+            let response = self.call(op, Resend::Idempotent).await?;
+            match wire::token(&self.inner.socket, response) {
+                Err(e) if e.code == ErrorCode::NoFreeInstance => match deadline {
+                    Some(deadline) if Instant::now() < deadline => {
+                        let pause = e.retry_after.unwrap_or(Duration::from_millis(250));
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        tokio::time::sleep(pause.min(left).max(Duration::from_millis(20))).await;
+                    }
+                    _ => return Err(e),
+                },
+                other => return other,
+            }
+        }
     }
 
     /// The agent's status document (the shape of `regent status --json`).

@@ -1,0 +1,289 @@
+//! Live configuration (DESIGN §12): the config file's directory is watched and
+//! every change is re-read, validated whole, and applied without a restart.
+//!
+//! - Applied live: `[log] level` (through a hook the binary owning the
+//!   subscriber provides), `[ipc] allow_uids` / `allow_groups` (new
+//!   connections), `[refresh]` (the engine's timing) and `[instances] max`
+//!   (per-instance mode; leased slots above a lowered maximum keep working).
+//! - A broken file is rejected with one `error` line naming the file, the line
+//!   and the problem; nothing is applied and the previous settings stay.
+//! - Every other section needs a restart; a change there is logged as such and
+//!   otherwise ignored, so the running agent stays self-consistent.
+//! - All or nothing: every reloadable part is validated before any is applied.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::engine::EngineSettings;
+use crate::error::Result;
+use crate::ipc::{ServerStats, SharedPolicy, policy_from_config};
+use crate::watch::{DirWatch, watch_dir};
+
+/// How long a burst of file events must stay quiet before the file is read.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Applies a new `[log] level` filter; the binary that installed the tracing
+/// subscriber provides it. `Err` carries why the filter is unusable.
+pub type LogLevelHook = Arc<dyn Fn(&str) -> std::result::Result<(), String> + Send + Sync>;
+
+/// What a reload acts on.
+#[derive(Clone)]
+pub struct ReloadTargets {
+    /// The agent (refresh settings).
+    pub agent: Arc<Agent>,
+    /// The IPC access policy shared with the server.
+    pub policy: SharedPolicy,
+    /// Counters for the `metrics` op.
+    pub stats: Arc<ServerStats>,
+    /// Applies `[log] level`; `None` when nobody can (tests, embedded use).
+    pub log_level: Option<LogLevelHook>,
+}
+
+impl std::fmt::Debug for ReloadTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadTargets")
+            .field("policy", &self.policy)
+            .field("log_level", &self.log_level.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running config watch; dropping it stops watching.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching `path`; `running` is the configuration the agent started with.
+///
+/// # Errors
+/// `CONFIG` when the file's directory cannot be watched.
+pub fn watch(path: &Path, running: Config, targets: ReloadTargets) -> Result<ConfigWatcher> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut watch: DirWatch = watch_dir(&dir, DEBOUNCE)?;
+    let mut reloader = Reloader {
+        path: path.to_path_buf(),
+        last_text: std::fs::read_to_string(path).ok(),
+        running,
+        targets,
+    };
+    tracing::info!(config = %path.display(), "watching the configuration file for changes");
+    let task = tokio::spawn(async move {
+        while watch.changed().await {
+            reloader.on_change();
+        }
+    });
+    Ok(ConfigWatcher { task })
+}
+
+struct Reloader {
+    path: PathBuf,
+    /// The text last seen, so a touch or an unrelated file in the directory
+    /// does not count as a change.
+    last_text: Option<String>,
+    /// What is in force: the start-up config with reloaded parts replaced.
+    running: Config,
+    targets: ReloadTargets,
+}
+
+impl Reloader {
+    fn on_change(&mut self) {
+        let shown = self.path.display().to_string();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.last_text.take().is_some() {
+                    tracing::warn!(config = %shown, "the configuration file was removed; the settings in force stay");
+                }
+                return;
+            }
+            Err(e) => {
+                self.reject(&format!("cannot read config file {shown}: {e}"));
+                return;
+            }
+        };
+        if self.last_text.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        self.last_text = Some(text.clone());
+        let new = match Config::parse(&text, &self.path) {
+            Ok(config) => config,
+            Err(e) => {
+                self.reject(&e.message);
+                return;
+            }
+        };
+        self.apply(&new);
+    }
+
+    fn reject(&self, problem: &str) {
+        self.targets
+            .stats
+            .config_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            config = %self.path.display(),
+            "configuration change rejected, the previous settings stay in force: {problem}"
+        );
+    }
+
+    fn apply(&mut self, new: &Config) {
+        let old = &self.running;
+        // Validate everything first: a half-applied change is worse than none.
+        let allow_changed = new.ipc.allow_uids != old.ipc.allow_uids
+            || new.ipc.allow_groups != old.ipc.allow_groups;
+        let policy = if allow_changed {
+            match policy_from_config(new) {
+                Ok(policy) => Some(policy),
+                Err(e) => {
+                    let message = format!("config file {}: {}", self.path.display(), e.message);
+                    self.reject(&message);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let level_changed = new.log.level != old.log.level;
+        if level_changed
+            && let Some(hook) = &self.targets.log_level
+            && let Err(problem) = hook(&new.log.level)
+        {
+            let message = format!(
+                "config file {}: [log] level = {:?}: {problem}",
+                self.path.display(),
+                new.log.level
+            );
+            self.reject(&message);
+            return;
+        }
+        let mut applied = Vec::new();
+        if level_changed {
+            applied.push(format!("[log] level = {:?}", new.log.level));
+            self.running.log.level = new.log.level.clone();
+        }
+        if let Some(policy) = policy {
+            self.targets.policy.replace(policy);
+            applied.push(format!(
+                "[ipc] allow_uids = {:?}, allow_groups = {:?}",
+                new.ipc.allow_uids, new.ipc.allow_groups
+            ));
+            self.running.ipc.allow_uids = new.ipc.allow_uids.clone();
+            self.running.ipc.allow_groups = new.ipc.allow_groups.clone();
+        }
+        if new.refresh != self.running.refresh {
+            self.targets
+                .agent
+                .set_refresh_settings(EngineSettings::from(&new.refresh));
+            applied.push("[refresh]".to_owned());
+            self.running.refresh = new.refresh.clone();
+        }
+        if new.instances.mode == self.running.instances.mode
+            && new.instances.max != self.running.instances.max
+        {
+            self.targets.agent.set_instances_max(new.instances.max);
+            applied.push(format!("[instances] max = {}", new.instances.max));
+            self.running.instances.max = new.instances.max;
+        }
+        let restart = restart_needed(&self.running, new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                config = %self.path.display(),
+                "changes to {} take effect only after a restart; the agent keeps running with the settings it started with",
+                restart.join(", ")
+            );
+        }
+        if applied.is_empty() {
+            tracing::debug!(config = %self.path.display(), "configuration file changed; nothing to apply live");
+            return;
+        }
+        self.targets
+            .stats
+            .config_reloads
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            config = %self.path.display(),
+            applied = %applied.join("; "),
+            "configuration reloaded"
+        );
+    }
+}
+
+/// The sections (or keys) that differ and cannot change while running.
+fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if new.server != running.server {
+        out.push("[server]");
+    }
+    if new.store != running.store {
+        out.push("[store]");
+    }
+    if new.state != running.state {
+        out.push("[state]");
+    }
+    if new.instances.mode != running.instances.mode
+        || new.instances.lease_grace != running.instances.lease_grace
+    {
+        out.push("[instances] mode, lease_grace");
+    }
+    let (a, b) = (&running.ipc, &new.ipc);
+    if a.socket != b.socket
+        || a.mode != b.mode
+        || a.max_connections != b.max_connections
+        || a.read_timeout != b.read_timeout
+    {
+        out.push("[ipc] socket, mode, max_connections, read_timeout");
+    }
+    if new.provisioning != running.provisioning {
+        out.push("[provisioning]");
+    }
+    if new.log.format != running.log.format {
+        out.push("[log] format");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, Path::new("regent.toml")).unwrap()
+    }
+
+    #[test]
+    fn restart_sections_are_named() {
+        let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n";
+        let a = parse(base);
+        assert!(restart_needed(&a, &a).is_empty());
+        let b = parse(&format!(
+            "{base}[log]\nlevel = \"debug\"\n[ipc]\nallow_uids = [5]\n[refresh]\nmargin = 5\n"
+        ));
+        // Reloadable changes need no restart.
+        assert!(restart_needed(&a, &b).is_empty());
+        let c = parse(
+            "[server]\nprofile = \"sentinel\"\nurl = \"https://b.example\"\n[ipc]\nmode = \"0660\"\n[log]\nformat = \"json\"\n",
+        );
+        assert_eq!(
+            restart_needed(&a, &c),
+            vec![
+                "[server]",
+                "[ipc] socket, mode, max_connections, read_timeout",
+                "[log] format"
+            ]
+        );
+    }
+}

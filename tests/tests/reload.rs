@@ -1,0 +1,167 @@
+//! End to end: the config file is watched; log level, allow lists and refresh
+//! settings apply live, and a broken edit is rejected with the old settings
+//! kept in force.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use regent_proto::ErrorCode;
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, save_by_rename, text};
+
+const WAIT: Duration = Duration::from_secs(15);
+/// A uid other than ours and root's: `nobody`.
+const OTHER_UID: u32 = 65534;
+
+fn exit(c: ErrorCode) -> i32 {
+    i32::from(c.number())
+}
+
+fn config_text(home: &AgentHome, url: &str, level: &str, allow: &str, extra: &str) -> String {
+    format!(
+        "[server]\nprofile = \"sentinel\"\nurl = \"{url}\"\nrequest_timeout = 5\n\n\
+         [store]\nkind = \"file\"\n\n[state]\ndir = \"{}\"\n\n\
+         [ipc]\nsocket = \"{}\"\nmode = \"0666\"\nallow_uids = {allow}\n\n\
+         [log]\nlevel = \"{level}\"\n{extra}",
+        home.dir.path().join("state").display(),
+        home.socket.display()
+    )
+}
+
+/// `regent status` as another user: only the exit status matters here.
+fn status_as_other_user(home: &AgentHome) -> i32 {
+    let (_bin_dir, bin) = regent_tests::regent_bin_for_any_user();
+    let out = Command::new(&bin)
+        .arg("status")
+        .env("REGENT_SOCKET", &home.socket)
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    code(&out)
+}
+
+#[test]
+fn log_level_and_allow_list_reload_live_and_a_broken_edit_is_rejected() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: this test runs a client as another uid, which needs root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        return;
+    }
+    let emulator = EmulatorProc::start(300);
+    let home = AgentHome::new(&emulator.url, "");
+    // The socket must be reachable by the other user, so the allow list is
+    // the only thing that decides.
+    std::fs::set_permissions(
+        home.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let run_dir = home.socket.parent().unwrap();
+    std::fs::create_dir_all(run_dir).unwrap();
+    std::fs::set_permissions(run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &home.config,
+        config_text(&home, &emulator.url, "info", "[]", ""),
+    )
+    .unwrap();
+    let agent = AgentProc::start_with_env(&home, &[], &["RUST_LOG"]);
+
+    // Before: the other uid is refused; debug lines are not logged.
+    assert_eq!(
+        status_as_other_user(&home),
+        exit(ErrorCode::PermissionDenied)
+    );
+    let out = home.regent(&["enroll"], Some("wrong-token\n"));
+    assert_eq!(
+        code(&out),
+        exit(ErrorCode::RegistrationTokenInvalid),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !agent.log_text().contains("license server answered"),
+        "debug line at level info:\n{}",
+        agent.log_text()
+    );
+
+    // Save by rename, as editors do: level, allow list and refresh change live.
+    let skip = agent.log_lines();
+    save_by_rename(
+        &home.config,
+        &config_text(
+            &home,
+            &emulator.url,
+            "debug",
+            &format!("[{OTHER_UID}]"),
+            "\n[refresh]\nmargin = 5\n",
+        ),
+    );
+    let line = agent.wait_for_log_line(skip, &["configuration reloaded"], WAIT);
+    assert!(line.contains("[log] level"), "{line}");
+    assert!(line.contains("allow_uids"), "{line}");
+    assert!(line.contains("[refresh]"), "{line}");
+    // Access is decided: NOT_ENROLLED, not PERMISSION_DENIED.
+    assert_eq!(status_as_other_user(&home), exit(ErrorCode::NotEnrolled));
+    let skip = agent.log_lines();
+    let out = home.regent(&["enroll"], Some("wrong-token\n"));
+    assert_eq!(
+        code(&out),
+        exit(ErrorCode::RegistrationTokenInvalid),
+        "{}",
+        text(&out)
+    );
+    agent.wait_for_log_line(skip, &["DEBUG", "license server answered"], WAIT);
+
+    // A broken edit: a string where a list belongs.
+    let skip = agent.log_lines();
+    let broken = config_text(&home, &emulator.url, "warn", "\"everyone\"", "");
+    let line_no = broken
+        .lines()
+        .position(|l| l.starts_with("allow_uids"))
+        .unwrap()
+        + 1;
+    save_by_rename(&home.config, &broken);
+    let line = agent.wait_for_log_line(skip, &["configuration change rejected"], WAIT);
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains(&home.config.display().to_string()), "{line}");
+    assert!(line.contains(&format!("line {line_no}")), "{line}");
+    assert!(
+        line.contains("allow_uids") || line.contains("sequence"),
+        "{line}"
+    );
+    // The previous settings stay: the other uid still gets in, debug still logs.
+    assert_eq!(status_as_other_user(&home), exit(ErrorCode::NotEnrolled));
+    let skip = agent.log_lines();
+    home.regent(&["enroll"], Some("wrong-token\n"));
+    agent.wait_for_log_line(skip, &["DEBUG", "license server answered"], WAIT);
+
+    // A section that cannot change live is named, and nothing else changes.
+    let skip = agent.log_lines();
+    let moved = config_text(
+        &home,
+        &emulator.url,
+        "debug",
+        &format!("[{OTHER_UID}]"),
+        "\n[refresh]\nmargin = 5\n",
+    )
+    .replace("request_timeout = 5", "request_timeout = 6");
+    save_by_rename(&home.config, &moved);
+    agent.wait_for_log_line(skip, &["[server]", "only after a restart"], WAIT);
+
+    let metrics = String::from_utf8(home.regent(&["metrics"], None).stdout).unwrap();
+    assert!(
+        metrics.contains("regent_config_reloads_total{outcome=\"applied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("regent_config_reloads_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    assert!(agent.terminate().success());
+}
