@@ -772,6 +772,14 @@ impl Agent {
         self.slot(slot).engine.status()
     }
 
+    /// Every existing slot's raw engine status, by slot number.
+    pub fn engine_statuses(&self) -> Vec<(u32, EngineStatus)> {
+        self.existing_slots()
+            .into_iter()
+            .map(|(n, slot)| (n, slot.engine.status()))
+            .collect()
+    }
+
     /// The raw engine status of the first slot.
     pub fn engine_status(&self) -> EngineStatus {
         self.engine_status_for(FIRST_SLOT)

@@ -18,7 +18,12 @@ const STATES: [SlotState; 5] = [
 
 /// Renders every metric as Prometheus text format 0.0.4.
 pub fn render(agent: &Agent, stats: &ServerStats) -> String {
-    let s = agent.engine_status();
+    // Per-instance agents have several slots: states are counted, counters
+    // summed, and the expiry is the earliest among slots holding a token.
+    let slots = agent.engine_statuses();
+    let handouts: u64 = slots.iter().map(|(_, s)| s.handouts).sum();
+    let renewals_ok: u64 = slots.iter().map(|(_, s)| s.renewals_ok).sum();
+    let renewals_failed: u64 = slots.iter().map(|(_, s)| s.renewals_failed).sum();
     let mut out = String::with_capacity(1024);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -31,7 +36,7 @@ pub fn render(agent: &Agent, stats: &ServerStats) -> String {
         .map(|st| {
             (
                 format!("{{state=\"{}\"}}", st.as_str()),
-                u64::from(*st == s.state),
+                slots.iter().filter(|(_, s)| s.state == *st).count() as u64,
             )
         })
         .collect();
@@ -42,32 +47,34 @@ pub fn render(agent: &Agent, stats: &ServerStats) -> String {
     metric(
         "regent_slot_state",
         "gauge",
-        "1 for the slot's current state.",
+        "Number of slots in each state (shared mode: 1 for the current state).",
         &state_refs,
     );
     metric(
         "regent_tokens_served_total",
         "counter",
         "Tokens handed out.",
-        &[("", s.handouts)],
+        &[("", handouts)],
     );
     metric(
         "regent_renewals_total",
         "counter",
         "Upstream renewals by outcome.",
         &[
-            ("{outcome=\"ok\"}", s.renewals_ok),
-            ("{outcome=\"failed\"}", s.renewals_failed),
+            ("{outcome=\"ok\"}", renewals_ok),
+            ("{outcome=\"failed\"}", renewals_failed),
         ],
     );
-    let expiry = s
-        .expires_at
+    let expiry = slots
+        .iter()
+        .filter_map(|(_, s)| s.expires_at)
+        .min()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
     metric(
         "regent_token_expiry_timestamp_seconds",
         "gauge",
-        "Unix time at which the cached access token expires (0: none).",
+        "Unix time at which the earliest cached access token expires (0: none).",
         &[("", expiry)],
     );
     metric(

@@ -120,6 +120,12 @@ async fn three_slots_three_auth_tokens_fourth_refused_then_freed_without_new_red
         slots.iter().any(|s| s["leased_by"]["instance"] == "e4"),
         "{status}"
     );
+    // Metrics count every slot, not just the first.
+    let metrics = fourth.metrics().await.unwrap();
+    assert!(
+        metrics.contains("regent_slot_state{state=\"active\"} 3"),
+        "{metrics}"
+    );
     drop(clients);
     drop(fourth);
 
