@@ -81,17 +81,7 @@ pub fn watch(
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| {
+    crate::store::atomic::create_dir_with_mode(dir, 0o700).map_err(|e| {
         Error::new(
             ErrorCode::Config,
             format!(

@@ -240,22 +240,18 @@ fn pipe_security_descriptor()
 /// that no agent answers on it.
 #[cfg(unix)]
 fn prepare_socket_path(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    use std::os::unix::fs::FileTypeExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
         // Group-accessible sockets need a group-searchable directory.
         let dir_mode = if mode & 0o070 != 0 { 0o750 } else { 0o700 };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(dir_mode)
-            .create(dir)
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Config,
-                    format!("cannot create the socket directory {}: {e}", dir.display()),
-                )
-            })?;
+        crate::store::atomic::create_dir_with_mode(dir, dir_mode).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("cannot create the socket directory {}: {e}", dir.display()),
+            )
+        })?;
     }
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());

@@ -136,6 +136,27 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates `dir` (and its parents) with `mode` for the directories it makes;
+/// an existing directory is left as it is. `mode` is ignored off Unix.
+///
+/// # Errors
+/// The OS error from creating the directory.
+pub fn create_dir_with_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    builder.create(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

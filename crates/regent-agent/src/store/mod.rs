@@ -298,17 +298,7 @@ pub(crate) fn ensure_private_dir(file: &Path) -> Result<(), Error> {
     let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| {
+    atomic::create_dir_with_mode(dir, 0o700).map_err(|e| {
         Error::new(
             ErrorCode::StoreUnavailable,
             format!("cannot create the directory {}: {e}", dir.display()),
