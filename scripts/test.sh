@@ -64,5 +64,11 @@ log "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 log "cargo test"
-cargo test --workspace --locked
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$test_log"
 log "regent-bench smoke run (--quick: the scenarios run; targets are not judged)" && cargo run -p regent-bench --locked --quiet -- all --quick
+
+# One closing line with the totals of every test binary above (the last line
+# cargo prints is a doc-test block that may well hold no test).
+awk '/^test result: /{p+=$4; f+=$6} END {printf "tests: %d passed, %d failed\n", p, f}' "$test_log"
