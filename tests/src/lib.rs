@@ -392,3 +392,28 @@ pub fn regent_bin_for_any_user() -> (tempfile::TempDir, PathBuf) {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, bin)
 }
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package sits in the repository")
+        .to_path_buf()
+}
+
+/// A tool the test needs: on CI its absence is a failure, elsewhere a skip.
+pub fn have_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing on CI; scripts/test.sh installs it"
+        );
+        eprintln!("skipped: {tool} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}

@@ -10,12 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, text};
-
-/// The repository's root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, repo_root, text};
 
 /// Where cargo put libregent.so / libregent.a: `target/<profile>/deps`, built
 /// because this package dev-depends on regent-ffi.
@@ -32,8 +27,8 @@ fn lib_dir() -> PathBuf {
 
 fn include_dirs() -> [PathBuf; 2] {
     [
-        repo().join("bindings/c/include"),
-        repo().join("bindings/cpp"),
+        repo_root().join("bindings/c/include"),
+        repo_root().join("bindings/cpp"),
     ]
 }
 
@@ -148,7 +143,7 @@ fn valid_for(line: &str) -> u64 {
 fn c_get_token_example_against_a_live_agent() {
     let live = Live::start(300, false);
     let build = tempfile::tempdir().unwrap();
-    let source = repo().join("bindings/c/examples/get_token.c");
+    let source = repo_root().join("bindings/c/examples/get_token.c");
     let exe = compile("cc", &source, build.path(), &[]);
 
     // Not enrolled yet: the exit status is the table's number, the message says why.
@@ -213,7 +208,7 @@ fn c_get_token_leaks_nothing_over_10000_cycles() {
     let build = tempfile::tempdir().unwrap();
     let exe = compile(
         "cc",
-        &repo().join("bindings/c/examples/get_token.c"),
+        &repo_root().join("bindings/c/examples/get_token.c"),
         build.path(),
         &[],
     );
@@ -327,7 +322,7 @@ fn c_subscribe_example_sees_renewals_and_revocation() {
     let build = tempfile::tempdir().unwrap();
     let exe = compile(
         "cc",
-        &repo().join("bindings/c/examples/subscribe.c"),
+        &repo_root().join("bindings/c/examples/subscribe.c"),
         build.path(),
         &[],
     );
@@ -383,7 +378,7 @@ fn cpp_wrapper_example_against_a_live_agent() {
     let build = tempfile::tempdir().unwrap();
     let exe = compile(
         "g++",
-        &repo().join("bindings/cpp/examples/get_token.cpp"),
+        &repo_root().join("bindings/cpp/examples/get_token.cpp"),
         build.path(),
         &[],
     );
@@ -417,7 +412,7 @@ fn python_binding_tests_pass_against_a_live_agent() {
     let live = Live::start(300, true);
     let out = Command::new("python3")
         .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
-        .current_dir(repo().join("bindings/python"))
+        .current_dir(repo_root().join("bindings/python"))
         .env("REGENT_LIBRARY", lib_dir().join("libregent.so"))
         .env("REGENT_SOCKET", &live.home.socket)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -464,7 +459,7 @@ fn the_library_exports_only_regent_symbols() {
         .collect();
     assert!(strays.is_empty(), "exported beyond regent_*: {strays:?}");
 
-    let header = std::fs::read_to_string(repo().join("bindings/c/include/regent.h")).unwrap();
+    let header = std::fs::read_to_string(repo_root().join("bindings/c/include/regent.h")).unwrap();
     let declared: BTreeSet<String> = header
         .lines()
         .filter(|l| !l.starts_with(' ') && !l.starts_with("typedef") && !l.starts_with('#'))
@@ -494,7 +489,7 @@ fn the_header_compiles_alone_in_c_and_cpp() {
     )
     .unwrap();
     drop(f);
-    let include = repo().join("bindings/c/include");
+    let include = repo_root().join("bindings/c/include");
     for (compiler, std) in [
         ("cc", "-std=c99"),
         ("cc", "-std=c11"),
@@ -526,7 +521,7 @@ fn the_header_compiles_alone_in_c_and_cpp() {
 /// with warnings as errors), so the documentation cannot rot.
 #[test]
 fn the_readme_examples_compile() {
-    let readme = std::fs::read_to_string(repo().join("bindings/README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("bindings/README.md")).unwrap();
     let build = tempfile::tempdir().unwrap();
     let mut checked = Vec::new();
     for (n, block) in readme.split("```").enumerate().skip(1).step_by(2) {

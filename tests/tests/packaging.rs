@@ -8,33 +8,9 @@
 //! (cargo-deb strips its own copy). `scripts/package.sh` builds the real one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use regent_tests::{regent_bin, text};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn have_tool(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing on CI; scripts/test.sh installs it"
-        );
-        eprintln!("skipped: {tool} is not installed (scripts/test.sh installs it)");
-    }
-    found
-}
+use regent_tests::{have_tool, regent_bin, repo_root, text};
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();

@@ -4,36 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use regent_client::{Client, SubscriptionEvent};
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, regent_bin, text, wait_timeout};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A tool the test needs: on CI its absence is a failure, elsewhere a skip.
-fn have_tool(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing on CI; scripts/test.sh installs it"
-        );
-        eprintln!("skipped: {tool} is not installed (scripts/test.sh installs it)");
-    }
-    found
-}
+use regent_tests::{
+    AgentHome, AgentProc, EmulatorProc, have_tool, regent_bin, repo_root, text, wait_timeout,
+};
 
 fn receive(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 1024];

@@ -727,6 +727,25 @@ impl Session {
         Session::login(&base, &credentials).await
     }
 
+    /// Logs in to `url` as `user` (the emulator's admin actions and the demo).
+    pub(crate) async fn with_password(
+        url: &str,
+        user: &str,
+        password: SecretString,
+    ) -> Result<Session, Failure> {
+        let base = reqwest::Url::parse(url).map_err(|e| {
+            Failure::new(
+                ErrorCode::Config,
+                format!("invalid server URL {url:?}: {e}"),
+            )
+        })?;
+        let credentials = Credentials {
+            user: user.to_owned(),
+            password,
+        };
+        Session::login(&base, &credentials).await
+    }
+
     /// Discovers the realm token endpoint and logs in with the password grant.
     async fn login(base: &reqwest::Url, credentials: &Credentials) -> Result<Session, Failure> {
         let http = reqwest::Client::builder()
@@ -791,7 +810,7 @@ impl Session {
     }
 
     /// One admin call; a non-2xx answer is a failure carrying the server's message.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -12,7 +12,7 @@ use regent_proto::ErrorCode;
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::emulator::Admin;
+use crate::emulator;
 use crate::failure::{Failure, internal};
 
 #[derive(Debug, Args)]
@@ -77,9 +77,9 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
         format!("license server listening on {url} ({lifetime}s access tokens)"),
     );
 
-    let admin = Admin::login(&url, "admin").await?;
+    let admin = emulator::admin_login(&url, "admin").await?;
     let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let record = admin.mint(3, expiry).await?;
+    let record = emulator::mint(&admin, 3, expiry).await?;
     let registration = record["token"].as_str().unwrap_or_default().to_owned();
     progress.say(
         "admin",
@@ -208,7 +208,7 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
         "admin",
         format!("deleting auth token {auth_id} on the license server (revocation)"),
     );
-    admin.revoke(&auth_id).await?;
+    emulator::revoke(&admin, &auth_id).await?;
     let mut told = 0;
     while told < 2 {
         match tokio::time::timeout(Duration::from_secs(lifetime * 2 + 5), revoked_rx.recv()).await {

@@ -8,6 +8,9 @@ use clap::{Args, Subcommand};
 use regent_proto::ErrorCode;
 use serde_json::{Value, json};
 
+use secrecy::SecretString;
+
+use crate::admin::Session;
 use crate::failure::{Failure, internal};
 
 #[derive(Debug, Args)]
@@ -116,10 +119,10 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
             expires_in_days,
             json,
         }) => {
-            let admin = Admin::login(&target.url, &target.admin_user).await?;
+            let admin = admin_login(&target.url, &target.admin_user).await?;
             let expiry =
                 time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(expires_in_days));
-            let record = admin.mint(count, expiry).await?;
+            let record = mint(&admin, count, expiry).await?;
             if json {
                 println!(
                     "{}",
@@ -131,8 +134,8 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
             Ok(())
         }
         Some(Action::AuthTokens { target }) => {
-            let admin = Admin::login(&target.url, &target.admin_user).await?;
-            let (_, body) = admin
+            let admin = admin_login(&target.url, &target.admin_user).await?;
+            let body = admin
                 .call(reqwest::Method::GET, "/token/api/v5/authTokens", None)
                 .await?;
             println!(
@@ -142,8 +145,8 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
             Ok(())
         }
         Some(Action::Revoke { target, id }) => {
-            let admin = Admin::login(&target.url, &target.admin_user).await?;
-            admin.revoke(&id).await?;
+            let admin = admin_login(&target.url, &target.admin_user).await?;
+            revoke(&admin, &id).await?;
             println!("auth token {id} deleted; the device's next refresh will fail with REVOKED");
             Ok(())
         }
@@ -262,108 +265,39 @@ fn unreachable_emulator(url: &str, e: reqwest::Error) -> Failure {
     )
 }
 
-/// An admin session against a Sentinel-shaped admin API.
-pub struct Admin {
-    http: reqwest::Client,
-    url: String,
-    bearer: String,
+/// Logs in to the emulator's admin API as `user` (password from
+/// `$REGENT_EMULATOR_ADMIN_PASSWORD`, default "admin").
+pub async fn admin_login(url: &str, user: &str) -> Result<Session, Failure> {
+    Session::with_password(url, user, SecretString::from(admin_password())).await
 }
 
-impl Admin {
-    /// Logs in with the realm's password grant.
-    pub async fn login(url: &str, user: &str) -> Result<Admin, Failure> {
-        let url = url.trim_end_matches('/').to_owned();
-        let http = reqwest::Client::new();
-        let resp = http
-            .post(format!(
-                "{url}/auth/realms/regent/protocol/openid-connect/token"
-            ))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", user),
-                ("password", admin_password().as_str()),
-                ("client_id", "regent-agent"),
-            ])
-            .send()
-            .await
-            .map_err(|e| unreachable_emulator(&url, e))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let Some(bearer) = body["access_token"].as_str() else {
-            return Err(Failure::new(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "admin login refused ({status}: {}); check --admin-user and REGENT_EMULATOR_ADMIN_PASSWORD",
-                    body["error_description"]
-                        .as_str()
-                        .unwrap_or("no description")
-                ),
-            ));
-        };
-        Ok(Admin {
-            http,
-            url,
-            bearer: bearer.to_owned(),
-        })
-    }
+/// Creates a registration token; returns its record (with `token`).
+pub async fn mint(
+    admin: &Session,
+    count: u32,
+    expiry: time::OffsetDateTime,
+) -> Result<Value, Failure> {
+    let expiry = expiry
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| internal("cannot format the expiry", e))?;
+    let body = admin
+        .call(
+            reqwest::Method::POST,
+            "/token/api/v5/registrationTokens",
+            Some(json!({"registrationToken": {"count": count, "expiryDate": expiry}})),
+        )
+        .await?;
+    Ok(body["registrationToken"].clone())
+}
 
-    /// One admin call; non-2xx answers are failures carrying the server's message.
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value), Failure> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.bearer);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| unreachable_emulator(&self.url, e))?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !(200..300).contains(&status) {
-            return Err(Failure::new(
-                ErrorCode::ServerError,
-                format!(
-                    "{path}: server answered {status} {}: {}",
-                    body["error"].as_str().unwrap_or(""),
-                    body["error_description"].as_str().unwrap_or(&text)
-                ),
-            ));
-        }
-        Ok((status, body))
-    }
-
-    /// Creates a registration token; returns its record (with `token`).
-    pub async fn mint(&self, count: u32, expiry: time::OffsetDateTime) -> Result<Value, Failure> {
-        let expiry = expiry
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| internal("cannot format the expiry", e))?;
-        let (_, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/token/api/v5/registrationTokens",
-                Some(json!({"registrationToken": {"count": count, "expiryDate": expiry}})),
-            )
-            .await?;
-        Ok(body["registrationToken"].clone())
-    }
-
-    /// Deletes an auth token.
-    pub async fn revoke(&self, id: &str) -> Result<(), Failure> {
-        self.call(
+/// Deletes (revokes) an auth token.
+pub async fn revoke(admin: &Session, id: &str) -> Result<(), Failure> {
+    admin
+        .call(
             reqwest::Method::DELETE,
             &format!("/token/api/v5/authTokens/{id}"),
             None,
         )
         .await?;
-        Ok(())
-    }
+    Ok(())
 }
