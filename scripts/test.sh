@@ -6,6 +6,17 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# --long: the full reliability runs (crash matrix of 200 kill points, 10,000
+# connections, a soak of many renewal periods, minutes of fuzzing per target).
+# Without it every one of them runs its bounded quick form.
+for arg in "$@"; do
+  case "$arg" in
+    --long) export REGENT_LONG=1 ;;
+    -h|--help) echo "usage: scripts/test.sh [--long]"; exit 0 ;;
+    *) echo "unknown argument: $arg (usage: scripts/test.sh [--long])" >&2; exit 2 ;;
+  esac
+done
+
 # --- system packages the tests really use -------------------------------------
 # dbus + gnome-keyring: the real Secret Service the keychain tests start.
 # gcc: C compiler for aws-lc-sys (rustls' crypto) and the C examples (with its

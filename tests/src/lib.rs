@@ -417,3 +417,18 @@ pub fn have_tool(tool: &str) -> bool {
     }
     found
 }
+
+/// The environment variable that selects the full form of the long tests
+/// (crash matrix, soak, 10,000 connections). `scripts/test.sh --long` sets it;
+/// without it those tests run their bounded quick form.
+pub const LONG_ENV: &str = "REGENT_LONG";
+
+/// True when the full (long) form of the reliability tests was asked for.
+pub fn long_run() -> bool {
+    std::env::var(LONG_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `quick` normally, `long` under `scripts/test.sh --long`.
+pub fn scale(quick: usize, long: usize) -> usize {
+    if long_run() { long } else { quick }
+}
