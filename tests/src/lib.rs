@@ -4,6 +4,10 @@
 //! sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod crash;
+pub mod procstat;
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -388,8 +392,19 @@ pub fn regent_bin_for_any_user() -> (tempfile::TempDir, PathBuf) {
         .expect("temporary directory in /tmp");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("regent");
-    std::fs::copy(regent_bin(), &bin).expect("copy the regent binary");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A hard link, or else a copy made by a `cp` child: a copy written by this
+    // process would leave its write descriptor open for a moment, and a
+    // process forked meanwhile by another test thread would hold it until its
+    // exec, so spawning the copy could fail with ETXTBSY ("Text file busy").
+    if std::fs::hard_link(regent_bin(), &bin).is_err() {
+        let copied = Command::new("cp")
+            .arg(regent_bin())
+            .arg(&bin)
+            .status()
+            .expect("run cp");
+        assert!(copied.success(), "copy the regent binary: {copied}");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     (dir, bin)
 }
 

@@ -41,6 +41,16 @@ use crate::upstream::{DeviceIdentity, Upstream};
 /// The slot `shared` mode uses, and the first slot in `per-instance` mode.
 const FIRST_SLOT: u32 = 0;
 const STATE_VERSION: u32 = 1;
+/// An enroll call retries a failed redemption inline only after waits this
+/// short, and only while it has run less than the budget; longer waits (a
+/// server's `Retry-After`) happen in the background resumption, so the call
+/// returns within the client's timeout.
+const INLINE_RETRY_LIMIT: Duration = Duration::from_secs(10);
+const INLINE_RETRY_BUDGET: Duration = Duration::from_secs(20);
+/// An enroll call waits at most this long for the server in all, below the
+/// clients' default 30 s call timeout: a server that never answers must not
+/// turn into a client-side `TIMEOUT` while the agent carries on unseen.
+const INLINE_CALL_LIMIT: Duration = Duration::from_secs(25);
 /// After a slot's redemption is refused, ask again no sooner than this.
 const REFUSAL_HOLD: Duration = Duration::from_secs(30);
 /// The enrollment secret kept for lazy per-instance slots.
@@ -48,7 +58,7 @@ const DEVICE_SECRET: &str = "device.secret";
 
 /// Non-secret state, persisted atomically in `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PersistentState {
+pub(crate) struct PersistentState {
     version: u32,
     /// Random, generated once per state directory.
     device_id: String,
@@ -293,20 +303,45 @@ impl Agent {
                 // A crash after the credential was stored but before the
                 // marker was cleared: the stored credential wins.
                 self.clear_pending(slot, true).await;
+            } else {
+                // A crash after the marker was cleared but before the used
+                // registration token was deleted.
+                self.remove_used_registration(slot).await;
             }
             return Ok(());
         }
-        if self.is_pending(slot).await
-            && let Some(registration) = self.store.get(&registration_entry(slot)).await?
-        {
-            tracing::info!(
-                slot,
-                "resuming an interrupted redemption with the same identifier"
-            );
-            let agent = Arc::clone(self);
-            tokio::spawn(async move { agent.resume_redemption(slot, registration).await });
+        if !self.is_pending(slot).await {
+            self.remove_used_registration(slot).await;
+            return Ok(());
+        }
+        match self.store.get(&registration_entry(slot)).await? {
+            Some(registration) => {
+                tracing::info!(
+                    slot,
+                    "resuming an interrupted redemption with the same identifier"
+                );
+                let agent = Arc::clone(self);
+                tokio::spawn(async move { agent.resume_redemption(slot, registration).await });
+            }
+            None => {
+                // A crash between storing the marker and the registration
+                // token: nothing was sent, so there is nothing to resume.
+                tracing::info!(
+                    slot,
+                    "an enrollment was interrupted before anything was sent; enroll again"
+                );
+                self.clear_pending(slot, false).await;
+            }
         }
         Ok(())
+    }
+
+    /// Deletes a registration token that no redemption needs any more (best
+    /// effort): it must not outlive its enrollment in the store.
+    async fn remove_used_registration(&self, slot: u32) {
+        if let Err(e) = self.store.delete(&registration_entry(slot)).await {
+            tracing::warn!(slot, error = %e, "could not delete a used registration token from the store");
+        }
     }
 
     /// Retries an interrupted redemption until it succeeds or is refused for good.
@@ -320,7 +355,10 @@ impl Agent {
                 if !self.is_pending(slot).await {
                     return; // someone enrolled or unenrolled meanwhile
                 }
-                self.redeem(slot, &registration).await
+                // Shown as enrolling while it runs, never as unenrolled with
+                // no redemption pending while one completes.
+                slot_ref.engine.begin_enrolling();
+                self.redeem(slot, &registration, None).await
             };
             match attempt {
                 Ok(_) => return,
@@ -390,19 +428,28 @@ impl Agent {
     ) -> Result<Enrolled> {
         self.begin_redemption(slot, &registration).await?;
         // Redeem, retrying transient failures a few times (Sentinel: an HTTP
-        // 500 while creating an auth token should be retried).
+        // 500 while creating an auth token should be retried). The caller is
+        // waiting: a long wait asked by the server (`Retry-After`), or retries
+        // past the inline budget, are left to the background resumption.
+        let started = Instant::now();
+        let deadline = started + INLINE_CALL_LIMIT;
         let mut delays = backon_delays(&self.config).take(3);
         loop {
-            match self.redeem(slot, &registration).await {
+            match self.redeem(slot, &registration, Some(deadline)).await {
                 Ok(enrolled) => return Ok(enrolled),
                 Err(e) if e.is_permanent() => return Err(e),
-                Err(e) => match delays.next() {
-                    Some(delay) => {
-                        let delay = delay.max(e.retry_after.unwrap_or_default());
+                Err(e) => match delays
+                    .next()
+                    .map(|d| d.max(e.retry_after.unwrap_or_default()))
+                {
+                    Some(delay)
+                        if delay <= INLINE_RETRY_LIMIT
+                            && started.elapsed() + delay < INLINE_RETRY_BUDGET =>
+                    {
                         tracing::warn!(slot, code = %e.code, error = %e.message, retry_in_ms = delay.as_millis() as u64, "redemption failed; retrying");
                         tokio::time::sleep(delay).await;
                     }
-                    None => {
+                    _ => {
                         // The pending marker stays: the next start (or enroll)
                         // replays the same identifier without a second count.
                         let agent = Arc::clone(self);
@@ -416,12 +463,12 @@ impl Agent {
         }
     }
 
-    /// Makes the identifier, registration token and pending marker durable
-    /// before anything is sent.
+    /// Makes the identifier, pending marker and registration token durable
+    /// before anything is sent. The marker goes first, so a stored registration
+    /// token always belongs to a slot that `state.json` knows and the next start
+    /// can resume or remove it; a marker without a registration token means
+    /// nothing was sent.
     async fn begin_redemption(&self, slot: u32, registration: &SecretString) -> Result<()> {
-        self.store
-            .set(&registration_entry(slot), registration.clone())
-            .await?;
         {
             let mut state = self.state.lock().await;
             let device_id = state.device_id.clone();
@@ -432,15 +479,38 @@ impl Agent {
             });
             record.pending_since = Some(now_secs());
             let snapshot = state.clone();
-            self.state_file.save(&snapshot)?;
+            if let Err(e) = self.state_file.save(&snapshot) {
+                // Not durable: do not show a redemption as pending.
+                if let Some(record) = state.slots.get_mut(&slot) {
+                    record.pending_since = None;
+                }
+                return Err(e);
+            }
+        }
+        if let Err(e) = self
+            .store
+            .set(&registration_entry(slot), registration.clone())
+            .await
+        {
+            // Nothing was sent: the marker must not stay behind.
+            self.clear_pending(slot, false).await;
+            return Err(e);
         }
         crash_point("before-redeem");
         self.slot(slot).engine.begin_enrolling();
         Ok(())
     }
 
-    /// One redemption attempt with the slot's stored identifier.
-    async fn redeem(self: &Arc<Self>, slot: u32, registration: &SecretString) -> Result<Enrolled> {
+    /// One redemption attempt with the slot's stored identifier. With a
+    /// `deadline`, a server that has not answered by then is given up on
+    /// (`TIMEOUT`); that is safe at any moment, like a dropped connection: the
+    /// pending marker stays and a replay costs no second count.
+    async fn redeem(
+        self: &Arc<Self>,
+        slot: u32,
+        registration: &SecretString,
+        deadline: Option<Instant>,
+    ) -> Result<Enrolled> {
         let Upstream::Sentinel(sentinel) = self.upstream.as_ref() else {
             return Err(Error::new(
                 ErrorCode::Internal,
@@ -458,7 +528,27 @@ impl Agent {
         let mut identity = DeviceIdentity::detect(identifier.clone());
         identity.ref_id1 = self.config.server.ref_id1.clone();
         identity.ref_id2 = self.config.server.ref_id2.clone();
-        let redemption = match sentinel.redeem(registration, &identity).await {
+        let answer = match deadline {
+            None => sentinel.redeem(registration, &identity).await,
+            Some(deadline) => {
+                match tokio::time::timeout_at(
+                    deadline.into(),
+                    sentinel.redeem(registration, &identity),
+                )
+                .await
+                {
+                    Ok(answer) => answer,
+                    Err(_) => Err(Error::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the license server has not answered within {} s; the redemption goes on in the background with the same identifier (no second count): `regent status` shows when it completes",
+                            INLINE_CALL_LIMIT.as_secs()
+                        ),
+                    )),
+                }
+            }
+        };
+        let redemption = match answer {
             Ok(r) => r,
             Err(e) => {
                 if e.is_permanent() {
@@ -545,6 +635,15 @@ impl Agent {
             expires_at_ms: to_ms(grant.expires_at),
         });
         self.ledger.load(slot, &credential.issued);
+        // The slot is in state.json before its credential is stored, so a
+        // stored credential is always one the next start loads.
+        let identifier = match self.record_oauth2_slot(slot).await {
+            Ok(identifier) => identifier,
+            Err(e) => {
+                engine.enrolling_failed(e.clone());
+                return Err(e);
+            }
+        };
         if let Err(e) = self
             .store
             .set(&credential_entry(slot), credential.to_secret()?)
@@ -553,7 +652,6 @@ impl Agent {
             engine.enrolling_failed(e.clone());
             return Err(e);
         }
-        let identifier = self.record_oauth2_slot(slot).await?;
         let expires_at = grant.expires_at;
         let renewer = self.renewer(slot, credential);
         engine.activate(renewer, Some(grant)).await;
@@ -612,15 +710,21 @@ impl Agent {
         let result = match self.config.server.profile {
             Profile::Sentinel => {
                 self.begin_redemption(number, &secret).await?;
-                self.redeem(number, &secret).await.map(|_| ())
+                // The instance is waiting on its call: a silent server is given
+                // up on in time; the marker stays and its next request replays.
+                let deadline = Instant::now() + INLINE_CALL_LIMIT;
+                self.redeem(number, &secret, Some(deadline))
+                    .await
+                    .map(|_| ())
             }
             Profile::OAuth2 => {
                 let mut credential = StoredCredential::default();
                 credential.client_secret = Some(secret.expose_secret().to_owned());
+                // Slot first, credential second: see `enroll_oauth2`.
+                self.record_oauth2_slot(number).await?;
                 self.store
                     .set(&credential_entry(number), credential.to_secret()?)
                     .await?;
-                self.record_oauth2_slot(number).await?;
                 let renewer = self.renewer(number, credential);
                 slot.engine.activate(renewer, None).await;
                 Ok(())

@@ -219,6 +219,14 @@ pub struct IpcConfig {
     /// Group names or gids allowed to fetch tokens.
     #[serde(default)]
     pub allow_groups: Vec<String>,
+    /// Absolute paths of the programs that may use the agent (Linux). Empty
+    /// (the default): any program of an allowed uid. When set, a peer is served
+    /// only if its executable (`/proc/PID/exe`) is one of these paths, each
+    /// resolved through symlinks when the configuration is loaded. Root is
+    /// never restricted; the agent's own executable (the `regent` CLI) stays
+    /// allowed for the agent's own uid. See [`crate::ipc::peer`].
+    #[serde(default)]
+    pub allow_executables: Vec<PathBuf>,
     /// Most simultaneous connections.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
@@ -234,6 +242,7 @@ impl Default for IpcConfig {
             mode: defaults::socket_mode(),
             allow_uids: Vec::new(),
             allow_groups: Vec::new(),
+            allow_executables: Vec::new(),
             max_connections: defaults::max_connections(),
             read_timeout: defaults::read_timeout(),
         }
@@ -454,6 +463,14 @@ impl Config {
                 self.ipc.mode
             ));
         }
+        for exe in &self.ipc.allow_executables {
+            if !exe.is_absolute() {
+                return Err(format!(
+                    "[ipc] allow_executables: {:?} is not an absolute path; list programs by their full path, e.g. \"/usr/bin/my-app\"",
+                    exe.display().to_string()
+                ));
+            }
+        }
         if self.store.timeout == 0 {
             return Err("[store] timeout must be at least 1 second".into());
         }
@@ -584,6 +601,25 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn allow_executables_must_be_absolute_paths() {
+        let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n[ipc]\n";
+        let c = parse(&format!(
+            "{base}allow_executables = [\"/usr/bin/app\", \"/opt/x/bin/y\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.ipc.allow_executables,
+            vec![PathBuf::from("/usr/bin/app"), PathBuf::from("/opt/x/bin/y")]
+        );
+        assert!(parse(base).unwrap().ipc.allow_executables.is_empty());
+        let e = parse(&format!("{base}allow_executables = [\"bin/app\"]\n")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config);
+        assert!(e.message.contains("allow_executables"), "{}", e.message);
+        assert!(e.message.contains("not an absolute path"), "{}", e.message);
+        assert!(e.message.contains("bin/app"), "{}", e.message);
     }
 
     #[test]

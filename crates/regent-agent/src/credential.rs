@@ -230,6 +230,7 @@ impl Renewer for SlotRenewer {
     fn renew(&self) -> BoxFuture<'_, Result<Grant>> {
         Box::pin(async move {
             let mut credential = self.credential.lock().await;
+            crash_point("before-refresh");
             let grant = match self.upstream.as_ref() {
                 Upstream::Sentinel(sentinel) => {
                     let Some(refresh_token) = credential.refresh_token.clone().map(secret) else {

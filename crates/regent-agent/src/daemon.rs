@@ -119,6 +119,58 @@ pub async fn run_with(
     ipc::serve(agent, listener, settings, stats, shutdown).await
 }
 
+/// Keeps the agent's memory — where tokens live — away from other processes
+/// of its own uid and out of core dumps. Call first thing in the process that
+/// runs the agent (`regent agent` does), before any secret is read.
+///
+/// - Linux: `prctl(PR_SET_DUMPABLE, 0)`. The kernel then makes `/proc/PID/`
+///   files (`mem`, `environ`, `maps`, `fd`…) owned by root, refuses
+///   `ptrace` attach by same-uid processes, and writes no core dump.
+/// - Every Unix: `RLIMIT_CORE` = 0, so no core file is written even where
+///   the system dumps non-dumpable processes (`fs.suid_dumpable = 2`).
+///
+/// The cost: no core dump to debug a crash, and no attaching a debugger to a
+/// running agent except as root. A debugger that starts the agent
+/// (`gdb --args regent agent …`) still works: the process stays traced. A
+/// panic still prints its message (and a backtrace with `RUST_BACKTRACE=1`).
+/// There is no opt-out.
+///
+/// Returns what was done, for the start-up log.
+///
+/// # Errors
+/// `INTERNAL` when the kernel refuses (not expected on any supported system).
+pub fn harden_process() -> Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use crate::error::Error;
+        use regent_proto::ErrorCode;
+        let zero = rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Core, zero).map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot turn off core dumps (RLIMIT_CORE): {e}"),
+            )
+        })?;
+        #[cfg(target_os = "linux")]
+        {
+            nix::sys::prctl::set_dumpable(false).map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot make the agent non-dumpable (PR_SET_DUMPABLE): {e}"),
+                )
+            })?;
+            Ok("not dumpable (PR_SET_DUMPABLE 0), no core dumps (RLIMIT_CORE 0)")
+        }
+        #[cfg(not(target_os = "linux"))]
+        Ok("no core dumps (RLIMIT_CORE 0)")
+    }
+    #[cfg(not(unix))]
+    Ok("no process hardening on this platform")
+}
+
 /// Stops a background task when the daemon returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

@@ -11,7 +11,12 @@
 //!   suspended laptop or a clock jump re-arms the timer.
 //! - Requests that the cache cannot satisfy queue on one async lock; the first
 //!   calls upstream, the others see that an attempt completed while they waited
-//!   and share its outcome instead of calling again.
+//!   and share its outcome instead of calling again. Every completed attempt
+//!   also wakes all of them at once to re-check the cache, so thousands of
+//!   waiters are answered together rather than one lock hand-off at a time;
+//!   and a successful attempt whose token aged below a waiter's `min_valid`
+//!   before that waiter ran (a busy agent) is renewed again, one call at a
+//!   time, instead of answered `UNAVAILABLE`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -167,6 +172,9 @@ struct Shared {
     /// Held for the whole of an upstream call: one in flight per slot.
     renew_lock: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// Woken (all waiters) whenever an upstream attempt completes or a
+    /// credential is installed: requests queued for a token re-check the cache.
+    attempt_done: Notify,
     events: broadcast::Sender<Event>,
     renewals_ok: AtomicU64,
     renewals_failed: AtomicU64,
@@ -212,7 +220,7 @@ impl Demand {
     fn roll(&mut self, now: Instant, window: Duration) {
         match self.window_start {
             Some(start) if now.duration_since(start) < window => {}
-            Some(start) if now.duration_since(start) < window * 2 => {
+            Some(start) if now.duration_since(start) < window.saturating_mul(2) => {
                 self.previous_max = self.current_max;
                 self.current_max = Duration::ZERO;
                 self.window_start = Some(now);
@@ -292,6 +300,7 @@ impl Engine {
             }),
             renew_lock: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            attempt_done: Notify::new(),
             events,
             renewals_ok: AtomicU64::new(0),
             renewals_failed: AtomicU64::new(0),
@@ -371,6 +380,7 @@ impl Engine {
             inner.last_error = None;
             inner.state = SlotState::Active;
         }
+        self.shared.attempt_done.notify_waiters();
         if from != SlotState::Active {
             self.shared.emit(Event::State {
                 from,
@@ -439,44 +449,80 @@ impl Engine {
     /// with `retry_after` when no token with that much validity can be had now
     /// (outage, backoff, a server re-issuing a token that expires too soon).
     pub async fn token(&self, min_valid: Duration) -> Result<Arc<Grant>> {
-        let attempts_seen = {
-            let mut inner = self.shared.lock();
-            let raised = note_demand(&mut inner, min_valid);
-            let now = SystemTime::now();
-            if let Some(handout) = self.cached(&inner, min_valid, now)? {
-                return Ok(handout);
+        // The attempts completed when this request started waiting.
+        let mut attempts_seen = None;
+        loop {
+            // Registered before the cache is checked, so an attempt that
+            // completes in between still wakes this request.
+            let completed = self.shared.attempt_done.notified();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            {
+                let mut inner = self.shared.lock();
+                if attempts_seen.is_none() && note_demand(&mut inner, min_valid) {
+                    // The standing demand rose: the scheduler must plan earlier.
+                    self.shared.wake.notify_one();
+                }
+                let now = SystemTime::now();
+                if let Some(handout) = self.cached(&inner, min_valid, now)? {
+                    return Ok(handout);
+                }
+                if let Some(nb) = inner.not_before.filter(|nb| *nb > now) {
+                    return Err(unavailable(&inner, min_valid, nb, now));
+                }
+                if let Some(seen) = attempts_seen
+                    && inner.attempts != seen
+                {
+                    self.share_attempt(&inner, min_valid, now)?;
+                }
+                attempts_seen = Some(inner.attempts);
             }
-            if let Some(nb) = inner.not_before.filter(|nb| *nb > now) {
-                return Err(unavailable(&inner, min_valid, nb, now));
+            // Wait for the right to call upstream, or for someone else's
+            // attempt to complete (then re-check the cache, lock-free).
+            let flight = tokio::select! {
+                biased;
+                () = &mut completed => continue,
+                flight = self.shared.renew_lock.lock() => flight,
+            };
+            {
+                let inner = self.shared.lock();
+                let now = SystemTime::now();
+                if let Some(handout) = self.cached(&inner, min_valid, now)? {
+                    return Ok(handout);
+                }
+                if attempts_seen != Some(inner.attempts) {
+                    self.share_attempt(&inner, min_valid, now)?;
+                }
             }
-            if raised {
-                self.shared.wake.notify_one();
-            }
-            inner.attempts
-        };
-
-        let _flight = self.shared.renew_lock.lock().await;
-        {
+            self.renew_locked().await;
             let inner = self.shared.lock();
             let now = SystemTime::now();
             if let Some(handout) = self.cached(&inner, min_valid, now)? {
                 return Ok(handout);
             }
-            if inner.attempts != attempts_seen {
-                // Someone else's attempt completed while we queued: share its
-                // outcome rather than calling upstream again.
-                let retry = inner.not_before.unwrap_or(now);
-                return Err(unavailable(&inner, min_valid, retry, now));
-            }
+            drop(flight);
+            let retry = inner.not_before.unwrap_or(now);
+            return Err(unavailable(&inner, min_valid, retry, now));
         }
-        self.renew_locked().await;
-        let inner = self.shared.lock();
-        let now = SystemTime::now();
-        if let Some(handout) = self.cached(&inner, min_valid, now)? {
-            return Ok(handout);
+    }
+
+    /// Someone else's attempt completed while this request waited and the
+    /// cache still cannot satisfy it: share that attempt's failure (`Err`)
+    /// rather than call upstream again. `Ok` only when the attempt succeeded
+    /// with a token long enough for `min_valid` that has since aged below it
+    /// (the waiter was slow to run): then another renewal is in order.
+    fn share_attempt(&self, inner: &Inner, min_valid: Duration, now: SystemTime) -> Result<()> {
+        let aged = inner.last_error.is_none()
+            && inner.not_before.is_none_or(|nb| nb <= now)
+            && inner
+                .grant
+                .as_deref()
+                .is_some_and(|g| g.lifetime() > min_valid);
+        if aged {
+            return Ok(());
         }
         let retry = inner.not_before.unwrap_or(now);
-        Err(unavailable(&inner, min_valid, retry, now))
+        Err(unavailable(inner, min_valid, retry, now))
     }
 
     /// The cached grant if it satisfies `min_valid` now; `Err` when the slot's
@@ -527,6 +573,8 @@ impl Engine {
         let now = SystemTime::now();
         let mut inner = self.shared.lock();
         inner.attempts += 1;
+        // Waiting requests re-check once this function's lock is released.
+        let _wake_waiters = WakeOnDrop(&self.shared.attempt_done);
         let from = inner.state;
         match result {
             Ok(grant) => {
@@ -544,7 +592,22 @@ impl Engine {
                         "server re-issued the same access token; next fetch after it expires"
                     );
                 }
-                inner.renew_at = Some(jittered_renewal_point(&grant, &inner.settings));
+                let renew_at = jittered_renewal_point(&grant, &inner.settings);
+                // A server whose tokens live no longer than clients ask for:
+                // another token before the renewal point would be no longer,
+                // so requests get UNAVAILABLE until then instead of each one
+                // (and the scheduler, every tenth of the lifetime) calling
+                // upstream again.
+                let window = inner.settings.demand_window;
+                let wanted = inner.demand.recent(Instant::now(), window);
+                if !reissued && wanted.is_some_and(|w| grant.lifetime() <= w) {
+                    inner.not_before = Some(renew_at);
+                    tracing::debug!(
+                        lifetime_s = grant.lifetime().as_secs(),
+                        "the license server's tokens are shorter than clients ask for; next fetch at the renewal point"
+                    );
+                }
+                inner.renew_at = Some(renew_at);
                 inner.last_renewal = Some(now);
                 inner.failures = 0;
                 inner.last_error = None;
@@ -593,7 +656,7 @@ impl Engine {
                     failures = inner.failures,
                     "renewal failed; will retry"
                 );
-                inner.not_before = Some(now + delay);
+                inner.not_before = Some(now + delay.min(FAR_FUTURE));
                 inner.last_error = Some(error.clone());
                 inner.state = SlotState::Degraded;
                 drop(inner);
@@ -626,6 +689,16 @@ impl Engine {
     }
 }
 
+/// Wakes every waiter of a [`Notify`] when dropped (after the state lock
+/// taken before it is released, so woken requests see the new state).
+struct WakeOnDrop<'a>(&'a Notify);
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
+}
+
 /// Records a request's `min_valid`; true when it raised the standing demand (the
 /// scheduler must then renew earlier than planned).
 fn note_demand(inner: &mut Inner, min_valid: Duration) -> bool {
@@ -651,8 +724,14 @@ fn unavailable(inner: &Inner, min_valid: Duration, retry_at: SystemTime, now: Sy
             .grant
             .as_ref()
             .is_some_and(|g| g.remaining(now) > Duration::ZERO);
-        if !has_token && matches!(e.code, ErrorCode::TokenLimit | ErrorCode::RateLimited) {
-            // No token at all because of a cap or a rate limit: say so.
+        if !has_token
+            && matches!(
+                e.code,
+                ErrorCode::TokenLimit | ErrorCode::RateLimited | ErrorCode::StoreUnavailable
+            )
+        {
+            // No token at all because of a cap, a rate limit or a store that
+            // cannot keep the renewed credential: say so.
             return e
                 .clone()
                 .with_retry_after(e.retry_after.unwrap_or_default().max(retry_after));
@@ -711,6 +790,11 @@ fn backoff_delay(
     jittered.max(retry_after.unwrap_or_default())
 }
 
+/// A bound on durations added to a clock: any `min_valid` a client asks for,
+/// and any setting, stays far below what `SystemTime` and `Duration` can hold
+/// (an unbounded one panicked the scheduler; found while fuzzing the IPC decoder).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// When the scheduler should next call upstream; `None` when it has nothing to do.
 fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemTime> {
     if inner.renewer.is_none() || inner.shutdown {
@@ -729,7 +813,7 @@ fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemT
                     let margin = inner.settings.margin.min(lifetime / 10);
                     let latest = grant
                         .expires_at
-                        .checked_sub(min_valid + margin)
+                        .checked_sub(min_valid.saturating_add(margin))
                         .unwrap_or(grant.received_at);
                     let planned = inner.renew_at.unwrap_or(latest);
                     // Never plan renewals closer together than a tenth of the
@@ -739,7 +823,7 @@ fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemT
                 }
                 None => {
                     let last = inner.last_renewal.unwrap_or(grant.received_at);
-                    let mut due = last + inner.settings.keepalive;
+                    let mut due = last + inner.settings.keepalive.min(FAR_FUTURE);
                     if let Some(refresh_expires) = grant.refresh_expires_at {
                         let life = refresh_expires
                             .duration_since(grant.received_at)
@@ -822,6 +906,150 @@ mod tests {
             refresh_expires_at: None,
             scope: None,
         }
+    }
+
+    /// Hands out a new token per call, `lifetime` long; the first one was
+    /// received `first_aged_by` ago (an answer that took long to arrive).
+    struct Counting {
+        calls: AtomicU64,
+        lifetime: Duration,
+        first_aged_by: Duration,
+    }
+
+    impl Counting {
+        fn new(lifetime: Duration, first_aged_by: Duration) -> Arc<Counting> {
+            Arc::new(Counting {
+                calls: AtomicU64::new(0),
+                lifetime,
+                first_aged_by,
+            })
+        }
+
+        fn calls(&self) -> u64 {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Renewer for Counting {
+        fn renew(&self) -> BoxFuture<'_, Result<Grant>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let age = if n == 0 {
+                self.first_aged_by
+            } else {
+                Duration::ZERO
+            };
+            let received_at = SystemTime::now() - age;
+            Box::pin(async move {
+                Ok(Grant {
+                    access_token: secret(format!("token-{n}")),
+                    ..grant_at(received_at, self.lifetime)
+                })
+            })
+        }
+    }
+
+    const LIFETIME: Duration = Duration::from_secs(300);
+    /// More than a token 10 s old has left: every request below misses the cache.
+    const MIN_VALID: Duration = Duration::from_secs(295);
+
+    /// An engine whose cached token (10 s old) is too short for `MIN_VALID`;
+    /// the scheduler's own renewal is 20 s away, out of the tests' way.
+    async fn stale_engine(renewer: Arc<Counting>) -> Engine {
+        let engine = Engine::start(EngineSettings::default());
+        let old = Grant {
+            access_token: secret("initial".into()),
+            ..grant_at(SystemTime::now() - Duration::from_secs(10), LIFETIME)
+        };
+        engine.activate(renewer, Some(old)).await;
+        engine
+    }
+
+    /// Regression (issue 9, 10,000 connections): requests queued behind an
+    /// upstream call were released one lock hand-off at a time, so under a
+    /// herd the last of them ran long after the renewal. Now one completed
+    /// attempt answers every waiter at once, even while the lock is still held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_completed_attempt_answers_every_waiter_at_once() {
+        let renewer = Counting::new(LIFETIME, Duration::ZERO);
+        let engine = stale_engine(Arc::clone(&renewer)).await;
+        // A long upstream call in progress (as the scheduler's would be).
+        let flight = engine.shared.renew_lock.lock().await;
+        let waiters: Vec<_> = (0..200)
+            .map(|_| {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.token(MIN_VALID).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        engine.renew_locked().await;
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut tokens = Vec::new();
+            for w in waiters {
+                tokens.push(w.await.unwrap());
+            }
+            tokens
+        })
+        .await
+        .expect("waiters answered while the lock is still held");
+        drop(flight);
+        for token in answered {
+            assert!(token.unwrap().remaining(SystemTime::now()) >= MIN_VALID);
+        }
+        assert_eq!(renewer.calls(), 1, "one upstream call for every waiter");
+    }
+
+    /// Regression (issue 9, 10,000 connections): a waiter that found the
+    /// attempt it waited for already completed, with a token that had aged
+    /// below its `min_valid` meanwhile, answered UNAVAILABLE although the
+    /// server was healthy. It now renews again (still one call at a time).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_that_aged_while_a_request_waited_is_renewed_again() {
+        // The first answer arrives already 10 s old: too short for MIN_VALID.
+        let renewer = Counting::new(LIFETIME, Duration::from_secs(10));
+        let engine = stale_engine(Arc::clone(&renewer)).await;
+        let flight = engine.shared.renew_lock.lock().await;
+        let waiter = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.token(MIN_VALID).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        engine.renew_locked().await;
+        drop(flight);
+        let token = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect("a healthy server's token, not UNAVAILABLE");
+        assert!(token.remaining(SystemTime::now()) >= MIN_VALID);
+        assert_eq!(renewer.calls(), 2);
+    }
+
+    /// The other side of that rule: when the server's tokens are simply too
+    /// short for `min_valid`, waiters share the outcome (UNAVAILABLE) and
+    /// never call upstream once each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_too_short_for_min_valid_are_not_renewed_by_every_waiter() {
+        let renewer = Counting::new(Duration::from_secs(200), Duration::ZERO);
+        let engine = stale_engine(Arc::clone(&renewer)).await;
+        let flight = engine.shared.renew_lock.lock().await;
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.token(MIN_VALID).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        engine.renew_locked().await;
+        drop(flight);
+        for w in waiters {
+            let e = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("answered")
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        }
+        assert_eq!(renewer.calls(), 1);
     }
 
     #[test]
@@ -912,5 +1140,54 @@ mod tests {
             next_due(&mut inner2, t0, mono).unwrap(),
             t0 + Duration::from_secs(250)
         );
+    }
+
+    /// Regression (issue 9, found while writing the IPC fuzz target): a client
+    /// asking for `min_valid` = u64::MAX seconds (what `token(Duration::MAX)`
+    /// sends) overflowed `min_valid + margin`, panicking the slot's scheduler
+    /// and every `status` call for the demand window. Huge settings from the
+    /// configuration file (keepalive, demand_window) overflowed the same way.
+    #[test]
+    fn absurd_demands_and_settings_do_not_overflow() {
+        struct Never;
+        impl Renewer for Never {
+            fn renew(&self) -> BoxFuture<'_, Result<Grant>> {
+                Box::pin(async { Err(Error::new(ErrorCode::Internal, "unused")) })
+            }
+        }
+        let huge = Duration::from_secs(u64::MAX);
+        let settings = EngineSettings {
+            margin: huge,
+            demand_window: huge,
+            keepalive: huge,
+            backoff_min: huge,
+            backoff_max: huge,
+            ..EngineSettings::default()
+        };
+        let t0 = SystemTime::now();
+        let mut inner = Inner {
+            renew_at: None,
+            settings,
+            renewer: Some(Arc::new(Never)),
+            state: SlotState::Active,
+            grant: Some(Arc::new(grant_at(t0, Duration::from_secs(300)))),
+            not_before: None,
+            last_error: None,
+            last_renewal: Some(t0),
+            failures: 0,
+            attempts: 0,
+            demand: Demand::default(),
+            shutdown: false,
+        };
+        let mono = Instant::now();
+        // Idle: the keep-alive is "far away", not a panic.
+        assert!(next_due(&mut inner, t0, mono).unwrap() > t0);
+        note_demand(&mut inner, huge);
+        note_demand(&mut inner, Duration::MAX);
+        // No token can satisfy the demand: renew as early as allowed.
+        let due = next_due(&mut inner, t0, mono).unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(30));
+        let later = mono + Duration::from_secs(3600);
+        assert!(inner.demand.recent(later, huge).is_some());
     }
 }

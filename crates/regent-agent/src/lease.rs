@@ -1,6 +1,6 @@
 //! Instance leases (DESIGN §8, `instances.mode = "per-instance"`).
 //!
-//! An app instance leases a slot in its `hello`; the lease lives as long as
+//! An app instance leases a slot on its first token request; the lease lives as long as
 //! its connection, plus `instances.lease_grace` so a restarting app (same app
 //! name and instance id) gets its slot back. A lease whose process is gone
 //! (Linux: no `/proc/PID`) and that named no instance id is freed at once: no
@@ -129,7 +129,25 @@ impl LeaseTable {
                         && now.duration_since(*at) < self.grace
                 })
         });
+        // The same instance (app and instance id) still holding a slot through
+        // a connection of its own process, or of a process that is gone: it
+        // reconnected before the agent saw the old connection close (or it
+        // restarted). It takes its slot over; the old lease's release then
+        // matches nothing. A live *other* process naming the same instance
+        // is not given the slot.
+        let takeover = || {
+            holder.instance.as_ref()?;
+            slots.iter().take(max as usize).position(|s| {
+                s.holder.as_ref().is_some_and(|(_, current)| {
+                    current.app == holder.app
+                        && current.instance == holder.instance
+                        && (current.pid == holder.pid && holder.pid.is_some()
+                            || process_gone(current.pid))
+                })
+            })
+        };
         let chosen = reclaim
+            .or_else(takeover)
             .or_else(|| (0..max as usize).find(|&i| free(&slots[i]) && enrolled(i as u32)))
             .or_else(|| (0..max as usize).find(|&i| free(&slots[i])));
         let Some(index) = chosen else {
@@ -196,6 +214,32 @@ impl LeaseTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn an_instance_reconnecting_before_its_old_connection_closed_takes_its_slot_over() {
+        let table = LeaseTable::new(Duration::from_secs(10));
+        let me = std::process::id();
+        let holder = |instance: &str, pid: u32| Holder {
+            app: "app".into(),
+            instance: Some(instance.into()),
+            pid: Some(pid),
+        };
+        let old = table.acquire(holder("a", me), 1, |_| true).unwrap();
+        // The same process, the same instance: the old lease is still held.
+        let new = table.acquire(holder("a", me), 1, |_| true).unwrap();
+        assert_eq!(new.slot(), old.slot());
+        // The old connection's close releases nothing: the new one holds it.
+        drop(old);
+        assert_eq!(table.holders().len(), 1);
+        // Another live process naming the same instance gets nothing.
+        let parent = std::os::unix::process::parent_id();
+        assert!(table.acquire(holder("a", parent), 1, |_| true).is_err());
+        // Nor does another instance of the same process.
+        assert!(table.acquire(holder("b", me), 1, |_| true).is_err());
+        drop(new);
+        assert!(table.holders().is_empty());
+    }
 
     fn app(name: &str, instance: Option<&str>) -> Holder {
         Holder {

@@ -27,6 +27,8 @@ pub(crate) mod credential;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grant;
 pub mod ipc;
 pub mod lease;

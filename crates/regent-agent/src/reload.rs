@@ -2,8 +2,9 @@
 //! every change is re-read, validated whole, and applied without a restart.
 //!
 //! - Applied live: `[log] level` (through a hook the binary owning the
-//!   subscriber provides), `[ipc] allow_uids` / `allow_groups` (new
-//!   connections), `[refresh]` (the engine's timing) and `[instances] max`
+//!   subscriber provides), `[ipc] allow_uids` / `allow_groups` /
+//!   `allow_executables` (new connections; listed symlinks are resolved again
+//!   on every event in the file's directory, even a `touch`), `[refresh]` (the engine's timing) and `[instances] max`
 //!   (per-instance mode; leased slots above a lowered maximum keep working).
 //! - A broken file is rejected with one `error` line naming the file, the line
 //!   and the problem; nothing is applied and the previous settings stay.
@@ -20,7 +21,7 @@ use crate::agent::Agent;
 use crate::config::Config;
 use crate::engine::EngineSettings;
 use crate::error::Result;
-use crate::ipc::{ServerStats, SharedPolicy, policy_from_config};
+use crate::ipc::{ServerStats, SharedPolicy, policy_from_config, policy_with_warnings};
 use crate::watch::{DirWatch, watch_dir};
 
 /// How long a burst of file events must stay quiet before the file is read.
@@ -116,6 +117,8 @@ impl Reloader {
             }
         };
         if self.last_text.as_deref() == Some(text.as_str()) {
+            // Unchanged text (a touch): only a listed symlink may have moved.
+            self.resolve_executables_again();
             return;
         }
         self.last_text = Some(text.clone());
@@ -127,6 +130,36 @@ impl Reloader {
             }
         };
         self.apply(&new);
+    }
+
+    /// Resolves `[ipc] allow_executables` again for the configuration in
+    /// force, and applies the result if a listed symlink now points elsewhere.
+    /// Silent unless something changed: any event in the directory lands here,
+    /// including the agent's own log file if it is written there.
+    fn resolve_executables_again(&self) {
+        if self.running.ipc.allow_executables.is_empty() {
+            return;
+        }
+        let Ok((policy, warnings)) = policy_with_warnings(&self.running) else {
+            return;
+        };
+        if policy == self.targets.policy.current() {
+            return;
+        }
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        let exes = policy.allow_executables.clone();
+        self.targets.policy.replace(policy);
+        self.targets
+            .stats
+            .config_reloads
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            config = %self.path.display(),
+            applied = %format!("[ipc] allow_executables = {exes:?}"),
+            "configuration reloaded"
+        );
     }
 
     fn reject(&self, problem: &str) {
@@ -143,10 +176,15 @@ impl Reloader {
     fn apply(&mut self, new: &Config) {
         let old = &self.running;
         // Validate everything first: a half-applied change is worse than none.
+        // allow_executables is re-resolved on every change of the file, even
+        // an unrelated one: a listed symlink may point elsewhere by now.
         let allow_changed = new.ipc.allow_uids != old.ipc.allow_uids
-            || new.ipc.allow_groups != old.ipc.allow_groups;
+            || new.ipc.allow_groups != old.ipc.allow_groups
+            || new.ipc.allow_executables != old.ipc.allow_executables
+            || !new.ipc.allow_executables.is_empty();
         let policy = if allow_changed {
             match policy_from_config(new) {
+                Ok(policy) if policy == self.targets.policy.current() => None,
                 Ok(policy) => Some(policy),
                 Err(e) => {
                     let message = format!("config file {}: {}", self.path.display(), e.message);
@@ -177,12 +215,14 @@ impl Reloader {
         }
         if let Some(policy) = policy {
             self.targets.policy.replace(policy);
+            let exes = self.targets.policy.current().allow_executables;
             applied.push(format!(
-                "[ipc] allow_uids = {:?}, allow_groups = {:?}",
-                new.ipc.allow_uids, new.ipc.allow_groups
+                "[ipc] allow_uids = {:?}, allow_groups = {:?}, allow_executables = {:?}",
+                new.ipc.allow_uids, new.ipc.allow_groups, exes
             ));
             self.running.ipc.allow_uids = new.ipc.allow_uids.clone();
             self.running.ipc.allow_groups = new.ipc.allow_groups.clone();
+            self.running.ipc.allow_executables = new.ipc.allow_executables.clone();
         }
         if new.refresh != self.running.refresh {
             self.targets
@@ -270,7 +310,7 @@ mod tests {
         let a = parse(base);
         assert!(restart_needed(&a, &a).is_empty());
         let b = parse(&format!(
-            "{base}[log]\nlevel = \"debug\"\n[ipc]\nallow_uids = [5]\n[refresh]\nmargin = 5\n"
+            "{base}[log]\nlevel = \"debug\"\n[ipc]\nallow_uids = [5]\nallow_executables = [\"/usr/bin/app\"]\n[refresh]\nmargin = 5\n"
         ));
         // Reloadable changes need no restart.
         assert!(restart_needed(&a, &b).is_empty());

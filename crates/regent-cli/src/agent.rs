@@ -62,11 +62,14 @@ pub async fn run_until(
         println!("{}: valid", path.display());
         return Ok(());
     }
+    // Before any secret is read: no core dumps, no same-uid ptrace or
+    // /proc/PID/mem reads.
+    let hardened = regent_agent::daemon::harden_process()?;
     if let Some(socket) = socket {
         config.ipc.socket = Some(socket);
     }
     let log_level = crate::logging::init(&config.log, &path);
-    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "regent agent starting");
+    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), process = hardened, "regent agent starting");
     let options = DaemonOptions {
         config_path: (!args.no_watch).then_some(path),
         log_level: Some(log_level),

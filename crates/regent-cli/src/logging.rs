@@ -21,11 +21,11 @@ pub fn init(config: &LogConfig, path: &Path) -> LogLevelHook {
         .ok()
         .filter(|v| !v.trim().is_empty());
     let filter = match &from_env {
-        Some(spec) => EnvFilter::try_new(spec).unwrap_or_else(|e| {
+        Some(spec) => new_filter(spec).unwrap_or_else(|e| {
             eprintln!("regent: RUST_LOG={spec:?} is not a valid filter ({e}); using \"info\"");
             EnvFilter::new("info")
         }),
-        None => EnvFilter::try_new(&config.level).unwrap_or_else(|e| {
+        None => new_filter(&config.level).unwrap_or_else(|e| {
             eprintln!(
                 "regent: config file {}: [log] level {:?} is not a valid filter ({e}); using \"info\"",
                 path.display(),
@@ -84,9 +84,49 @@ pub fn init(config: &LogConfig, path: &Path) -> LogLevelHook {
             );
             return Ok(());
         }
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("not a valid filter: {e}"))?;
+        let filter = new_filter(level).map_err(|e| format!("not a valid filter: {e}"))?;
         handle
             .reload(filter)
             .map_err(|e| format!("cannot change the log level: {e}"))
     })
+}
+
+/// The file-watch crates log every event in the config file's directory at
+/// `trace`. A log file in that directory (`regent agent --config ./regent.toml
+/// 2> ./agent.log`) would then feed itself: each line written is an event,
+/// which is logged, which is an event… So when the filter turns `trace` on
+/// for every crate, they are capped at `debug`, unless the filter names them.
+const WATCH_CAP: &str = "notify=debug,notify_debouncer_full=debug";
+
+/// `spec` as a filter, with the watch crates capped (see [`WATCH_CAP`]).
+fn new_filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let global_trace = spec
+        .split(',')
+        .any(|d| d.trim().eq_ignore_ascii_case("trace"));
+    if !global_trace || spec.contains("notify") {
+        EnvFilter::try_new(spec)
+    } else {
+        // Validate the user's part alone, so errors point at it.
+        EnvFilter::try_new(spec)?;
+        EnvFilter::try_new(format!("{spec},{WATCH_CAP}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_crates_are_capped_unless_named() {
+        let capped = new_filter("trace").unwrap().to_string();
+        assert!(capped.contains("notify=debug"), "{capped}");
+        let named = new_filter("trace,notify=trace").unwrap().to_string();
+        assert!(!named.contains("notify=debug"), "{named}");
+        // Never raised: below a global trace nothing is added.
+        for spec in ["info", "regent_agent=trace", "debug,regent=trace"] {
+            let f = new_filter(spec).unwrap().to_string();
+            assert!(!f.contains("notify"), "{spec}: {f}");
+        }
+        assert!(new_filter("info,=bogus[").is_err());
+    }
 }

@@ -53,6 +53,8 @@
 pub mod blocking;
 mod client;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod options;
 mod source;
 mod token;

@@ -298,7 +298,14 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, BadRequest> {
     // every field, which made decoding a quarter of a handout's cost. Any
     // other op, and anything unusual, takes the general path, which also
     // words the errors.
-    if let Ok(token) = serde_json::from_slice::<TokenRequest<'_>>(payload)
+    // serde's derived structs also read arrays (`[7,"token"]`): only an
+    // object is a request, so only an object takes the fast path or has an id.
+    // And the fast path skips unknown fields without checking their bytes, so
+    // it only takes valid UTF-8 (both found by fuzzing).
+    let object = payload.trim_ascii_start().starts_with(b"{");
+    if object
+        && let Ok(text) = std::str::from_utf8(payload)
+        && let Ok(token) = serde_json::from_str::<TokenRequest<'_>>(text)
         && token.op == "token"
     {
         return Ok(Request {
@@ -317,9 +324,10 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, BadRequest> {
                 #[serde(default)]
                 id: u64,
             }
-            let id = serde_json::from_slice::<IdOnly>(payload)
-                .map(|r| r.id)
-                .unwrap_or(0);
+            let id = object
+                .then(|| serde_json::from_slice::<IdOnly>(payload).ok())
+                .flatten()
+                .map_or(0, |r| r.id);
             Err(BadRequest {
                 id,
                 error: WireError::new(
@@ -390,6 +398,33 @@ mod tests {
                 .id,
             4
         );
+    }
+
+    #[test]
+    fn arrays_are_not_requests() {
+        // Found by fuzzing (ipc_frame): serde reads structs from arrays too, so
+        // `[3]` echoed id 3 and `[5,"token"]` was served as a token request.
+        for payload in [
+            &b"[3]"[..],
+            b"\n[\n 2\n]",
+            br#"[5,"token",0,null]"#,
+            br#"[5,"token"]"#,
+        ] {
+            let e = decode_request(payload).unwrap_err();
+            assert_eq!(e.id, 0, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(e.error.code, ErrorCode::BadRequest);
+        }
+    }
+
+    #[test]
+    fn token_requests_must_be_utf8_throughout() {
+        // Found by fuzzing (ipc_frame): invalid UTF-8 in an ignored field was
+        // served by the fast path and refused by the general decoder.
+        let payload = b"{\"id\":3,\"op\":\"token\",\"min_v\":\"@fl\xb1\"}";
+        let e = decode_request(payload).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        assert_eq!(e.id, 3, "the id is still echoed");
+        assert!(serde_json::from_slice::<Request>(payload).is_err());
     }
 
     #[test]

@@ -126,24 +126,28 @@ pub(crate) async fn refuse(mut stream: Stream, code: ErrorCode, message: &str) {
 /// Serves one connection until it closes, misbehaves, or the agent shuts down.
 pub(crate) async fn handle(stream: Stream, shared: &Shared, mut shutdown: broadcast::Receiver<()>) {
     let peer = peer_of(&stream);
-    let access = shared.settings.policy.access(&peer);
-    if access == Access::Denied {
-        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            target: AUDIT_TARGET,
-            uid = peer.uid,
-            pid = peer.pid,
-            exe = ?peer.executable(),
-            "connection refused: uid not allowed"
-        );
-        let message = format!(
-            "uid {} may not use this agent; an administrator can add it to [ipc] allow_uids (or its group to allow_groups)",
-            peer.uid
-                .map_or_else(|| "unknown".to_owned(), |u| u.to_string())
-        );
-        refuse(stream, ErrorCode::PermissionDenied, &message).await;
-        return;
-    }
+    let access = match shared
+        .settings
+        .policy
+        .decide(&peer, || peer.lookup_executable())
+    {
+        Ok(access) => access,
+        Err(refusal) => {
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let exe = refusal.exe.clone().or_else(|| peer.executable());
+            tracing::warn!(
+                target: AUDIT_TARGET,
+                uid = peer.uid,
+                pid = peer.pid,
+                exe = ?exe,
+                detail = %refusal.message,
+                "{}",
+                refusal.reason
+            );
+            refuse(stream, ErrorCode::PermissionDenied, &refusal.message).await;
+            return;
+        }
+    };
     let mut conn = Connection {
         stream,
         shared,

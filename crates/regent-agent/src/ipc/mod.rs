@@ -1,16 +1,22 @@
 //! The local IPC server (DESIGN §6): apps connect over a Unix socket (a named
 //! pipe on Windows) and ask for tokens.
 //!
-//! - [`IpcSettings`] comes from `[ipc]`; [`bind`] creates the socket with its
-//!   mode set before `bind()` (no umask race), reclaims a stale socket left by a
-//!   killed agent, and refuses to steal a live agent's socket.
+//! - [`IpcSettings`] comes from `[ipc]`; [`bind`] refuses an unsafe socket
+//!   directory ([`socket_dir`]: writable by others without the sticky bit, or
+//!   owned by another user — the directory and every parent), creates the
+//!   socket with its mode set before `bind()` (no umask race), reclaims a
+//!   stale socket left by a killed agent, refuses to steal a live agent's
+//!   socket, and verifies the socket file's owner and mode afterwards.
 //! - [`serve`] is the mini-redis shape: accept until `shutdown` resolves, a
 //!   semaphore bounds connections, then a broadcast tells every connection to
 //!   finish its in-flight request, and the socket file is removed.
 //! - [`connection`] handles one client; [`peer`] decides what it may do.
 
 pub mod connection;
+pub mod fd_limit;
 pub mod peer;
+#[cfg(unix)]
+pub mod socket_dir;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -84,7 +90,7 @@ impl SharedPolicy {
         SharedPolicy(Arc::new(RwLock::new(policy)))
     }
 
-    /// What `peer` may do under the current policy.
+    /// What `peer` may do under the current policy (uid rules only).
     pub fn access(&self, peer: &peer::Peer) -> peer::Access {
         // A poisoned lock only means a writer panicked mid-assignment of a
         // plain value; the policy inside is still whole.
@@ -93,6 +99,22 @@ impl SharedPolicy {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         policy.access(peer)
+    }
+
+    /// Whether `peer` is served, under the current policy: [`Policy::decide`].
+    ///
+    /// # Errors
+    /// The refusal to log and to send the peer.
+    pub fn decide(
+        &self,
+        peer: &peer::Peer,
+        exe: impl FnOnce() -> peer::ExeLookup,
+    ) -> std::result::Result<peer::Access, peer::Refusal> {
+        let policy = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        policy.decide(peer, exe)
     }
 
     /// The current policy.
@@ -112,14 +134,38 @@ impl SharedPolicy {
     }
 }
 
-/// Resolves `[ipc] allow_uids` / `allow_groups` into a policy.
+/// Resolves `[ipc] allow_uids` / `allow_groups` / `allow_executables` into a
+/// policy, logging the warnings of [`policy_with_warnings`].
 ///
 /// # Errors
 /// `CONFIG` naming a group that does not exist.
 pub fn policy_from_config(config: &Config) -> Result<Policy> {
+    let (policy, warnings) = policy_with_warnings(config)?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(policy)
+}
+
+/// Resolves the allow lists into a policy. Executables are canonicalised now
+/// (symlinks resolved); an entry that does not exist is matched as written and
+/// reported in the warnings, as is a list on a platform that cannot check it.
+///
+/// # Errors
+/// `CONFIG` naming a group that does not exist.
+pub fn policy_with_warnings(config: &Config) -> Result<(Policy, Vec<String>)> {
     let gids = peer::resolve_groups(&config.ipc.allow_groups)
         .map_err(|m| Error::new(ErrorCode::Config, m))?;
-    Ok(Policy::new(config.ipc.allow_uids.clone(), gids))
+    let (exes, mut warnings) = peer::resolve_executables(&config.ipc.allow_executables);
+    if !exes.is_empty() && !cfg!(target_os = "linux") {
+        warnings.push(
+            "[ipc] allow_executables is set, but this platform cannot tell which program a peer runs: every connection except root's is refused".to_owned(),
+        );
+    }
+    Ok((
+        Policy::new(config.ipc.allow_uids.clone(), gids, exes),
+        warnings,
+    ))
 }
 
 /// `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock` (user agent),
@@ -154,8 +200,11 @@ impl IpcListener {
 /// Creates the socket.
 ///
 /// # Errors
-/// `CONFIG` when another agent answers on the path (its socket is never
-/// stolen) or the path holds something that is not a socket;
+/// `CONFIG` when the socket directory (or a parent) is writable by others
+/// without the sticky bit or owned by another user, when another agent answers
+/// on the path (its socket is never stolen), when the path holds something
+/// that is not a socket, or when the new socket's owner or mode is not as
+/// configured;
 /// `STORE_UNAVAILABLE`-free I/O failures are `INTERNAL` naming the path.
 pub fn bind(settings: &IpcSettings) -> Result<IpcListener> {
     let path = &settings.socket;
@@ -205,6 +254,7 @@ pub fn bind(settings: &IpcSettings) -> Result<IpcListener> {
                 )
             },
         )?;
+        socket_dir::verify_socket_file(path, settings.mode, peer::current_uid())?;
     }
     tracing::info!(socket = %path.display(), mode = format!("{:o}", settings.mode), "listening");
     Ok(IpcListener {
@@ -236,8 +286,8 @@ fn pipe_security_descriptor()
     )
 }
 
-/// Makes the socket's directory, and removes a stale socket file after checking
-/// that no agent answers on it.
+/// Makes the socket's directory, refuses it when it is unsafe, and removes a
+/// stale socket file after checking that no agent answers on it.
 #[cfg(unix)]
 fn prepare_socket_path(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -253,6 +303,7 @@ fn prepare_socket_path(path: &Path, mode: u32) -> Result<()> {
             )
         })?;
     }
+    socket_dir::check_socket_dir(&socket_dir::socket_dir(path), peer::current_uid())?;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
@@ -336,12 +387,16 @@ pub async fn serve(
         settings,
         stats,
     });
-    let limit = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let limit = Arc::new(Semaphore::new(fd_limit::connection_limit(
+        shared.settings.max_connections,
+    )));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     // Every connection holds a sender; when all are dropped, draining is done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
-    let mut accept_errors = 0u32;
+    // Consecutive accept failures: all of them (for the log), and those that
+    // are not a passing shortage of descriptors (those end the server).
+    let (mut failing, mut accept_errors) = (0u64, 0u32);
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => break,
@@ -349,13 +404,24 @@ pub async fn serve(
         };
         let stream = match stream {
             Ok(s) => {
-                accept_errors = 0;
+                if failing > 0 {
+                    tracing::info!(failures = failing, "accepting connections again");
+                }
+                (failing, accept_errors) = (0, 0);
                 s
             }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                accept_errors += 1;
-                tracing::warn!(error = %e, "accept failed");
+                // Out of descriptors (EMFILE) and friends: back off briefly
+                // instead of spinning, and wait for connections to close —
+                // never give up on it, or one client holding too many
+                // connections would stop the agent for everyone.
+                failing += 1;
+                if !fd_limit::is_exhaustion(&e) {
+                    accept_errors += 1;
+                }
+                if failing == 1 || failing.is_multiple_of(200) {
+                    tracing::warn!(error = %e, failures = failing, "accept failed");
+                }
                 if accept_errors > 1000 {
                     return Err(Error::new(
                         ErrorCode::Internal,

@@ -40,8 +40,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 
     let mut temp = TempFile::create(temp_path, mode)?;
     temp.write_and_sync(bytes)?;
+    // A crash here leaves the old file whole and the temporary file behind
+    // (see `remove_stale_temp_files`).
+    crate::crash::crash_point_with("mid-store-write", || {
+        file_name.to_string_lossy().into_owned()
+    });
     temp.persist(path)?;
     sync_dir(&dir).map_err(|e| context(e, "flushing the directory"))
+}
+
+/// Removes temporary files that [`write_atomic`] left beside `path` when a
+/// process was killed between writing and renaming them. They may hold secrets
+/// (a newer copy of the secrets file), so they must not outlive the crash.
+/// Files of a process that is still running (another writer right now) are
+/// left alone. Best effort: returns how many were removed.
+pub fn remove_stale_temp_files(path: &Path) -> usize {
+    let dir = parent_dir(path);
+    let Some(file_name) = path.file_name() else {
+        return 0;
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".tmp.");
+    let Some(prefix) = prefix.to_str() else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('.')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a process with this id runs (Linux: has a `/proc` entry). Elsewhere
+/// every process counts as running, so nothing is removed.
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -50,6 +106,35 @@ fn parent_dir(path: &Path) -> PathBuf {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// What the user can do about a failed write in `dir`, when the error says
+/// (a full or read-only file system, missing permissions, a size limit); the
+/// result starts with `"; "` so it can be appended to a message, or is empty.
+pub fn write_fix_hint(err: &io::Error, dir: &Path) -> String {
+    let dir = dir.display();
+    match err.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => format!(
+            "; the file system holding {dir} is full: free some space there \
+             (renewals are retried on their own; rerun a failed command)"
+        ),
+        io::ErrorKind::ReadOnlyFilesystem => format!(
+            "; {dir} is on a read-only file system: remount it read-write, or point \
+             [state] dir (and store.path) at a writable directory"
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "; the agent may not write in {dir}: give its user write access (chown or chmod)"
+        ),
+        io::ErrorKind::FileTooLarge => {
+            "; a file-size limit (ulimit -f) stops the write: raise it for the agent".to_owned()
+        }
+        _ => String::new(),
+    }
+}
+
+/// The directory holding `path`, for messages.
+pub fn dir_of(path: &Path) -> PathBuf {
+    parent_dir(path)
 }
 
 /// Adds the failed step to an I/O error, keeping its kind.
@@ -224,6 +309,44 @@ mod tests {
         let err = result.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stale_temp_files_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.json");
+        write_atomic(&path, b"{}", 0o600).unwrap();
+        // No process has this id (above the kernel's pid limit).
+        let dead = dir.path().join(".secrets.json.tmp.999999999.3");
+        let mine = dir
+            .path()
+            .join(format!(".secrets.json.tmp.{}.7", std::process::id()));
+        let other_file = dir.path().join(".state.json.tmp.999999999.0");
+        let unrelated = dir.path().join(".secrets.json.tmp.notapid.1");
+        for p in [&dead, &mine, &other_file, &unrelated] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(&path), 1);
+        assert!(!dead.exists());
+        assert!(mine.exists(), "a live writer's file is kept");
+        assert!(other_file.exists(), "only this file's temporaries");
+        assert!(unrelated.exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn write_errors_say_how_to_fix_them() {
+        let dir = Path::new("/var/lib/regent");
+        let hint = |kind| write_fix_hint(&io::Error::from(kind), dir);
+        assert!(
+            hint(io::ErrorKind::StorageFull).contains("/var/lib/regent is full: free some space")
+        );
+        assert!(hint(io::ErrorKind::ReadOnlyFilesystem).contains("remount it read-write"));
+        assert!(hint(io::ErrorKind::PermissionDenied).contains("write access"));
+        assert!(hint(io::ErrorKind::FileTooLarge).contains("ulimit -f"));
+        assert_eq!(hint(io::ErrorKind::Other), "");
+        assert!(hint(io::ErrorKind::StorageFull).starts_with("; "));
     }
 
     #[cfg(target_os = "linux")]

@@ -209,6 +209,10 @@ impl<S: EntryStore> Chunked<S> {
                     self.remove_chunks(name, generation, i);
                     return Err(e);
                 }
+                // A crash here leaves the old head, which names the old chunks.
+                crate::crash::crash_point_with("mid-chunk-write", || {
+                    format!("{name}: part {} of {} written", i + 1, chunks.len())
+                });
             }
             let head = format!("{CHUNKED_PREFIX}v1:{generation}:{}", chunks.len());
             if let Err(e) = self.entries.write(name, &head) {

@@ -9,6 +9,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use regent_proto::ErrorCode;
@@ -19,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::secret::{ExposeSecret, SecretString, secret};
-use crate::store::atomic::write_atomic;
+use crate::store::atomic::{dir_of, remove_stale_temp_files, write_atomic, write_fix_hint};
 use crate::store::{SecretBackend, ensure_private_dir};
 
 /// Mode of the secrets file: owner read/write only.
@@ -33,6 +34,8 @@ pub struct FileBackend {
     path: PathBuf,
     /// Serializes read-modify-write cycles within this process.
     lock: Mutex<()>,
+    /// Set once temporary files left by a killed writer were looked for.
+    swept: AtomicBool,
 }
 
 impl FileBackend {
@@ -54,6 +57,7 @@ impl FileBackend {
         Ok(FileBackend {
             path,
             lock: Mutex::new(()),
+            swept: AtomicBool::new(false),
         })
     }
 
@@ -62,8 +66,20 @@ impl FileBackend {
         &self.path
     }
 
-    /// Reads every secret; a missing file holds none.
+    /// Reads every secret; a missing file holds none. The first call also
+    /// removes temporary copies that a writer killed mid-write left behind:
+    /// they may hold secrets.
     fn load(&self) -> Result<Entries, Error> {
+        if !self.swept.swap(true, Ordering::AcqRel) {
+            let removed = remove_stale_temp_files(&self.path);
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    path = %self.path.display(),
+                    "removed temporary files left by an interrupted write"
+                );
+            }
+        }
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entries::default()),
@@ -150,8 +166,9 @@ impl FileBackend {
         ensure_private_dir(&self.path)?;
         write_atomic(&self.path, &bytes, SECRETS_FILE_MODE).map_err(|e| {
             self.error(format!(
-                "cannot save {}: {e}; the previous secrets were kept",
-                self.path.display()
+                "cannot save {}: {e}; the previous secrets were kept{}",
+                self.path.display(),
+                write_fix_hint(&e, &dir_of(&self.path))
             ))
         })
     }

@@ -12,7 +12,7 @@
 //! gives up after a timeout; the async runtime never waits on a keychain.
 
 pub mod atomic;
-mod chunked;
+pub(crate) mod chunked;
 pub mod file;
 pub mod keychain;
 pub mod state;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use regent_proto::ErrorCode;
 
 use crate::error::Error;
-use crate::store::atomic::write_atomic;
+use crate::store::atomic::{dir_of, remove_stale_temp_files, write_atomic, write_fix_hint};
 use crate::store::ensure_private_dir;
 
 /// Mode of the state file: it names the device and its slots, so owner only.
@@ -34,7 +34,8 @@ impl StateFile {
     }
 
     /// Reads the state. A missing file is `Ok(None)`: the agent has not saved
-    /// anything yet.
+    /// anything yet. Temporary files that a killed writer left beside it are
+    /// removed first.
     ///
     /// # Errors
     ///
@@ -42,6 +43,8 @@ impl StateFile {
     /// JSON of the expected shape. A damaged file is left as it is; the message
     /// names it and says how to recover.
     pub fn load<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        // What a crash between writing and renaming left behind.
+        remove_stale_temp_files(&self.path);
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -87,8 +90,9 @@ impl StateFile {
             Error::new(
                 ErrorCode::StoreUnavailable,
                 format!(
-                    "cannot save the state file {}: {e}; the previous state was kept",
-                    self.path.display()
+                    "cannot save the state file {}: {e}; the previous state was kept{}",
+                    self.path.display(),
+                    write_fix_hint(&e, &dir_of(&self.path))
                 ),
             )
         })

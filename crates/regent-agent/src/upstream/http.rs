@@ -402,7 +402,7 @@ pub(crate) fn sanitize(text: &str, max_chars: usize) -> String {
 }
 
 /// Invisible characters that can reorder or hide text in a terminal.
-fn is_format_char(c: char) -> bool {
+pub(crate) fn is_format_char(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
         | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')

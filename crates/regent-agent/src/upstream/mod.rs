@@ -15,7 +15,7 @@
 pub mod http;
 pub mod identity;
 pub mod oauth2;
-mod reply;
+pub(crate) mod reply;
 pub mod sentinel;
 pub mod token;
 

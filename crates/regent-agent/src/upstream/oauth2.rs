@@ -10,11 +10,14 @@ use url::Url;
 
 use super::http::{Http, Reply, check_url, sanitize, server_name};
 use super::join_path;
-use super::reply::{ServerSays, json_object, kind, unexpected_status, with_retry_after};
+use super::reply::{
+    Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
+    with_retry_after,
+};
 use super::token::parse_grant;
 use crate::error::Error;
 use crate::grant::Grant;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::secret::{ExposeSecret, SecretString, secret};
 
 const DISCOVERY: &str = "the OpenID configuration request";
 
@@ -40,7 +43,7 @@ pub struct OAuth2 {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum GrantType {
+pub(crate) enum GrantType {
     ClientCredentials,
     RefreshToken,
 }
@@ -176,12 +179,25 @@ impl OAuth2 {
             .header(ACCEPT, "application/json")
             .form(form);
         tracing::debug!(server = %server_name(&url), client_id = %self.client_id, grant_type = grant_type.as_str(), "requesting a token");
+        // What the Basic header carries (base64 of this is redacted too): a
+        // server reflecting the request must not put the secret in a message.
+        let credentials = secret(format!(
+            "{}:{}",
+            self.client_id,
+            client_secret.expose_secret().trim()
+        ));
+        let mut all_sent = sent.to_vec();
+        all_sent.push(&credentials);
+        let redact = Redact::new(&all_sent);
         let result = match self.http.send(request, &url).await {
-            Ok(reply) if reply.status.is_success() => json_object(&reply, grant_type.what())
-                .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server)),
-            Ok(reply) => Err(self.refused(&reply, grant_type, sent)),
+            Ok(reply) if reply.status.is_success() => {
+                json_object_redacted(&reply, grant_type.what(), &redact)
+                    .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server))
+            }
+            Ok(reply) => Err(self.refused(&reply, grant_type, &all_sent)),
             Err(e) => Err(e),
-        };
+        }
+        .map_err(|e| redact.error(e));
         if let Err(e) = &result
             && matches!(
                 e.code,
@@ -193,7 +209,12 @@ impl OAuth2 {
         result
     }
 
-    fn refused(&self, reply: &Reply, grant_type: GrantType, sent: &[&SecretString]) -> Error {
+    pub(crate) fn refused(
+        &self,
+        reply: &Reply,
+        grant_type: GrantType,
+        sent: &[&SecretString],
+    ) -> Error {
         let says = ServerSays::from_reply(reply, sent);
         let server = &reply.server;
         let client = &self.client_id;

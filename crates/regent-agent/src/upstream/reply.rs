@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use base64::Engine as _;
 use regent_proto::ErrorCode;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, LOCATION};
@@ -10,10 +11,74 @@ use serde_json::{Map, Value};
 
 use super::http::{Reply, sanitize};
 use crate::error::Error;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::secret::{ExposeSecret, SecretString, secret};
 
 /// Longest server-provided text passed through into a message.
 const MAX_SERVER_TEXT: usize = 200;
+
+/// The secrets a request carried, in every form a server could echo them in:
+/// as sent, trimmed, form-encoded and base64 (an HTTP Basic header). Any text
+/// from the server passes through it before it reaches a message or a log
+/// line, so a server (or a proxy's error page) that reflects the request
+/// cannot put a secret there. `Debug` shows only how many forms it holds.
+#[derive(Clone, Default)]
+pub(crate) struct Redact {
+    /// Longest first, so that a form containing another is replaced whole.
+    forms: Vec<SecretString>,
+}
+
+impl fmt::Debug for Redact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redact({} forms)", self.forms.len())
+    }
+}
+
+impl Redact {
+    /// Shorter values are not redacted: they would mangle ordinary words.
+    const MIN_LEN: usize = 4;
+
+    /// The forms of each secret in `sent`.
+    pub fn new(sent: &[&SecretString]) -> Redact {
+        let mut forms: Vec<String> = Vec::new();
+        for value in sent.iter().map(|s| s.expose_secret()) {
+            for v in [value, value.trim()] {
+                forms.push(v.to_owned());
+                forms.push(url::form_urlencoded::byte_serialize(v.as_bytes()).collect());
+                forms.push(base64::engine::general_purpose::STANDARD.encode(v));
+                forms.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v));
+            }
+        }
+        forms.retain(|f| f.len() >= Self::MIN_LEN);
+        forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        forms.dedup();
+        Redact {
+            forms: forms.into_iter().map(secret).collect(),
+        }
+    }
+
+    /// `text` with every form replaced by `[redacted]`.
+    pub fn apply(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for form in &self.forms {
+            let form = form.expose_secret();
+            if text.contains(form) {
+                text = text.replace(form, "[redacted]");
+            }
+        }
+        text
+    }
+
+    /// Server text made safe to show: redacted, then sanitised and cut.
+    pub fn show(&self, text: &str, max_chars: usize) -> String {
+        sanitize(&self.apply(text), max_chars)
+    }
+
+    /// The same error with its message redacted (a last line of defence).
+    pub fn error(&self, mut error: Error) -> Error {
+        error.message = self.apply(&error.message);
+        error
+    }
+}
 
 /// What the server said about a failure: its `error` code and description,
 /// sanitised and scrubbed of any secret we sent.
@@ -22,27 +87,24 @@ pub(crate) struct ServerSays {
     pub status: StatusCode,
     pub error: Option<String>,
     pub description: Option<String>,
+    /// The request's secrets, kept out of anything else shown from this reply.
+    pub redact: Redact,
 }
 
 impl ServerSays {
     /// Reads an error answer. Never fails: an unreadable body just says less.
     /// `sent` are the secrets of the request, removed should the server echo one.
     pub fn from_reply(reply: &Reply, sent: &[&SecretString]) -> ServerSays {
+        let redact = Redact::new(sent);
         let scrub = |text: &str| -> Option<String> {
-            let mut text = text.to_owned();
-            for secret in sent {
-                let value = secret.expose_secret();
-                if value.len() >= 4 {
-                    text = text.replace(value, "[redacted]");
-                }
-            }
-            let text = sanitize(&text, MAX_SERVER_TEXT);
+            let text = redact.show(text, MAX_SERVER_TEXT);
             (!text.is_empty()).then_some(text)
         };
         let mut says = ServerSays {
             status: reply.status,
             error: None,
             description: None,
+            redact: Redact::default(),
         };
         match serde_json::from_slice::<Value>(&reply.body) {
             Ok(Value::Object(obj)) => {
@@ -71,6 +133,7 @@ impl ServerSays {
                 }
             }
         }
+        says.redact = redact;
         says
     }
 
@@ -114,7 +177,7 @@ pub(crate) fn unexpected_status(reply: &Reply, says: &ServerSays, what: &str) ->
             .headers
             .get(LOCATION)
             .and_then(|l| l.to_str().ok())
-            .map(|l| sanitize(l, MAX_SERVER_TEXT))
+            .map(|l| says.redact.show(l, MAX_SERVER_TEXT))
             .unwrap_or_else(|| "an unnamed place".to_owned());
         Error::new(
             ErrorCode::ServerError,
@@ -162,6 +225,16 @@ pub(crate) fn with_retry_after(error: Error, reply: &Reply) -> Error {
 /// The body of a successful answer as a JSON object, or a `SERVER_ERROR` naming
 /// what is wrong with it (content type, not JSON, not an object).
 pub(crate) fn json_object(reply: &Reply, what: &str) -> Result<Map<String, Value>, Error> {
+    json_object_redacted(reply, what, &Redact::default())
+}
+
+/// [`json_object`] for an answer to a request that carried secrets: nothing
+/// the server sent back is shown without `redact`.
+pub(crate) fn json_object_redacted(
+    reply: &Reply,
+    what: &str,
+    redact: &Redact,
+) -> Result<Map<String, Value>, Error> {
     let server = &reply.server;
     let bad = |problem: String| {
         Error::new(
@@ -179,7 +252,7 @@ pub(crate) fn json_object(reply: &Reply, what: &str) -> Result<Map<String, Value
     {
         return Err(bad(format!(
             "content type {} instead of JSON",
-            sanitize(&media, 80)
+            redact.show(&media, 80)
         )));
     }
     if reply.body.iter().all(u8::is_ascii_whitespace) {
@@ -365,6 +438,67 @@ pub(crate) mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// Regression (network-fault suite): a server reflecting the request put
+    /// the registration token into a redirect's `Location`, and the client
+    /// secret (base64 in the Basic header) into `error_description`, both of
+    /// which reached messages, `status` and the log.
+    #[test]
+    fn reflected_secrets_are_redacted_in_every_form() {
+        let token = secret("reg+token/with=odd chars".to_owned());
+        let basic = secret("client-id:s3cr3t-value".to_owned());
+        let redact = Redact::new(&[&token, &basic]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode("client-id:s3cr3t-value");
+        let form: String =
+            url::form_urlencoded::byte_serialize(b"reg+token/with=odd chars").collect();
+        let echoed = format!(
+            "Authorization: Basic {b64} body refresh_token={form} raw reg+token/with=odd chars"
+        );
+        let shown = redact.show(&echoed, 1000);
+        assert!(!shown.contains(&b64), "{shown}");
+        assert!(!shown.contains(&form), "{shown}");
+        assert!(!shown.contains("reg+token/with=odd chars"), "{shown}");
+        assert_eq!(shown.matches("[redacted]").count(), 3, "{shown}");
+        assert_eq!(
+            format!("{redact:?}"),
+            format!("Redact({} forms)", redact.forms.len())
+        );
+        // Short values are left alone, and nothing else changes.
+        assert_eq!(
+            Redact::new(&[&secret("ab".into())]).apply("a b ab"),
+            "a b ab"
+        );
+
+        let body = serde_json::json!({"error": "invalid_request", "error_description": echoed})
+            .to_string();
+        let mut r = json_reply(302, &body);
+        r.headers.insert(
+            LOCATION,
+            HeaderValue::from_str(&format!("https://evil.example/?{b64}&{form}")).unwrap(),
+        );
+        let says = ServerSays::from_reply(&r, &[&token, &basic]);
+        let e = unexpected_status(&r, &says, "the token request");
+        assert!(
+            !e.message.contains(&b64) && !e.message.contains(&form),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message
+                .contains("https://evil.example/?[redacted]&[redacted]"),
+            "{}",
+            e.message
+        );
+        let mut r = reply(200, Some("text/plain"), "{}");
+        r.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(&format!("text/{b64}")).unwrap(),
+        );
+        let e = json_object_redacted(&r, "the token request", &redact).unwrap_err();
+        assert!(!e.message.contains(&b64), "{}", e.message);
+        let e = redact.error(Error::new(ErrorCode::ServerError, format!("x {b64} y")));
+        assert_eq!(e.message, "x [redacted] y");
     }
 
     #[test]

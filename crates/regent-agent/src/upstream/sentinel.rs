@@ -12,9 +12,12 @@ use tokio::sync::Mutex;
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::http::{Http, Reply, check_url, sanitize, server_name};
+use super::http::{Http, Reply, check_url, is_format_char, sanitize, server_name};
 use super::identity::DeviceIdentity;
-use super::reply::{ServerSays, json_object, kind, unexpected_status, with_retry_after};
+use super::reply::{
+    Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
+    with_retry_after,
+};
 use super::token::parse_grant;
 use super::{Redemption, join_path};
 use crate::error::Error;
@@ -94,10 +97,11 @@ impl Sentinel {
             .header(ACCEPT, "application/json")
             .json(&body);
         let reply = self.http.send(request, &url).await?;
+        let redact = Redact::new(&[registration_token]);
         if !reply.status.is_success() {
-            return Err(redemption_refused(&reply, registration_token));
+            return Err(redact.error(redemption_refused(&reply, registration_token)));
         }
-        parse_redemption(&reply, identity)
+        parse_redemption_redacted(&reply, identity, &redact).map_err(|e| redact.error(e))
     }
 
     /// Renews the access token with `refresh_token`. The answer may carry a
@@ -213,11 +217,13 @@ impl Sentinel {
             .header(ACCEPT, "application/json")
             .form(&form);
         let reply = self.http.send(request, &idp.token_url).await?;
+        let redact = Redact::new(&[refresh_token]);
         if !reply.status.is_success() {
-            return Err(refresh_refused(&reply, idp, refresh_token));
+            return Err(redact.error(refresh_refused(&reply, idp, refresh_token)));
         }
-        let mut obj = json_object(&reply, REFRESH)?;
-        parse_grant(&mut obj, reply.received_at, &reply.server)
+        json_object_redacted(&reply, REFRESH, &redact)
+            .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server))
+            .map_err(|e| redact.error(e))
     }
 }
 
@@ -247,7 +253,7 @@ fn registration_authorization(token: &SecretString) -> Result<HeaderValue, Error
     Ok(header)
 }
 
-fn redemption_refused(reply: &Reply, token: &SecretString) -> Error {
+pub(crate) fn redemption_refused(reply: &Reply, token: &SecretString) -> Error {
     let says = ServerSays::from_reply(reply, &[token]);
     let server = &reply.server;
     let (code, message) = if says.is("registration_token_expired") {
@@ -287,7 +293,11 @@ fn redemption_refused(reply: &Reply, token: &SecretString) -> Error {
     with_retry_after(Error::new(code, message), reply)
 }
 
-fn refresh_refused(reply: &Reply, idp: &IdpConfig, refresh_token: &SecretString) -> Error {
+pub(crate) fn refresh_refused(
+    reply: &Reply,
+    idp: &IdpConfig,
+    refresh_token: &SecretString,
+) -> Error {
     let says = ServerSays::from_reply(reply, &[refresh_token]);
     let server = &reply.server;
     if says.is("invalid_grant") {
@@ -313,7 +323,20 @@ fn refresh_refused(reply: &Reply, idp: &IdpConfig, refresh_token: &SecretString)
     unexpected_status(reply, &says, REFRESH)
 }
 
-fn parse_redemption(reply: &Reply, identity: &DeviceIdentity) -> Result<Redemption, Error> {
+pub(crate) fn parse_redemption(
+    reply: &Reply,
+    identity: &DeviceIdentity,
+) -> Result<Redemption, Error> {
+    parse_redemption_redacted(reply, identity, &Redact::default())
+}
+
+/// [`parse_redemption`], showing nothing of the answer without `redact` (the
+/// registration token must not come back through an echoed field).
+fn parse_redemption_redacted(
+    reply: &Reply,
+    identity: &DeviceIdentity,
+    redact: &Redact,
+) -> Result<Redemption, Error> {
     let server = &reply.server;
     let bad = |problem: String| {
         Error::new(
@@ -321,7 +344,7 @@ fn parse_redemption(reply: &Reply, identity: &DeviceIdentity) -> Result<Redempti
             format!("the license server at {server} answered {REDEMPTION} {problem}"),
         )
     };
-    let mut obj = json_object(reply, REDEMPTION)?;
+    let mut obj = json_object_redacted(reply, REDEMPTION, redact)?;
     let mut auth = match obj.remove("authToken") {
         Some(Value::Object(auth)) => auth,
         Some(other) => {
@@ -336,7 +359,9 @@ fn parse_redemption(reply: &Reply, identity: &DeviceIdentity) -> Result<Redempti
         Some(Value::String(s))
             if !s.trim().is_empty()
                 && s.len() <= MAX_AUTH_TOKEN_ID
-                && !s.chars().any(char::is_control) =>
+                // Shown in status output and terminals: no control or bidi
+                // characters (found by fuzzing: U+202E passed `is_control`).
+                && !s.chars().any(|c| c.is_control() || is_format_char(c)) =>
         {
             s.trim().to_owned()
         }
@@ -359,7 +384,7 @@ fn parse_redemption(reply: &Reply, identity: &DeviceIdentity) -> Result<Redempti
         Some(echoed) if echoed != identity.identifier => tracing::warn!(
             server = %server,
             sent = %identity.identifier,
-            echoed = %sanitize(echoed, 100),
+            echoed = %redact.show(echoed, 100),
             "the license server echoed another identifier for this redemption"
         ),
         _ => {}
@@ -625,6 +650,21 @@ mod tests {
             let e = parse_redemption(&json_reply(201, body), &identity()).unwrap_err();
             assert_eq!(e.code, ErrorCode::ServerError, "{body}");
             assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    /// Regression (fuzzing, upstream_reply): an auth-token id with a bidi
+    /// override (U+202E) passed the control-character check and reached
+    /// status output and terminals, where it can reorder text.
+    #[test]
+    fn auth_token_ids_with_bidi_controls_are_refused() {
+        for id in ["at\u{202e}1", "at\u{200b}1", "at\u{2066}1", "at\u{feff}"] {
+            let body = serde_json::json!({"authToken": {"id": id, "token": {
+                "access_token": "A", "refresh_token": "R", "expires_in": 60}}})
+            .to_string();
+            let e = parse_redemption(&json_reply(201, &body), &identity()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ServerError, "{id:?}");
+            assert!(e.message.contains("unusable authToken.id"), "{}", e.message);
         }
     }
 }

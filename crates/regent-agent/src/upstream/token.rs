@@ -64,8 +64,19 @@ pub(crate) fn parse_grant(
     };
 
     let token_type = match obj.get("token_type") {
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
-        Some(Value::String(t)) if !t.trim().is_empty() => sanitize(t, 40),
+        Some(Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
+        // Another type (MAC, DPoP, a URI) is passed on: the app decides.
+        Some(Value::String(t)) if is_token_type(t.trim()) => t.trim().to_owned(),
+        Some(Value::String(t)) if !t.trim().is_empty() => {
+            // Apps put it in an `Authorization` header: spaces, control or
+            // non-ASCII characters (or a cut-off value) would corrupt it.
+            tracing::warn!(
+                server,
+                bytes = t.len(),
+                "ignoring an unusable token_type in the token answer; assuming Bearer"
+            );
+            "Bearer".to_owned()
+        }
         // RFC 6749 makes it required, but every server we know means Bearer.
         _ => "Bearer".to_owned(),
     };
@@ -116,6 +127,19 @@ pub(crate) fn parse_grant(
     })
 }
 
+/// Longest `token_type` accepted.
+pub const MAX_TOKEN_TYPE: usize = 40;
+
+/// An RFC 6749 token type: a type name (`-._`, letters, digits) or an
+/// absolute URI, short, and safe to put in an `Authorization` header.
+fn is_token_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TOKEN_TYPE
+        && t.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'/' | b'~' | b'+')
+        })
+}
+
 /// Moves a token string out of the JSON (no copy left behind) after checking it
 /// is usable in an `Authorization` header. `Ok(None)` when absent or empty.
 fn take_token(obj: &mut Map<String, Value>, key: &str) -> Result<Option<SecretString>, String> {
@@ -128,10 +152,13 @@ fn take_token(obj: &mut Map<String, Value>, key: &str) -> Result<Option<SecretSt
             }
             let token = secret(token);
             let value = secrecy::ExposeSecret::expose_secret(&token);
-            if value.len() > MAX_TOKEN_BYTES {
+            // Measured as apps receive it: JSON doubles `"` and `\`, and the
+            // token must still fit in one IPC frame (found by fuzzing).
+            let wire_len =
+                value.len() + value.bytes().filter(|b| matches!(b, b'"' | b'\\')).count();
+            if wire_len > MAX_TOKEN_BYTES {
                 return Err(format!(
-                    "is {} bytes long (the most accepted is {MAX_TOKEN_BYTES})",
-                    value.len()
+                    "is {wire_len} bytes long as JSON (the most accepted is {MAX_TOKEN_BYTES})"
                 ));
             }
             // Visible ASCII only: apps put it in a header, and a newline there
@@ -298,6 +325,22 @@ mod tests {
         }
     }
 
+    /// Regression (fuzzing, upstream_reply): 32 KiB of `"` passed the size
+    /// check but took 64 KiB as JSON, so the token could not be handed to an
+    /// app in one IPC frame.
+    #[test]
+    fn token_size_is_measured_as_sent_to_apps() {
+        let quotes = "\"".repeat(MAX_TOKEN_BYTES / 2);
+        let g = parse(json!({"access_token": quotes, "expires_in": 60})).unwrap();
+        assert_eq!(g.access_token.expose_secret().len(), MAX_TOKEN_BYTES / 2);
+        let e =
+            parse(json!({"access_token": format!("{quotes}\\"), "expires_in": 60})).unwrap_err();
+        assert!(e.message.contains("bytes long as JSON"), "{}", e.message);
+        let e = parse(json!({"access_token": "\"".repeat(MAX_TOKEN_BYTES), "expires_in": 60}))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::ServerError);
+    }
+
     #[test]
     fn doubtful_optional_fields_are_dropped_not_fatal() {
         let g = parse(json!({
@@ -318,6 +361,44 @@ mod tests {
         assert!(g.refresh_expires_at.is_none());
         assert_eq!(g.scope.as_deref(), Some("a b"));
         assert_eq!(g.token_type, "DPoP");
+    }
+
+    /// Regression (network-fault suite): a hostile `token_type` used to be
+    /// passed on sanitised but with spaces, non-ASCII characters and a `…`
+    /// after a cut, all of which then went into apps' `Authorization` headers.
+    #[test]
+    fn token_types_are_header_safe_or_bearer() {
+        for (given, expected) in [
+            (json!("bearer"), "Bearer"),
+            (json!(" BEARER "), "Bearer"),
+            (json!("MAC"), "MAC"),
+            (json!("DPoP"), "DPoP"),
+            (
+                json!("urn:ietf:params:oauth:token-type:jwt"),
+                "urn:ietf:params:oauth:token-type:jwt",
+            ),
+            (json!("Bé arer"), "Bearer"),
+            (json!("Bearer x"), "Bearer"),
+            (json!("evil\r\nX-Injected: 1"), "Bearer"),
+            (json!("\u{1b}[2J"), "Bearer"),
+            (json!("T".repeat(MAX_TOKEN_TYPE + 1)), "Bearer"),
+            (
+                json!("T".repeat(MAX_TOKEN_TYPE)),
+                "TTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTT",
+            ),
+            (json!(""), "Bearer"),
+            (json!(7), "Bearer"),
+            (json!(null), "Bearer"),
+        ] {
+            let g =
+                parse(json!({"access_token": "a", "expires_in": 60, "token_type": given.clone()}))
+                    .unwrap();
+            assert_eq!(g.token_type, expected, "{given}");
+            assert!(
+                g.token_type.bytes().all(|b| b.is_ascii_graphic()),
+                "{given}"
+            );
+        }
     }
 
     #[test]

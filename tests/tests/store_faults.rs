@@ -1,0 +1,532 @@
+//! A full disk and a read-only state directory (issue 9, crash matrix): the real
+//! agent reports `STORE_UNAVAILABLE` with what to do, corrupts nothing
+//! (`state.json` and the secrets file still parse and hold the last stored
+//! credential) and recovers on its own once the space returns — renewals
+//! without a restart, enrollment when the user reruns it.
+//!
+//! The faults are real: a small tmpfs mounted over the state directory, filled
+//! with a ballast file (ENOSPC) or remounted read-only (EROFS). Tests run as
+//! root, so permissions cannot stop a write. Where mounting is not allowed the
+//! full-disk case falls back to a file-size limit on the agent process
+//! (`prlimit`, with SIGXFSZ ignored so the write fails with EFBIG instead of
+//! killing it); the read-only cases are then skipped with a printed reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use regent_proto::ErrorCode;
+use regent_tests::crash::{EmulatorControl, Home, Profile, StoreChoice, Tmpfs, temp_files};
+use regent_tests::{AgentProc, EmulatorProc, regent, text};
+
+const LIFESPAN: u64 = 2;
+const WAIT: Duration = Duration::from_secs(20);
+/// Big enough for the agent's files, small enough to fill at once.
+const TMPFS_KIB: u64 = 512;
+const BALLAST: &str = "ballast";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Full,
+    ReadOnly,
+}
+
+/// A fault on the state directory that can be switched on and off.
+enum Fault {
+    Full(Tmpfs),
+    ReadOnly(Tmpfs),
+    /// Fallback without mounts: `RLIMIT_FSIZE` on the agent process.
+    FileSizeLimit,
+}
+
+impl Fault {
+    /// Mounts a tmpfs at `state`, or falls back (full disk) or returns `None`
+    /// after saying loudly why the test cannot run here.
+    fn prepare(kind: Kind, state: &Path) -> Option<Fault> {
+        // REGENT_TEST_NO_MOUNT=1 tries the fallback where mounting works too.
+        let mounted = if std::env::var_os("REGENT_TEST_NO_MOUNT").is_some() {
+            Err("REGENT_TEST_NO_MOUNT is set".to_owned())
+        } else {
+            Tmpfs::mount(state, TMPFS_KIB)
+        };
+        match mounted {
+            Ok(tmpfs) => Some(match kind {
+                Kind::Full => Fault::Full(tmpfs),
+                Kind::ReadOnly => Fault::ReadOnly(tmpfs),
+            }),
+            Err(why) => match kind {
+                Kind::Full if have("prlimit") => {
+                    eprintln!(
+                        "!!! store_faults: cannot mount a tmpfs ({why}); the full disk is \
+                         replaced by a file-size limit on the agent (EFBIG)"
+                    );
+                    std::fs::create_dir_all(state).unwrap();
+                    Some(Fault::FileSizeLimit)
+                }
+                _ => {
+                    eprintln!(
+                        "!!! SKIPPED store_faults ({kind:?}): cannot mount a tmpfs here ({why}) \
+                         and nothing else makes a write fail for root"
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// Shell commands the agent must start under.
+    fn wrapper(&self) -> Option<String> {
+        matches!(self, Fault::FileSizeLimit).then(|| "trap '' XFSZ".to_owned())
+    }
+
+    fn start(&self, agent: &AgentProc) {
+        match self {
+            Fault::Full(tmpfs) => {
+                tmpfs.fill(BALLAST);
+            }
+            Fault::ReadOnly(tmpfs) => tmpfs.set_read_only(true),
+            Fault::FileSizeLimit => prlimit(agent, "1:unlimited"),
+        }
+    }
+
+    fn stop(&self, agent: &AgentProc) {
+        match self {
+            Fault::Full(tmpfs) => std::fs::remove_file(tmpfs.path.join(BALLAST)).unwrap(),
+            Fault::ReadOnly(tmpfs) => tmpfs.set_read_only(false),
+            Fault::FileSizeLimit => prlimit(agent, "unlimited:unlimited"),
+        }
+    }
+
+    /// What the error must say: the OS error and how to fix it.
+    fn expected(&self) -> [&'static str; 2] {
+        match self {
+            Fault::Full(_) => ["No space left on device", "is full: free some space there"],
+            Fault::ReadOnly(_) => ["Read-only file system", "remount it read-write"],
+            Fault::FileSizeLimit => ["File too large", "ulimit -f"],
+        }
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn prlimit(agent: &AgentProc, limit: &str) {
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(agent.child.id().to_string())
+        .arg(format!("--fsize={limit}"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit --fsize={limit} failed");
+}
+
+/// An emulator with one registration token, and an agent home whose state
+/// directory carries `kind` of fault.
+struct Setup {
+    emulator: EmulatorProc,
+    token: String,
+    fault: Fault,
+    home: Home,
+    // Dropped last: the mount point lives in it.
+    _dirs: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(kind: Kind) -> Option<Setup> {
+        Setup::with_profile(kind, false)
+    }
+
+    /// With `oauth2`, the agent speaks the OAuth2 profile and `token` is the
+    /// client secret.
+    fn with_profile(kind: Kind, oauth2: bool) -> Option<Setup> {
+        let dirs = tempfile::tempdir().unwrap();
+        let state = dirs.path().join("state");
+        let fault = Fault::prepare(kind, &state)?;
+        let emulator = EmulatorProc::start(LIFESPAN);
+        let (profile, token) = if oauth2 {
+            let secret = "store-faults-client-secret".to_owned();
+            emulator.create_oauth2_client("store-faults", &secret, LIFESPAN, true);
+            let profile = Profile::OAuth2 {
+                client_id: "store-faults".into(),
+            };
+            (profile, secret)
+        } else {
+            (Profile::Sentinel, emulator.mint(5))
+        };
+        let mut home = Home::new(
+            &emulator.url,
+            &profile,
+            &StoreChoice::File,
+            Some(&state),
+            "",
+        );
+        home.wrapper = fault.wrapper();
+        Some(Setup {
+            emulator,
+            token,
+            fault,
+            home,
+            _dirs: dirs,
+        })
+    }
+
+    fn secrets(&self) -> PathBuf {
+        self.home.state.join("secrets.json")
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.home.state.join("state.json")
+    }
+}
+
+fn wait_slot(
+    home: &Home,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = home.slot0();
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; slot 0: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The stored credential's refresh token; panics unless both files parse.
+fn stored_refresh_token(setup: &Setup) -> String {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(setup.state_file()).unwrap())
+            .expect("state.json parses");
+    assert!(state["slots"]["0"]["identifier"].is_string(), "{state}");
+    let secrets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(setup.secrets()).unwrap())
+            .expect("secrets.json parses");
+    let credential: serde_json::Value =
+        serde_json::from_str(secrets["slot-0.credential"].as_str().unwrap())
+            .expect("the stored credential parses");
+    credential["refresh_token"].as_str().unwrap().to_owned()
+}
+
+fn assert_names_the_fix(setup: &Setup, message: &str) {
+    for needle in setup.fault.expected() {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from: {message}"
+        );
+    }
+}
+
+/// Renewals meet a full disk (or a read-only state directory): the slot reports
+/// `STORE_UNAVAILABLE` with the fix, clients are told so once no cached token
+/// will do, the files keep the last stored credential, and renewals succeed
+/// again as soon as the space returns — without a restart. After that the
+/// stored credential is the live one (a restart renews with it).
+fn renewals_survive(kind: Kind) {
+    let Some(setup) = Setup::new(kind) else {
+        return;
+    };
+    let home = &setup.home;
+    let agent = home.start(None);
+    let client = home.client();
+    client.enroll(setup.token.clone(), false).unwrap();
+    client.token(Duration::from_secs(1)).unwrap(); // demand: renew ahead
+    wait_slot(home, "steady renewals", |s| {
+        s["renewals_ok"].as_u64().unwrap_or(0) >= 2
+    });
+
+    setup.fault.start(&agent);
+    let failed = wait_slot(home, "a renewal that cannot be stored", |s| {
+        s["last_error_code"] == "STORE_UNAVAILABLE"
+    });
+    let message = failed["last_error"].as_str().unwrap();
+    assert_names_the_fix(&setup, message);
+    assert!(
+        message.contains(&setup.secrets().display().to_string()),
+        "{message}"
+    );
+    assert!(!message.contains(&setup.token), "a secret in: {message}");
+
+    // Nothing corrupted: both files parse and keep the last stored credential,
+    // however many renewals fail.
+    let secrets_before = std::fs::read(setup.secrets()).unwrap();
+    let state_before = std::fs::read(setup.state_file()).unwrap();
+    let stored_before = stored_refresh_token(&setup);
+    let failures = failed["renewals_failed"].as_u64().unwrap();
+    wait_slot(home, "more failed renewals", |s| {
+        s["renewals_failed"].as_u64().unwrap() >= failures + 2
+    });
+    assert_eq!(std::fs::read(setup.secrets()).unwrap(), secrets_before);
+    assert_eq!(std::fs::read(setup.state_file()).unwrap(), state_before);
+    assert_eq!(stored_refresh_token(&setup), stored_before);
+    assert_eq!(temp_files(&home.state), Vec::<String>::new());
+
+    // A client that needs a token is told why and what to do, once the cached
+    // token will no longer do.
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        match client.token(Duration::from_secs(1)) {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "tokens kept coming");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    // Once no token is left at all the code itself is STORE_UNAVAILABLE.
+    let deadline = Instant::now() + WAIT;
+    let error = if error.code == ErrorCode::StoreUnavailable {
+        error
+    } else {
+        assert_eq!(error.code, ErrorCode::Unavailable, "{error:?}");
+        assert!(
+            error.message.contains("STORE_UNAVAILABLE"),
+            "{}",
+            error.message
+        );
+        loop {
+            let e = client.token(Duration::from_secs(1)).unwrap_err();
+            if e.code == ErrorCode::StoreUnavailable || Instant::now() > deadline {
+                break e;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(error.code, ErrorCode::StoreUnavailable, "{error:?}");
+    assert_names_the_fix(&setup, &error.message);
+    assert!(error.retry_after.is_some(), "{error:?}");
+    println!(
+        "{kind:?}: the reply to a client: {} ({})",
+        error.message, error.code
+    );
+    let cli = regent(
+        &["token", "--min-valid", "1"],
+        None,
+        &[("REGENT_SOCKET", home.socket.to_str().unwrap())],
+    );
+    let cli_text = text(&cli);
+    assert!(!cli.status.success(), "{cli_text}");
+    assert!(cli_text.contains("STORE_UNAVAILABLE"), "{cli_text}");
+    assert_names_the_fix(&setup, &cli_text);
+
+    // The space returns: renewals succeed again without a restart.
+    let ok_before = home.slot0()["renewals_ok"].as_u64().unwrap();
+    setup.fault.stop(&agent);
+    wait_slot(home, "renewals after the space returned", |s| {
+        s["state"] == "active"
+            && s["last_error_code"].is_null()
+            && s["renewals_ok"].as_u64().unwrap() > ok_before
+    });
+    let token = client.token(Duration::from_secs(1)).unwrap();
+    assert_eq!(setup.emulator.introspect(token.secret())["active"], true);
+    assert_ne!(
+        stored_refresh_token(&setup),
+        stored_before,
+        "the renewed credential was stored"
+    );
+
+    // The stored credential is the live one: a restart renews with it.
+    assert!(agent.terminate().success());
+    let agent = home.start(None);
+    let client = home.client();
+    client.token(Duration::from_secs(1)).unwrap();
+    wait_slot(home, "a renewal after the restart", |s| {
+        s["state"] == "active" && s["renewals_ok"].as_u64().unwrap_or(0) >= 1
+    });
+    let token = client.token(Duration::from_secs(1)).unwrap();
+    assert_eq!(setup.emulator.introspect(token.secret())["active"], true);
+    assert_eq!(setup.emulator.used_counts(), 1);
+    assert_eq!(setup.emulator.counters()["activeSessions"], 1);
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn full_disk_during_renewals_reports_store_unavailable_and_recovers_without_restart() {
+    renewals_survive(Kind::Full);
+}
+
+#[test]
+fn read_only_state_dir_during_renewals_reports_store_unavailable_and_recovers_without_restart() {
+    renewals_survive(Kind::ReadOnly);
+}
+
+/// `regent enroll` on a full or read-only state directory: `STORE_UNAVAILABLE`
+/// with the fix, before anything is sent (no count consumed); rerun once the
+/// space returns, it enrolls with one count.
+fn enrollment_refused_cleanly(kind: Kind) {
+    let Some(setup) = Setup::new(kind) else {
+        return;
+    };
+    let home = &setup.home;
+    let agent = home.start(None);
+    let state_before = std::fs::read(setup.state_file()).unwrap();
+    setup.fault.start(&agent);
+    let error = home
+        .client()
+        .enroll(setup.token.clone(), false)
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::StoreUnavailable, "{error:?}");
+    assert_names_the_fix(&setup, &error.message);
+    assert!(!error.message.contains(&setup.token));
+    println!(
+        "{kind:?}: the reply to `enroll`: {} ({})",
+        error.message, error.code
+    );
+    assert_eq!(setup.emulator.used_counts(), 0);
+    assert_eq!(setup.emulator.counters()["redemptions"], 0);
+    assert_eq!(std::fs::read(setup.state_file()).unwrap(), state_before);
+    let slot = home.slot0();
+    assert_eq!(slot["pending_redemption"], false, "{slot}");
+    assert_eq!(slot["state"], "unenrolled", "{slot}");
+
+    setup.fault.stop(&agent);
+    home.client().enroll(setup.token.clone(), false).unwrap();
+    let token = home.client().token(Duration::from_secs(1)).unwrap();
+    assert_eq!(setup.emulator.introspect(token.secret())["active"], true);
+    assert_eq!(setup.emulator.used_counts(), 1);
+    stored_refresh_token(&setup);
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn enrollment_on_a_full_disk_is_refused_before_anything_is_sent() {
+    enrollment_refused_cleanly(Kind::Full);
+}
+
+#[test]
+fn enrollment_on_a_read_only_state_dir_is_refused_before_anything_is_sent() {
+    enrollment_refused_cleanly(Kind::ReadOnly);
+}
+
+/// The disk fills while the server redeems: the count is consumed but the
+/// answer cannot be stored. `regent enroll` says `STORE_UNAVAILABLE`; the
+/// pending redemption keeps retrying (replays, no count) and completes on its
+/// own once the space returns — one count in all.
+#[test]
+fn disk_fills_during_redemption_and_the_agent_completes_it_when_space_returns() {
+    let Some(setup) = Setup::new(Kind::Full) else {
+        return;
+    };
+    let home = &setup.home;
+    let agent = home.start(None);
+    // The redemption waits at the server long enough to fill the disk meanwhile.
+    setup
+        .emulator
+        .set_faults(r#"{"latencyMs": 1500, "routes": ["redeem"]}"#);
+    let socket = home.socket.clone();
+    let token = setup.token.clone();
+    let enroll = std::thread::spawn(move || {
+        regent_client::blocking::Client::connect(
+            regent_client::ClientOptions::new("store-faults")
+                .socket(&socket)
+                .request_timeout(Duration::from_secs(60)),
+        )
+        .unwrap()
+        .enroll(token, false)
+    });
+    // The pending marker and the registration token are durable before the
+    // request goes out.
+    regent_tests::wait_until(WAIT, "the pending marker", || {
+        std::fs::read_to_string(setup.state_file()).is_ok_and(|t| t.contains("pending_since"))
+            && std::fs::read_to_string(setup.secrets())
+                .is_ok_and(|t| t.contains("slot-0.registration"))
+    });
+    setup.fault.start(&agent);
+    setup.emulator.set_faults("{}");
+    let error = enroll.join().unwrap().unwrap_err();
+    assert_eq!(error.code, ErrorCode::StoreUnavailable, "{error:?}");
+    assert_names_the_fix(&setup, &error.message);
+    assert_eq!(setup.emulator.used_counts(), 1);
+    let slot = home.slot0();
+    assert_eq!(slot["pending_redemption"], true, "{slot}");
+
+    setup.fault.stop(&agent);
+    wait_slot(home, "the redemption to complete", |s| {
+        s["state"] == "active" && s["pending_redemption"] == false
+    });
+    let token = home.client().token(Duration::from_secs(1)).unwrap();
+    assert_eq!(setup.emulator.introspect(token.secret())["active"], true);
+    assert_eq!(
+        setup.emulator.used_counts(),
+        1,
+        "a second count was consumed"
+    );
+    assert_eq!(setup.emulator.auth_tokens().len(), 1);
+    let secrets = std::fs::read_to_string(setup.secrets()).unwrap();
+    assert!(!secrets.contains("slot-0.registration"), "{secrets}");
+    assert!(agent.terminate().success());
+}
+
+/// An agent started on a read-only, empty state directory stops at once with
+/// `STORE_UNAVAILABLE` naming the directory and the fix.
+#[test]
+fn agent_refuses_to_start_on_a_read_only_state_dir() {
+    let Some(setup) = Setup::new(Kind::ReadOnly) else {
+        return;
+    };
+    let Fault::ReadOnly(tmpfs) = &setup.fault else {
+        unreachable!()
+    };
+    tmpfs.set_read_only(true);
+    let mut agent = setup.home.spawn(None);
+    let status = regent_tests::wait_timeout(&mut agent.child, WAIT);
+    let log = agent.log_text();
+    assert!(!status.success(), "{log}");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(ErrorCode::StoreUnavailable.number())),
+        "{log}"
+    );
+    assert!(log.contains("Read-only file system"), "{log}");
+    assert!(log.contains("remount it read-write"), "{log}");
+    assert!(
+        log.contains(&setup.home.state.display().to_string()),
+        "{log}"
+    );
+}
+
+/// OAuth2 enrollment on a full disk: `STORE_UNAVAILABLE`, the slot back to
+/// unenrolled (not stuck enrolling), nothing stored; rerun once the space
+/// returns, it enrolls.
+#[test]
+fn oauth2_enrollment_on_a_full_disk_is_refused_and_can_be_rerun() {
+    let Some(setup) = Setup::with_profile(Kind::Full, true) else {
+        return;
+    };
+    let home = &setup.home;
+    let agent = home.start(None);
+    setup.fault.start(&agent);
+    let error = home
+        .client()
+        .enroll(setup.token.clone(), false)
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::StoreUnavailable, "{error:?}");
+    assert_names_the_fix(&setup, &error.message);
+    assert!(!error.message.contains(&setup.token));
+    let slot = home.slot0();
+    assert_eq!(slot["state"], "unenrolled", "{slot}");
+    assert!(
+        std::fs::read_to_string(setup.secrets()).is_err(),
+        "nothing is stored"
+    );
+
+    setup.fault.stop(&agent);
+    home.client().enroll(setup.token.clone(), false).unwrap();
+    let token = home.client().token(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        setup.emulator.introspect(token.secret())["clientId"],
+        "store-faults"
+    );
+    assert!(agent.terminate().success());
+}
