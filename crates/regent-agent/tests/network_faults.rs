@@ -1585,7 +1585,10 @@ async fn lost_refresh_answer_with_rotation_ends_the_session_cleanly() {
 /// completes by itself once the server answers, with one count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_answers_before_the_clients_timeout_when_the_server_is_silent() {
-    let mut w = World::start_with(Profile::Sentinel, false, 120).await;
+    // Longer than the clients' 30 s call timeout, so only the agent's own
+    // 25 s bound can answer the call in time.
+    const SLOW_REQUEST_TIMEOUT: u64 = 31;
+    let mut w = World::start_with(Profile::Sentinel, false, SLOW_REQUEST_TIMEOUT).await;
     w.proxy
         .set_for(w.route_path(Phase::Enroll), Fault::Blackhole);
     let started = Instant::now();
@@ -1600,7 +1603,9 @@ async fn enroll_answers_before_the_clients_timeout_when_the_server_is_silent() {
     assert!(took < Duration::from_secs(30), "enroll took {took:?}");
     w.proxy.clear();
     // The background resumption (its backoff is 1–2 s) replays the identifier.
-    let deadline = Instant::now() + RECOVERY_BOUND;
+    // Its first attempt may already sit in the black hole, which holds it for
+    // the whole request timeout.
+    let deadline = Instant::now() + RECOVERY_BOUND + Duration::from_secs(SLOW_REQUEST_TIMEOUT);
     loop {
         let state = w.status().await.unwrap()["slots"][0]["state"].clone();
         if state == "active" {
