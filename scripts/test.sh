@@ -78,6 +78,13 @@ log "cargo test"
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"
+# Fuzzing: every run replays the committed corpus and a bounded set of
+# mutations of it on stable Rust (fuzz_corpus.rs, fuzz_mutations.rs, above);
+# --long adds five minutes of coverage-guided cargo-fuzz per target.
+if [ -n "${REGENT_LONG:-}" ]; then
+  log "scripts/fuzz.sh --long (coverage-guided, 5 minutes per target)"
+  scripts/fuzz.sh --long
+fi
 log "regent-bench smoke run (--quick: the scenarios run; targets are not judged)" && cargo run -p regent-bench --locked --quiet -- all --quick
 
 # One closing line with the totals of every test binary above (the last line

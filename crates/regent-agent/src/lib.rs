@@ -19,6 +19,8 @@
 //! - [`watch`]: a debounced directory watch (`notify`) as a tokio channel.
 //! - [`reload`]: live configuration: log level, allow lists, refresh settings.
 //! - [`provision`]: the registration-token drop-in directory.
+//! - `fuzzing` (hidden): the parsers of hostile input with their properties, for
+//!   the fuzz targets in `fuzz/` and the corpus replay test.
 
 pub mod agent;
 pub mod config;

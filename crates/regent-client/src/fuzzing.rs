@@ -1,7 +1,7 @@
 //! Entry point for the `client_frame` fuzz target in `fuzz/` and the test that
 //! replays its corpus. Not part of the API.
 //!
-//! The client reads the agent's answers through its own buffer ([`FrameBuffer`])
+//! The client reads the agent's answers through its own buffer (`wire::FrameBuffer`)
 //! and turns each into a typed result; an agent (or whatever listens on the
 //! socket in its place) is as untrusted as any peer. A broken property panics.
 
