@@ -79,7 +79,7 @@ test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"
 # Fuzzing: every run replays the committed corpus and a bounded set of
-# mutations of it on stable Rust (fuzz_corpus.rs, fuzz_mutations.rs, above);
+# mutations of it on stable Rust (crates/regent-agent/tests/fuzz_corpus.rs, above);
 # --long adds five minutes of coverage-guided cargo-fuzz per target.
 if [ -n "${REGENT_LONG:-}" ]; then
   log "scripts/fuzz.sh --long (coverage-guided, 5 minutes per target)"

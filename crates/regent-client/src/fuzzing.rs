@@ -5,7 +5,9 @@
 //! and turns each into a typed result; an agent (or whatever listens on the
 //! socket in its place) is as untrusted as any peer. A broken property panics.
 
-// Panicking on a broken property is the point of this module.
+// Panicking on a broken property is the point of this module. Nothing in the
+// agent, the client or the C library calls it: only the fuzz targets and the
+// corpus tests do, so none of these panics is reachable from a user or a server.
 #![allow(clippy::panic, clippy::unwrap_used)]
 
 use std::path::Path;
