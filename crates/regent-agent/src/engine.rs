@@ -964,6 +964,19 @@ mod tests {
         engine
     }
 
+    /// `n` concurrent `token(MIN_VALID)` requests on `engine`.
+    fn spawn_waiters(
+        engine: &Engine,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<std::sync::Arc<Grant>>>> {
+        (0..n)
+            .map(|_| {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.token(MIN_VALID).await })
+            })
+            .collect()
+    }
+
     /// Regression (issue 9, 10,000 connections): requests queued behind an
     /// upstream call were released one lock hand-off at a time, so under a
     /// herd the last of them ran long after the renewal. Now one completed
@@ -974,12 +987,7 @@ mod tests {
         let engine = stale_engine(Arc::clone(&renewer)).await;
         // A long upstream call in progress (as the scheduler's would be).
         let flight = engine.shared.renew_lock.lock().await;
-        let waiters: Vec<_> = (0..200)
-            .map(|_| {
-                let engine = engine.clone();
-                tokio::spawn(async move { engine.token(MIN_VALID).await })
-            })
-            .collect();
+        let waiters = spawn_waiters(&engine, 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
         engine.renew_locked().await;
         let answered = tokio::time::timeout(Duration::from_secs(5), async {
@@ -1032,12 +1040,7 @@ mod tests {
         let renewer = Counting::new(Duration::from_secs(200), Duration::ZERO);
         let engine = stale_engine(Arc::clone(&renewer)).await;
         let flight = engine.shared.renew_lock.lock().await;
-        let waiters: Vec<_> = (0..50)
-            .map(|_| {
-                let engine = engine.clone();
-                tokio::spawn(async move { engine.token(MIN_VALID).await })
-            })
-            .collect();
+        let waiters = spawn_waiters(&engine, 50);
         tokio::time::sleep(Duration::from_millis(50)).await;
         engine.renew_locked().await;
         drop(flight);
