@@ -597,10 +597,7 @@ fn catalogue(profile: Profile, phase: Phase) -> Vec<Case> {
         proxy_case(
             "request reflected into a redirect",
             Fault::Respond(Arc::new(|req: &[u8]| {
-                let flat: String = String::from_utf8_lossy(req)
-                    .chars()
-                    .filter(|c| c.is_ascii_graphic())
-                    .collect();
+                let flat = graphic(req);
                 http_answer(
                     "302 Found",
                     "text/plain",
@@ -613,10 +610,7 @@ fn catalogue(profile: Profile, phase: Phase) -> Vec<Case> {
         proxy_case(
             "request reflected into the content type",
             Fault::Respond(Arc::new(|req: &[u8]| {
-                let flat: String = String::from_utf8_lossy(req)
-                    .chars()
-                    .filter(|c| c.is_ascii_graphic())
-                    .collect();
+                let flat = graphic(req);
                 http_answer("200 OK", &format!("text/{flat}"), "", "{}")
             })),
             Code(SERVER_ERROR),
@@ -699,6 +693,14 @@ fn catalogue(profile: Profile, phase: Phase) -> Vec<Case> {
         ]);
     }
     cases
+}
+
+/// The request's visible ASCII characters, for answers that reflect it.
+fn graphic(req: &[u8]) -> String {
+    String::from_utf8_lossy(req)
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .collect()
 }
 
 fn http_answer(status: &str, content_type: &str, extra: &str, body: &str) -> Vec<u8> {
