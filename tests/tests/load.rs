@@ -151,6 +151,16 @@ struct Run {
 }
 
 impl Run {
+    fn new(pid: u32, url: &str) -> Run {
+        Run {
+            started: Instant::now(),
+            pid,
+            url: url.to_owned(),
+            samples: Vec::new(),
+            requests: Arc::new(Tally::default()),
+        }
+    }
+
     fn sample(&mut self, label: &str) -> Sample {
         let sample = Sample::settled(self.pid, 5).expect("/proc/PID of the agent");
         self.samples.push(Labelled {
@@ -221,13 +231,7 @@ fn thousands_of_connections_share_single_flight_renewals_and_release_every_fd() 
 
     let rt = runtime();
     let report = rt.block_on(async {
-        let mut run = Run {
-            started: Instant::now(),
-            pid,
-            url: emulator.url.clone(),
-            samples: Vec::new(),
-            requests: Arc::new(Tally::default()),
-        };
+        let mut run = Run::new(pid, &emulator.url);
         let probe = Client::connect(options(&home, "probe")).await.unwrap();
         wait_for_open_connections(&probe, 1, WAIT).await;
         let baseline = run.sample("baseline (probe only)");
@@ -370,13 +374,7 @@ fn per_instance_slots_each_renew_once_per_interval_and_reclaim_their_slot() {
 
     let rt = runtime();
     let report = rt.block_on(async {
-        let mut run = Run {
-            started: Instant::now(),
-            pid,
-            url: emulator.url.clone(),
-            samples: Vec::new(),
-            requests: Arc::new(Tally::default()),
-        };
+        let mut run = Run::new(pid, &emulator.url);
         let probe = Client::connect(options(&home, "probe")).await.unwrap();
         wait_for_open_connections(&probe, 1, WAIT).await;
         let baseline = run.sample("baseline (probe only)");
