@@ -8,7 +8,8 @@
 //!   allowed — fails closed because a non-root agent cannot see its program;
 //!   the list reloads live.
 //! - An unsafe socket directory (0777, a 0777 parent, another owner) stops
-//!   the agent at start-up with `CONFIG` (exit 17); a sticky 1777 one does not.
+//!   the agent at start-up with `CONFIG` (exit 17), and so does a sticky
+//!   1777 one (issue 18, item 11); a private one below a sticky parent does not.
 //! - The agent is not dumpable: its `/proc/PID` files belong to root, a
 //!   same-uid process cannot read its environment, and SIGQUIT leaves no core.
 //!
@@ -414,8 +415,21 @@ fn an_unsafe_socket_directory_stops_the_agent_at_start_up() {
     let log = expect_refusal(&home);
     assert!(log.contains("group-writable (mode 0770)"), "{log}");
 
-    // With the sticky bit (like /tmp) others cannot remove the socket: fine.
+    // With the sticky bit (like /tmp) others cannot remove the socket, but
+    // they can bind its name while the agent is stopped: refused too.
     chmod(&run, 0o1777);
+    let log = expect_refusal(&home);
+    for needle in [
+        "group- and world-writable (mode 1777)",
+        "sticky bit does not help",
+        "chmod go-w",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing:\n{log}");
+    }
+
+    // A private directory below a sticky parent (like /tmp/x/): fine.
+    chmod(&run, 0o700);
+    chmod(home.dir.path(), 0o1777);
     let agent = AgentProc::start(&home);
     let mode = std::fs::symlink_metadata(&home.socket).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o600, "the socket has the configured mode");

@@ -14,7 +14,12 @@
 //! - [`ClientOptions`], [`default_socket_path`]: where the agent listens
 //!   (`$REGENT_SOCKET` overrides) and how long to wait.
 //!
-//! Connecting says `hello` (version negotiation). When the agent restarts,
+//! Connecting first checks who listens on the socket: the server's uid must
+//! be this process's, root's, the configured agent uid
+//! ([`ClientOptions::agent_uid`], `$REGENT_AGENT_UID`) or that of the owner of
+//! a private socket directory; any other server is refused with
+//! `AGENT_UNREACHABLE` before a byte is sent. Then it says `hello` (version
+//! negotiation). When the agent restarts,
 //! the next call reconnects and resends reads (`token`, `status`, `metrics`)
 //! once; `enroll` and `unenroll` are never resent when the agent may have
 //! received them. Secrets (access tokens, enrollment secrets) are zeroized
@@ -56,6 +61,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod options;
+mod server;
 mod source;
 mod token;
 mod wire;
@@ -63,6 +69,7 @@ mod wire;
 pub use client::{Client, Subscription};
 pub use error::{Error, Result};
 pub use options::{ClientOptions, SOCKET_ENV, default_socket_path};
+pub use server::AGENT_UID_ENV;
 pub use regent_proto::ErrorCode;
 pub use secrecy::{ExposeSecret, SecretString};
 pub use source::TokenSource;

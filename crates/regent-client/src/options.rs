@@ -35,6 +35,11 @@ pub struct ClientOptions {
     /// Limit for one call, reconnecting included (default 30 s: a token
     /// request may wait for the license server).
     pub request_timeout: Duration,
+    /// The uid the agent runs as, when it is neither this process's uid nor
+    /// root (nor the owner of a private socket directory); `None` means
+    /// `$REGENT_AGENT_UID` when set. The client refuses any other server
+    /// with `AGENT_UNREACHABLE` before sending anything.
+    pub agent_uid: Option<u32>,
 }
 
 impl ClientOptions {
@@ -82,6 +87,14 @@ impl ClientOptions {
         self
     }
 
+    /// Also accepts a server running as `uid` (a system agent's dedicated
+    /// user); overrides `$REGENT_AGENT_UID`.
+    #[must_use]
+    pub fn agent_uid(mut self, uid: u32) -> Self {
+        self.agent_uid = Some(uid);
+        self
+    }
+
     /// The socket these options point at: [`ClientOptions::socket`], else
     /// [`default_socket_path`].
     pub fn socket_path(&self) -> PathBuf {
@@ -100,6 +113,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(2),
             wait_for_instance: None,
             request_timeout: Duration::from_secs(30),
+            agent_uid: None,
         }
     }
 }

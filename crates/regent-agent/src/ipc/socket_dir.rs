@@ -7,8 +7,11 @@
 //! or any directory above it — that:
 //!
 //! - belongs to a user other than root or the agent's own uid, or
-//! - is group- or world-writable without the sticky bit (with the sticky
-//!   bit, as on `/tmp`, others cannot rename or remove what they do not own).
+//! - is group- or world-writable. For a directory above the socket's, the
+//!   sticky bit (as on `/tmp`) makes that safe: others cannot rename or
+//!   remove what they do not own. For the socket's own directory it does
+//!   not: while the agent is stopped, anyone who may create files there can
+//!   bind the socket's name first and answer apps in the agent's place.
 //!
 //! Every ancestor is checked, not only the immediate directory: a writable
 //! parent lets its owner rename the socket directory away and create a
@@ -101,19 +104,32 @@ fn check_one(dir: &Path, below: Option<&Path>, own_uid: u32) -> Result<()> {
     }
     let mode = meta.mode() & 0o7777;
     let sticky = mode & 0o1000 != 0;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "group- and world-writable",
+        (true, false) => "group-writable",
+        _ => "world-writable",
+    };
+    if mode & 0o022 != 0 && sticky && below.is_none() {
+        return Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "unsafe socket directory: {} is {who} (mode {mode:04o}); the sticky bit does not help here: while the agent is stopped, another user can bind the socket's name first and answer apps in the agent's place; \
+                 fix: `chmod go-w {}`, or set [ipc] socket to a path in a private directory (such as $XDG_RUNTIME_DIR/regent or /run/regent)",
+                describe(dir, below),
+                dir.display()
+            ),
+        ));
+    }
     if mode & 0o022 != 0 && !sticky {
-        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
-            (true, true) => "group- and world-writable",
-            (true, false) => "group-writable",
-            _ => "world-writable",
-        };
         return Err(Error::new(
             ErrorCode::Config,
             format!(
                 "unsafe socket directory: {} is {who} (mode {mode:04o}) without the sticky bit, so other users could remove the agent's socket and put their own in its place; \
-                 fix: `chmod go-w {}` (or `chmod +t` it), or set [ipc] socket to a path in a private directory",
+                 fix: `chmod go-w {}`{}, or set [ipc] socket to a path in a private directory",
                 describe(dir, below),
-                dir.display()
+                dir.display(),
+                // A sticky parent is safe; the socket's own directory is not (above).
+                if below.is_some() { " (or `chmod +t` it)" } else { "" }
             ),
         ));
     }
@@ -207,9 +223,62 @@ mod tests {
         let base = base();
         let run = base.path().join("run");
         std::fs::create_dir(&run).unwrap();
-        for mode in [0o700, 0o750, 0o755, 0o1777, 0o1770] {
+        for mode in [0o700, 0o750, 0o755, 0o1700, 0o1755] {
             chmod(&run, mode);
             check_socket_dir(&run, me()).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_writable_directory_with_the_sticky_bit_is_refused_too() {
+        let base = base();
+        let run = base.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        for (mode, what) in [
+            (0o1777, "group- and world-writable (mode 1777)"),
+            (0o1770, "group-writable (mode 1770)"),
+            (0o1703, "world-writable (mode 1703)"),
+        ] {
+            chmod(&run, mode);
+            let e = check_socket_dir(&run, me()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Config);
+            assert!(e.message.contains(&run.display().to_string()), "{e}");
+            assert!(e.message.contains(what), "{e}");
+            assert!(e.message.contains("sticky bit does not help"), "{e}");
+            assert!(e.message.contains("bind the socket's name first"), "{e}");
+            assert!(e.message.contains("chmod go-w"), "{e}");
+        }
+    }
+
+    /// The packaged defaults: `/run/regent` (0750, the agent's user, below
+    /// root's 0755 `/run`) and `$XDG_RUNTIME_DIR/regent` (0700 below the
+    /// user's 0700 runtime directory) — rebuilt here below a private base.
+    #[test]
+    fn the_default_runtime_directories_pass() {
+        let base = base();
+        chmod(base.path(), 0o755);
+        let system = base.path().join("run/regent");
+        let user = base.path().join("run/user/1000/regent");
+        std::fs::create_dir_all(&system).unwrap();
+        std::fs::create_dir_all(&user).unwrap();
+        chmod(&base.path().join("run"), 0o755);
+        chmod(&system, 0o750);
+        chmod(&base.path().join("run/user"), 0o755);
+        chmod(&base.path().join("run/user/1000"), 0o700);
+        chmod(&user, 0o700);
+        check_socket_dir(&system, me()).unwrap();
+        check_socket_dir(&user, me()).unwrap();
+        // The real ones, where this machine has them.
+        for real in [Some(PathBuf::from("/run")), std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)]
+            .into_iter()
+            .flatten()
+            .filter(|d| d.is_dir())
+        {
+            let meta = std::fs::metadata(&real).unwrap();
+            if meta.uid() == me() || meta.uid() == 0 {
+                check_one(&real, Some(&real.join("regent")), me())
+                    .unwrap_or_else(|e| panic!("{}: {e}", real.display()));
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::{ConnectOptions, GenericFilePath, ToFsName};
 use regent_proto::message::{Op, Response};
 use tokio::io::AsyncWriteExt;
@@ -16,6 +17,7 @@ use tokio::task::AbortHandle;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{self, Error, Failure, Result};
+use crate::server;
 use crate::wire::{self, Frame, FrameBuffer};
 use crate::{AgentInfo, ClientOptions};
 
@@ -242,6 +244,7 @@ impl Conn {
                 .connect_tokio()
                 .await
                 .map_err(|e| error::connect_failed(socket, &e))?;
+            server::check_server(socket, stream.peer_creds(), opts)?;
             let mut conn = Conn::start(socket, stream, ids);
             let response = conn
                 .call(wire::hello(opts))
