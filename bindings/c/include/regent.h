@@ -388,6 +388,22 @@ regent_result regent_client_options_set_request_timeout_ms(struct regent_client_
                                                            uint32_t timeout_ms);
 
 /**
+ * Also accepts an agent running as `uid` (a system agent's dedicated user),
+ * overriding `$REGENT_AGENT_UID`. Before sending anything, connecting checks
+ * who listens on the socket: this process's uid, root, this uid, or the
+ * owner of a private socket directory; any other server is refused with
+ * `REGENT_AGENT_UNREACHABLE` (it may have taken the socket's name while the
+ * agent was down). Unix only; ignored on Windows.
+ *
+ * Errors: `REGENT_BAD_REQUEST` when `options` is NULL.
+ *
+ * # Safety
+ * `options` is NULL or live.
+ */
+regent_result regent_client_options_set_agent_uid(struct regent_client_options *options,
+                                                  uint32_t uid);
+
+/**
  * Frees options. NULL does nothing.
  *
  * # Safety
@@ -401,8 +417,10 @@ void regent_client_options_free(struct regent_client_options *options);
  * is copied. The caller owns `*client_out` and frees it with
  * `regent_client_free`.
  *
- * Errors: `REGENT_AGENT_UNREACHABLE` (nothing listens on the socket; the
- * last error names it), `REGENT_PERMISSION_DENIED`, `REGENT_TIMEOUT`,
+ * Errors: `REGENT_AGENT_UNREACHABLE` (nothing listens on the socket, or
+ * the server there runs as a user it should not — see
+ * `regent_client_options_set_agent_uid`; the last error names the socket),
+ * `REGENT_PERMISSION_DENIED`, `REGENT_TIMEOUT`,
  * `REGENT_UNSUPPORTED_VERSION`, `REGENT_BAD_REQUEST` when `client_out` is NULL.
  *
  * Thread-safe; blocks for at most the connect timeout.
@@ -477,6 +495,9 @@ bool regent_result_is_retryable(uint32_t result);
  * previous one drops below `min_valid_secs`, and state changes such as
  * revocation. The subscription uses a connection of its own and may outlive
  * `client`. The caller owns `*subscription_out`.
+ *
+ * The first callback runs only after `*subscription_out` is written, so
+ * the callback may read the handle (e.g. to free it) from its first event.
  *
  * Stopping: `regent_subscription_free(subscription)`. When it returns, the
  * thread has ended and no callback runs any more, so `userdata` may be

@@ -318,4 +318,33 @@ pub(crate) mod inject {
             PANIC_IN.set(None);
         }
     }
+
+    thread_local! {
+        static BEFORE_PUBLISH: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Runs `hold` on this thread in `regent_client_subscribe` after the
+    /// subscription's thread started and before the handle is published,
+    /// until the guard drops.
+    pub(crate) fn hold_before_publish(hold: Box<dyn Fn()>) -> Held {
+        BEFORE_PUBLISH.set(Some(hold));
+        Held
+    }
+
+    pub(crate) fn before_publish() {
+        BEFORE_PUBLISH.with_borrow(|hold| {
+            if let Some(hold) = hold {
+                hold();
+            }
+        });
+    }
+
+    pub(crate) struct Held;
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            BEFORE_PUBLISH.set(None);
+        }
+    }
 }

@@ -206,6 +206,30 @@ pub unsafe extern "C" fn regent_client_options_set_request_timeout_ms(
     })
 }
 
+/// Also accepts an agent running as `uid` (a system agent's dedicated user),
+/// overriding `$REGENT_AGENT_UID`. Before sending anything, connecting checks
+/// who listens on the socket: this process's uid, root, this uid, or the
+/// owner of a private socket directory; any other server is refused with
+/// `REGENT_AGENT_UNREACHABLE` (it may have taken the socket's name while the
+/// agent was down). Unix only; ignored on Windows.
+///
+/// Errors: `REGENT_BAD_REQUEST` when `options` is NULL.
+///
+/// # Safety
+/// `options` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn regent_client_options_set_agent_uid(
+    options: *mut regent_client_options,
+    uid: u32,
+) -> regent_result {
+    ffi_boundary!("regent_client_options_set_agent_uid", {
+        // SAFETY: the caller's contract.
+        let options = unsafe { arg_mut(options, "options") }?;
+        options.options.agent_uid = Some(uid);
+        Ok(())
+    })
+}
+
 /// Frees options. NULL does nothing.
 ///
 /// # Safety
@@ -223,8 +247,10 @@ pub unsafe extern "C" fn regent_client_options_free(options: *mut regent_client_
 /// is copied. The caller owns `*client_out` and frees it with
 /// `regent_client_free`.
 ///
-/// Errors: `REGENT_AGENT_UNREACHABLE` (nothing listens on the socket; the
-/// last error names it), `REGENT_PERMISSION_DENIED`, `REGENT_TIMEOUT`,
+/// Errors: `REGENT_AGENT_UNREACHABLE` (nothing listens on the socket, or
+/// the server there runs as a user it should not — see
+/// `regent_client_options_set_agent_uid`; the last error names the socket),
+/// `REGENT_PERMISSION_DENIED`, `REGENT_TIMEOUT`,
 /// `REGENT_UNSUPPORTED_VERSION`, `REGENT_BAD_REQUEST` when `client_out` is NULL.
 ///
 /// Thread-safe; blocks for at most the connect timeout.

@@ -224,6 +224,9 @@ fn deliver_events(mut events: blocking::Subscription, callback: &Callback, stop:
 /// revocation. The subscription uses a connection of its own and may outlive
 /// `client`. The caller owns `*subscription_out`.
 ///
+/// The first callback runs only after `*subscription_out` is written, so
+/// the callback may read the handle (e.g. to free it) from its first event.
+///
 /// Stopping: `regent_subscription_free(subscription)`. When it returns, the
 /// thread has ended and no callback runs any more, so `userdata` may be
 /// released then (not before).
@@ -264,6 +267,9 @@ pub unsafe extern "C" fn regent_client_subscribe(
         let callback = Callback { function, userdata };
         let stop = Arc::new(Stop::default());
         let thread_stop = Arc::clone(&stop);
+        // The start barrier: no callback before `*subscription_out` is
+        // written, so a callback may use the handle from its first event.
+        let (publish, published) = std::sync::mpsc::sync_channel::<()>(1);
         #[cfg(test)]
         let injected = boundary::inject::current();
         let thread = std::thread::Builder::new()
@@ -271,6 +277,10 @@ pub unsafe extern "C" fn regent_client_subscribe(
             .spawn(move || {
                 #[cfg(test)]
                 boundary::inject::set(injected);
+                if published.recv().is_err() {
+                    // Never published (the caller's side failed): no events.
+                    return;
+                }
                 let delivered = catch_unwind(AssertUnwindSafe(|| {
                     #[cfg(test)]
                     boundary::inject::check("regent_subscription_thread");
@@ -293,11 +303,16 @@ pub unsafe extern "C" fn regent_client_subscribe(
                     format!("could not start the subscription thread ({e})"),
                 )
             })?;
+        #[cfg(test)]
+        boundary::inject::before_publish();
         out.write(into_handle(regent_subscription {
             stop,
             thread_id: thread.thread().id(),
             thread: Some(thread),
         }));
+        // After the write: the thread's first callback happens after it.
+        // The thread holds the receiver until it ends, so this cannot fail.
+        let _ = publish.send(());
         Ok(())
     })
 }
@@ -552,6 +567,78 @@ mod tests {
             regent_client_free(client);
         }
         assert_eq!(inbox.count(), 0);
+    }
+
+    /// Where `regent_client_subscribe` publishes the handle, and what the
+    /// callback found there on its first call.
+    struct Published {
+        handle: std::cell::UnsafeCell<*mut regent_subscription>,
+        first_call_saw: Mutex<Option<usize>>,
+        arrived: Condvar,
+    }
+
+    unsafe extern "C" fn read_published(userdata: *mut c_void, _event: *const regent_event) {
+        let published = unsafe { &*(userdata as *const Published) };
+        let mut first = published.first_call_saw.lock().unwrap();
+        if first.is_none() {
+            // A plain read of the out-parameter, as a C callback would do.
+            let handle = unsafe { published.handle.get().read_volatile() };
+            *first = Some(handle as usize);
+            published.arrived.notify_all();
+        }
+    }
+
+    /// Issue 18 (item 14): the first callback used to race the write of
+    /// `*subscription_out`. The test holds the subscribing thread just before
+    /// it publishes, for as long as a callback could take to arrive (the
+    /// agent pushes the first token at once), and the callback must still
+    /// find the handle written.
+    #[test]
+    fn the_first_callback_sees_the_published_handle() {
+        let agent = FakeAgent::start();
+        let client = connect(&agent);
+        let published = Arc::new(Published {
+            handle: std::cell::UnsafeCell::new(ptr::null_mut()),
+            first_call_saw: Mutex::new(None),
+            arrived: Condvar::new(),
+        });
+        let watcher = Arc::clone(&published);
+        let _held = crate::boundary::inject::hold_before_publish(Box::new(move || {
+            // Bounded: with the barrier no callback can come; without it one does.
+            let first = watcher.first_call_saw.lock().unwrap();
+            let _ = watcher
+                .arrived
+                .wait_timeout_while(first, Duration::from_millis(500), |f| f.is_none())
+                .unwrap();
+        }));
+        let userdata = Arc::as_ptr(&published) as *mut c_void;
+        let rc = unsafe {
+            regent_client_subscribe(
+                client,
+                30,
+                Some(read_published),
+                userdata,
+                published.handle.get(),
+            )
+        };
+        assert_eq!(rc, REGENT_OK);
+        let sub = unsafe { published.handle.get().read() };
+        assert!(!sub.is_null());
+        let first = published.first_call_saw.lock().unwrap();
+        let (first, _) = published
+            .arrived
+            .wait_timeout_while(first, Duration::from_secs(10), |f| f.is_none())
+            .unwrap();
+        assert_eq!(
+            *first,
+            Some(sub as usize),
+            "the first callback ran before *subscription_out was written"
+        );
+        drop(first);
+        unsafe {
+            regent_subscription_free(sub);
+            regent_client_free(client);
+        }
     }
 
     #[test]
