@@ -118,6 +118,9 @@ fn run_as(bin: &Path, uid: u32, home: &AgentHome, args: &[&str], stdin: Option<&
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .env("REGENT_SOCKET", &home.socket)
+        // The agent runs as `nobody`, below /tmp: clients of other uids are
+        // told whom to trust, as a deployment would (issue 18, item 11).
+        .env("REGENT_AGENT_UID", AGENT_UID.to_string())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

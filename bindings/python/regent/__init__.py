@@ -158,6 +158,7 @@ _SIGNATURES = {
     "regent_client_options_set_instance": ([_handle, ctypes.c_char_p], _c_uint32),
     "regent_client_options_set_connect_timeout_ms": ([_handle, _c_uint32], _c_uint32),
     "regent_client_options_set_request_timeout_ms": ([_handle, _c_uint32], _c_uint32),
+    "regent_client_options_set_agent_uid": ([_handle, _c_uint32], _c_uint32),
     "regent_client_options_free": ([_handle], None),
     "regent_client_connect": ([_handle, _out], _c_uint32),
     "regent_client_token": ([_handle, _c_uint32, _out], _c_uint32),
@@ -300,10 +301,14 @@ class Client:
     platform default); ``app``: the application's name (the agent's audit
     log shows it); ``timeout``: seconds one call may take (default 30);
     ``connect_timeout``: seconds to connect (default 2); ``instance``: a
-    stable instance id for per-instance licensing.
+    stable instance id for per-instance licensing; ``agent_uid``: the uid
+    the agent runs as when it is neither yours nor root's (default
+    ``$REGENT_AGENT_UID``).
 
     Raises :class:`RegentError` (e.g. ``AGENT_UNREACHABLE``) when the agent
-    cannot be reached.
+    cannot be reached, or when the server on the socket runs as another
+    user (neither yours, root, ``agent_uid`` nor the owner of a private
+    socket directory): nothing is sent to it.
     """
 
     def __init__(
@@ -314,6 +319,7 @@ class Client:
         *,
         connect_timeout: Optional[float] = None,
         instance: Optional[str] = None,
+        agent_uid: Optional[int] = None,
     ) -> None:
         lib = _library()
         self._handle: Optional[int] = None
@@ -329,6 +335,10 @@ class Client:
                 _check(lib.regent_client_options_set_app(options, app.encode("utf-8")))
             if instance is not None:
                 _check(lib.regent_client_options_set_instance(options, instance.encode("utf-8")))
+            if agent_uid is not None:
+                if isinstance(agent_uid, bool) or not 0 <= agent_uid <= 0xFFFFFFFF:
+                    raise ValueError(f"agent_uid must be a uid (0 to 4294967295), not {agent_uid!r}")
+                _check(lib.regent_client_options_set_agent_uid(options, agent_uid))
             if timeout is not None:
                 _check(
                     lib.regent_client_options_set_request_timeout_ms(
