@@ -218,6 +218,9 @@ struct Options {
   std::optional<std::string> instance;
   std::optional<std::chrono::milliseconds> connect_timeout;
   std::optional<std::chrono::milliseconds> request_timeout;
+  /// The uid the agent runs as when it is neither yours nor root's (default
+  /// $REGENT_AGENT_UID); any other server on the socket is refused.
+  std::optional<std::uint32_t> agent_uid;
 };
 
 /// A connection to the agent, usable from many threads at once.
@@ -238,6 +241,8 @@ class Client {
     if (options.request_timeout)
       detail::check(regent_client_options_set_request_timeout_ms(
           raw, detail::clamp_u32(options.request_timeout->count())));
+    if (options.agent_uid)
+      detail::check(regent_client_options_set_agent_uid(raw, *options.agent_uid));
     regent_client *client = nullptr;
     detail::check(regent_client_connect(raw, &client));
     client_.reset(client);

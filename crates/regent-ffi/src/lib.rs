@@ -198,6 +198,9 @@ mod tests {
             check("regent_client_options_set_request_timeout_ms", &mut || {
                 Some(regent_client_options_set_request_timeout_ms(options, 9))
             });
+            check("regent_client_options_set_agent_uid", &mut || {
+                Some(regent_client_options_set_agent_uid(options, 9))
+            });
             check("regent_client_options_free", &mut || {
                 regent_client_options_free(ptr::null_mut());
                 None
