@@ -137,9 +137,16 @@ fn assert_refused(out: &Output, socket: &Path, who: &str) {
         &format!("runs as uid {SQUATTER_UID}"),
         &format!("REGENT_AGENT_UID={SQUATTER_UID}"),
     ] {
-        assert!(stderr.contains(needle.as_str()), "{who}: {needle:?} missing: {stderr}");
+        assert!(
+            stderr.contains(needle.as_str()),
+            "{who}: {needle:?} missing: {stderr}"
+        );
     }
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(FAKE_TOKEN), "{who}: {}", text(out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(FAKE_TOKEN),
+        "{who}: {}",
+        text(out)
+    );
 }
 
 fn regent_as(bin: &Path, uid: u32, socket: &Path, agent_uid: Option<u32>) -> Output {
@@ -172,7 +179,10 @@ fn lib_dir() -> PathBuf {
 #[test]
 fn every_client_refuses_a_squatter_of_another_uid() {
     if !nix::unistd::geteuid().is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run this test as root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
         eprintln!("skipped: needs root to run the squatter as another uid");
         return;
     }
@@ -272,7 +282,11 @@ fn every_client_refuses_a_squatter_of_another_uid() {
     );
     let out = c_example(Some(SQUATTER_UID));
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("token: Bearer, "), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("token: Bearer, "),
+        "{}",
+        text(&out)
+    );
     let out = python(&format!(", agent_uid={SQUATTER_UID}"));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), FAKE_TOKEN);

@@ -154,6 +154,8 @@ fn refused(socket: &Path, found: u32, own: u32, configured: Option<u32>) -> Erro
 
 #[cfg(all(test, unix))]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -213,7 +215,9 @@ mod tests {
             .ancestors()
             .all(|a| std::fs::metadata(a).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0));
         if me != 0 || !safe_chain {
-            eprintln!("skipped the positive case: needs root and a root-owned 0755 chain to the target dir");
+            eprintln!(
+                "skipped the positive case: needs root and a root-owned 0755 chain to the target dir"
+            );
             return;
         }
         let run = base.path().join("regent");

@@ -597,12 +597,13 @@ mod tests {
     fn the_first_callback_sees_the_published_handle() {
         let agent = FakeAgent::start();
         let client = connect(&agent);
-        let published = Arc::new(Published {
+        // The hold runs on this thread: an `Rc` is enough.
+        let published = std::rc::Rc::new(Published {
             handle: std::cell::UnsafeCell::new(ptr::null_mut()),
             first_call_saw: Mutex::new(None),
             arrived: Condvar::new(),
         });
-        let watcher = Arc::clone(&published);
+        let watcher = std::rc::Rc::clone(&published);
         let _held = crate::boundary::inject::hold_before_publish(Box::new(move || {
             // Bounded: with the barrier no callback can come; without it one does.
             let first = watcher.first_call_saw.lock().unwrap();
@@ -611,7 +612,7 @@ mod tests {
                 .wait_timeout_while(first, Duration::from_millis(500), |f| f.is_none())
                 .unwrap();
         }));
-        let userdata = Arc::as_ptr(&published) as *mut c_void;
+        let userdata = std::rc::Rc::as_ptr(&published) as *mut c_void;
         let rc = unsafe {
             regent_client_subscribe(
                 client,

@@ -129,7 +129,11 @@ fn check_one(dir: &Path, below: Option<&Path>, own_uid: u32) -> Result<()> {
                 describe(dir, below),
                 dir.display(),
                 // A sticky parent is safe; the socket's own directory is not (above).
-                if below.is_some() { " (or `chmod +t` it)" } else { "" }
+                if below.is_some() {
+                    " (or `chmod +t` it)"
+                } else {
+                    ""
+                }
             ),
         ));
     }
@@ -269,10 +273,13 @@ mod tests {
         check_socket_dir(&system, me()).unwrap();
         check_socket_dir(&user, me()).unwrap();
         // The real ones, where this machine has them.
-        for real in [Some(PathBuf::from("/run")), std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)]
-            .into_iter()
-            .flatten()
-            .filter(|d| d.is_dir())
+        for real in [
+            Some(PathBuf::from("/run")),
+            std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|d| d.is_dir())
         {
             let meta = std::fs::metadata(&real).unwrap();
             if meta.uid() == me() || meta.uid() == 0 {
