@@ -34,6 +34,8 @@ use failure::Failure;
 struct Cli {
     /// The agent's socket [default: $REGENT_SOCKET, else
     /// $XDG_RUNTIME_DIR/regent/agent.sock, else /run/regent/agent.sock].
+    /// Only a server running as your uid, root, $REGENT_AGENT_UID or the
+    /// owner of a private socket directory is trusted.
     #[arg(long, global = true, env = "REGENT_SOCKET")]
     socket: Option<PathBuf>,
     #[command(subcommand)]

@@ -136,17 +136,17 @@ fn unknown_server(socket: &Path, cause: &dyn std::fmt::Display) -> Error {
 #[cfg(unix)]
 fn refused(socket: &Path, found: u32, own: u32, configured: Option<u32>) -> Error {
     let configured = match configured {
-        Some(uid) => format!("the configured agent uid {uid}"),
+        Some(uid) => format!("the configured agent uid ({uid})"),
         None => format!("a configured agent uid ({AGENT_UID_ENV} is not set)"),
     };
     Error::new(
         ErrorCode::AgentUnreachable,
         format!(
-            "refusing the server at {socket}: it runs as uid {found}, which is not this process's uid {own}, root, \
-             {configured}, or the owner of a private socket directory — another user may have taken the socket's name \
-             while the agent was down, and nothing was sent to it. If the regent agent really runs as uid {found}, \
-             set {AGENT_UID_ENV}={found} (the client option `agent_uid`); otherwise stop that process, remove {socket} \
-             and start the agent",
+            "refusing the server at {socket}: it runs as uid {found} — not this process's uid ({own}), not root, \
+             not {configured}, and not the owner of a private socket directory — so another user may have taken the \
+             socket's name while the agent was down; nothing was sent to it. If the regent agent really runs as \
+             uid {found}, set {AGENT_UID_ENV}={found} (the client option `agent_uid`); otherwise stop that process, \
+             remove {socket} and start the agent",
             socket = socket.display()
         ),
     )
@@ -183,7 +183,7 @@ mod tests {
         for needle in [
             "/tmp/agent.sock",
             "uid 65534",
-            "uid 1000",
+            "this process's uid (1000)",
             "REGENT_AGENT_UID=65534",
             "agent_uid",
             "REGENT_AGENT_UID is not set",
