@@ -71,6 +71,6 @@ pub use error::{Error, Result};
 pub use options::{ClientOptions, SOCKET_ENV, default_socket_path};
 pub use regent_proto::ErrorCode;
 pub use secrecy::{ExposeSecret, SecretString};
-pub use server::AGENT_UID_ENV;
+pub use server::{AGENT_SID_ENV, AGENT_UID_ENV};
 pub use source::TokenSource;
 pub use token::{AgentInfo, Enrolled, SubscriptionEvent, Token};

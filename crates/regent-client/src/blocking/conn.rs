@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use interprocess::ConnectWaitMode;
-use interprocess::local_socket::traits::{Stream as _, StreamCommon as _};
+use interprocess::local_socket::traits::Stream as _;
 use interprocess::local_socket::{ConnectOptions, GenericFilePath, Stream, ToFsName};
 use regent_proto::message::{Op, Response};
 
 use crate::error::{self, Error, Failure, Result};
-use crate::server;
+use crate::server::{self, Server as _};
 use crate::wire::{self, FrameBuffer};
 use crate::{AgentInfo, ClientOptions};
 
@@ -39,7 +39,7 @@ impl Connection {
             .wait_mode(ConnectWaitMode::Timeout(opts.connect_timeout))
             .connect_sync()
             .map_err(|e| error::connect_failed(socket, &e))?;
-        server::check_server(socket, stream.peer_creds(), opts)?;
+        server::check_server(socket, stream.server_id(), opts)?;
         no_sigpipe(&stream).map_err(|e| error::connect_failed(socket, &e))?;
         stream
             .set_send_timeout(Some(opts.request_timeout.max(Duration::from_millis(1))))

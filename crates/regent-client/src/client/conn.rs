@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use interprocess::local_socket::tokio::Stream;
-use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::{ConnectOptions, GenericFilePath, ToFsName};
 use regent_proto::message::{Op, Response};
 use tokio::io::AsyncWriteExt;
@@ -17,7 +16,7 @@ use tokio::task::AbortHandle;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{self, Error, Failure, Result};
-use crate::server;
+use crate::server::{self, Server as _};
 use crate::wire::{self, Frame, FrameBuffer};
 use crate::{AgentInfo, ClientOptions};
 
@@ -244,7 +243,7 @@ impl Conn {
                 .connect_tokio()
                 .await
                 .map_err(|e| error::connect_failed(socket, &e))?;
-            server::check_server(socket, stream.peer_creds(), opts)?;
+            server::check_server(socket, stream.server_id(), opts)?;
             let mut conn = Conn::start(socket, stream, ids);
             let response = conn
                 .call(wire::hello(opts))

@@ -19,8 +19,13 @@
 //! Anything else is refused with `AGENT_UNREACHABLE`: the agent is not what
 //! answers there.
 //!
-//! Windows: not checked yet (the pipe server's account would come from
-//! `GetNamedPipeServerProcessId` and its process token).
+//! On Windows the named pipe's owner (the account whose process created it;
+//! only that account, or one that may take ownership, can set it) must be
+//! this process's user, LocalSystem, the Administrators group (an elevated
+//! creator), or the account `$REGENT_AGENT_SID` names. The owner is read
+//! from the connected pipe itself: reading a LocalSystem service's process
+//! token would be refused to a standard user. This code only type-checks
+//! here (`cargo check --target x86_64-pc-windows-gnu`); it has not run.
 
 use std::path::Path;
 
@@ -29,9 +34,61 @@ use regent_proto::ErrorCode;
 use crate::ClientOptions;
 use crate::error::{Error, Result};
 
+#[cfg(windows)]
+mod windows;
+
 /// The environment variable naming the uid the agent runs as, when it is
 /// neither the client's own uid nor root (a system agent's dedicated user).
 pub const AGENT_UID_ENV: &str = "REGENT_AGENT_UID";
+
+/// Windows: the environment variable naming the account (a SID such as
+/// `S-1-5-19`) the agent runs as, when it is neither the client's own
+/// account, LocalSystem nor an administrator.
+pub const AGENT_SID_ENV: &str = "REGENT_AGENT_SID";
+
+/// Who the platform says listens on the other end: the peer credentials
+/// (Unix) or the named pipe's owner SID (Windows).
+#[cfg(unix)]
+pub(crate) type ServerId = interprocess::local_socket::PeerCreds;
+#[cfg(windows)]
+pub(crate) type ServerId = String;
+
+/// A connected stream that can say who listens on its other end.
+pub(crate) trait Server {
+    fn server_id(&self) -> std::io::Result<ServerId>;
+}
+
+#[cfg(unix)]
+impl Server for interprocess::local_socket::Stream {
+    fn server_id(&self) -> std::io::Result<ServerId> {
+        interprocess::local_socket::traits::StreamCommon::peer_creds(self)
+    }
+}
+
+#[cfg(unix)]
+impl Server for interprocess::local_socket::tokio::Stream {
+    fn server_id(&self) -> std::io::Result<ServerId> {
+        interprocess::local_socket::traits::StreamCommon::peer_creds(self)
+    }
+}
+
+#[cfg(windows)]
+impl Server for interprocess::local_socket::Stream {
+    fn server_id(&self) -> std::io::Result<ServerId> {
+        use std::os::windows::io::AsHandle;
+        let Self::NamedPipe(pipe) = self;
+        windows::pipe_owner(pipe.inner().as_handle())
+    }
+}
+
+#[cfg(windows)]
+impl Server for interprocess::local_socket::tokio::Stream {
+    fn server_id(&self) -> std::io::Result<ServerId> {
+        use std::os::windows::io::AsHandle;
+        let Self::NamedPipe(pipe) = self;
+        windows::pipe_owner(pipe.inner().as_handle())
+    }
+}
 
 /// Checks the uid the kernel reports for the server on `socket`.
 ///
@@ -41,7 +98,7 @@ pub const AGENT_UID_ENV: &str = "REGENT_AGENT_UID";
 #[cfg(unix)]
 pub(crate) fn check_server(
     socket: &Path,
-    creds: std::io::Result<interprocess::local_socket::PeerCreds>,
+    creds: std::io::Result<ServerId>,
     opts: &ClientOptions,
 ) -> Result<()> {
     let own = rustix::process::geteuid().as_raw();
@@ -60,18 +117,44 @@ pub(crate) fn check_server(
     Err(refused(socket, found, own, configured))
 }
 
-#[cfg(not(unix))]
+/// Checks the owner of the named pipe on `socket` (Windows).
+///
+/// # Errors
+/// `AGENT_UNREACHABLE` naming the pipe, the owner found and the fix.
+#[cfg(windows)]
 pub(crate) fn check_server(
-    _socket: &Path,
-    _creds: std::io::Result<interprocess::local_socket::PeerCreds>,
+    socket: &Path,
+    owner: std::io::Result<ServerId>,
     _opts: &ClientOptions,
 ) -> Result<()> {
-    // TODO(windows): compare the account of GetNamedPipeServerProcessId's
-    // process token with this process's, LocalSystem and the configured one.
-    Ok(())
+    /// LocalSystem and the Administrators group: the "root" of Windows.
+    const TRUSTED: [&str; 2] = ["S-1-5-18", "S-1-5-32-544"];
+    let found = owner.map_err(|e| unknown_server(socket, &e))?;
+    let own = windows::own_user().map_err(|e| unknown_server(socket, &e))?;
+    let configured = std::env::var(AGENT_SID_ENV)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let trusted = found.eq_ignore_ascii_case(&own)
+        || TRUSTED.iter().any(|t| found.eq_ignore_ascii_case(t))
+        || configured.is_some_and(|c| found.eq_ignore_ascii_case(&c));
+    if trusted {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorCode::AgentUnreachable,
+        format!(
+            "refusing the server at {socket}: its pipe belongs to {found} — not this process's account ({own}), \
+             not LocalSystem or the Administrators, and not the account {AGENT_SID_ENV} names — so another user may \
+             have taken the pipe's name while the agent was down; nothing was sent to it. If the regent agent really \
+             runs as {found}, set {AGENT_SID_ENV}={found}; otherwise stop that process and start the agent",
+            socket = socket.display()
+        ),
+    ))
 }
 
 /// The configured agent uid: the option, else the environment.
+#[cfg(unix)]
 fn agent_uid(opts: &ClientOptions) -> Result<Option<u32>> {
     if opts.agent_uid.is_some() {
         return Ok(opts.agent_uid);
@@ -79,6 +162,7 @@ fn agent_uid(opts: &ClientOptions) -> Result<Option<u32>> {
     parse_agent_uid(std::env::var_os(AGENT_UID_ENV))
 }
 
+#[cfg(unix)]
 fn parse_agent_uid(value: Option<std::ffi::OsString>) -> Result<Option<u32>> {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(None);
@@ -122,7 +206,6 @@ fn directory_belongs_to(socket: &Path, uid: u32) -> bool {
     })
 }
 
-#[cfg(unix)]
 fn unknown_server(socket: &Path, cause: &dyn std::fmt::Display) -> Error {
     Error::new(
         ErrorCode::AgentUnreachable,

@@ -1,0 +1,111 @@
+//! The named pipe's owner and this process's user, as string SIDs
+//! (`S-1-5-…`). Type-checked for `x86_64-pc-windows-gnu`; not run.
+// The Win32 security calls have no safe wrapper among the dependencies; each
+// call below says what it relies on, and nothing here outlives its function.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::windows::io::{AsRawHandle, BorrowedHandle};
+use std::ptr::null_mut;
+
+use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SUCCESS, HANDLE, LocalFree};
+use windows_sys::Win32::Security::Authorization::{
+    ConvertSidToStringSidW, GetSecurityInfo, SE_KERNEL_OBJECT,
+};
+use windows_sys::Win32::Security::{
+    GetTokenInformation, OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, TOKEN_QUERY,
+    TOKEN_USER, TokenUser,
+};
+use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+/// The owner of the kernel object behind `handle` (the connected pipe).
+pub(super) fn pipe_owner(handle: BorrowedHandle<'_>) -> io::Result<String> {
+    let mut owner: PSID = null_mut();
+    let mut descriptor: PSECURITY_DESCRIPTOR = null_mut();
+    // SAFETY: `handle` is open for the call (borrowed); the out-pointers are
+    // valid locals; on success `descriptor` is allocated by the system and
+    // `owner` points into it.
+    let status = unsafe {
+        GetSecurityInfo(
+            handle.as_raw_handle() as HANDLE,
+            SE_KERNEL_OBJECT,
+            OWNER_SECURITY_INFORMATION,
+            &mut owner,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            &mut descriptor,
+        )
+    };
+    if status != ERROR_SUCCESS {
+        return Err(io::Error::from_raw_os_error(status as i32));
+    }
+    let sid = sid_string(owner);
+    // SAFETY: `descriptor` came from GetSecurityInfo, which says to free it
+    // with LocalFree; `owner` is not used after this.
+    unsafe { LocalFree(descriptor) };
+    sid
+}
+
+/// The user this process runs as.
+pub(super) fn own_user() -> io::Result<String> {
+    let mut token: HANDLE = null_mut();
+    // SAFETY: the pseudo-handle of the current process needs no closing;
+    // `token` is a valid out-pointer.
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let user = token_user(token);
+    // SAFETY: `token` was opened above and is closed once.
+    unsafe { CloseHandle(token) };
+    user
+}
+
+fn token_user(token: HANDLE) -> io::Result<String> {
+    let mut needed = 0u32;
+    // SAFETY: a size query: no buffer, `needed` receives the size.
+    unsafe { GetTokenInformation(token, TokenUser, null_mut(), 0, &mut needed) };
+    let words = usize::try_from(needed)
+        .unwrap_or(usize::MAX)
+        .div_ceil(std::mem::size_of::<u64>());
+    if words == 0 || needed > 64 * 1024 {
+        return Err(io::Error::other("the process token's user has no size"));
+    }
+    // u64 words: aligned for TOKEN_USER.
+    let mut buffer = vec![0u64; words];
+    // SAFETY: `buffer` holds `needed` writable bytes.
+    let ok = unsafe {
+        GetTokenInformation(
+            token,
+            TokenUser,
+            buffer.as_mut_ptr().cast(),
+            needed,
+            &mut needed,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success the buffer starts with a TOKEN_USER whose SID
+    // points into the same buffer, alive until the end of this function.
+    let user = unsafe { &*buffer.as_ptr().cast::<TOKEN_USER>() };
+    sid_string(user.User.Sid)
+}
+
+fn sid_string(sid: PSID) -> io::Result<String> {
+    let mut text = null_mut();
+    // SAFETY: `sid` is a valid SID for the call; `text` receives a
+    // LocalAlloc'd NUL-terminated string.
+    if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: NUL-terminated (above), read up to the NUL only, bounded.
+    let len = (0..256)
+        .take_while(|&i| unsafe { *text.add(i) } != 0)
+        .count();
+    // SAFETY: `len` units were just read from `text`.
+    let sid = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
+    // SAFETY: allocated by ConvertSidToStringSidW, to be freed with LocalFree.
+    unsafe { LocalFree(text.cast()) };
+    Ok(sid)
+}
