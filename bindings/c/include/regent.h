@@ -393,7 +393,9 @@ regent_result regent_client_options_set_request_timeout_ms(struct regent_client_
  * who listens on the socket: this process's uid, root, this uid, or the
  * owner of a private socket directory; any other server is refused with
  * `REGENT_AGENT_UNREACHABLE` (it may have taken the socket's name while the
- * agent was down). Unix only; ignored on Windows.
+ * agent was down). Unix only: on Windows the pipe's owner must be this
+ * process's account, LocalSystem, the Administrators or the account
+ * `$REGENT_AGENT_SID` names, and `uid` is ignored.
  *
  * Errors: `REGENT_BAD_REQUEST` when `options` is NULL.
  *
