@@ -52,6 +52,9 @@ class TableTest(unittest.TestCase):
         self.assertEqual(caught.exception.code, regent.Code.BAD_REQUEST)
         with self.assertRaises(ValueError):
             regent.Client(socket="/nowhere.sock", timeout=0)
+        for uid in (-1, 2**32, True):
+            with self.assertRaises(ValueError):
+                regent.Client(socket="/nowhere.sock", agent_uid=uid)
 
 
 @live
