@@ -377,26 +377,36 @@ impl DropDir {
         Ok(())
     }
 
-    /// Creates `name` (`0600`, `O_EXCL|O_NOFOLLOW`) holding `bytes`. A name
-    /// already there (an older reason file, or a planted symlink) is removed
-    /// first, never followed.
+    /// Puts a new `name` (`0600`) holding `bytes` in place atomically: a
+    /// hidden temporary file created `O_EXCL|O_NOFOLLOW`, renamed over
+    /// `name`. A rename replaces whatever `name` was (an older reason file, a
+    /// symlink) without following it, and readers never see a partial file.
     fn write_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         use nix::fcntl::OFlag;
         use std::io::Write as _;
+        let temp = format!(".{name}.tmp");
         let flags = OFlag::O_WRONLY
             | OFlag::O_CREAT
             | OFlag::O_EXCL
             | OFlag::O_NOFOLLOW
             | OFlag::O_CLOEXEC;
         let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
-        let fd = match nix::fcntl::openat(&self.fd, name, flags, mode) {
+        let fd = match nix::fcntl::openat(&self.fd, temp.as_str(), flags, mode) {
+            // Left by an interrupted earlier write (or planted): not followed.
             Err(nix::errno::Errno::EEXIST) => {
-                self.remove(name)?;
-                nix::fcntl::openat(&self.fd, name, flags, mode)?
+                self.remove(&temp)?;
+                nix::fcntl::openat(&self.fd, temp.as_str(), flags, mode)?
             }
             other => other?,
         };
-        std::fs::File::from(fd).write_all(bytes)
+        let written = std::fs::File::from(fd).write_all(bytes);
+        match written.and_then(|()| self.rename(&temp, name)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.remove(&temp);
+                Err(e)
+            }
+        }
     }
 }
 

@@ -77,7 +77,10 @@ pub fn watch(path: &Path, running: Config, targets: ReloadTargets) -> Result<Con
     let mut watch: DirWatch = watch_dir(&dir, DEBOUNCE)?;
     let mut reloader = Reloader {
         path: path.to_path_buf(),
-        last_text: std::fs::read_to_string(path).ok(),
+        // Not read here: a change saved between loading the config and this
+        // point would then count as seen. The first event compares the file
+        // with the configuration in force instead.
+        last_text: None,
         running,
         targets,
     };
