@@ -87,29 +87,35 @@ impl StateDirLock {
 /// cannot be opened (a symlink in its place is refused).
 #[cfg(unix)]
 pub fn lock_state_dir(dir: &Path) -> Result<StateDirLock> {
-    use std::io::{Read as _, Seek as _, Write as _};
+    use nix::fcntl::OFlag;
+    use std::io::{Read as _, Write as _};
     use std::os::unix::fs::OpenOptionsExt;
     create_state_dir(dir)?;
     let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(&path)
+    // Held through a read-only handle: a handle open for writing would stop
+    // an administrator's `mount -o remount,ro` of the state directory.
+    let open = |flags: OFlag| {
+        nix::fcntl::open(
+            &path,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | flags,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+    };
+    let file = open(OFlag::O_CREAT)
+        .or_else(|e| open(OFlag::empty()).map_err(|_| e))
+        .map(std::fs::File::from)
         .map_err(|e| {
+            let e = std::io::Error::from(e);
             Error::new(
                 ErrorCode::StoreUnavailable,
                 format!(
-                    "cannot open the state directory's lock file {}: {e}; it must be a regular file (not a symbolic link) the agent's user can write",
-                    path.display()
+                    "cannot open the state directory's lock file {}: {e}; it must be a regular file (not a symbolic link) the agent's user can read{}",
+                    path.display(),
+                    super::atomic::write_fix_hint(&e, dir)
                 ),
             )
         })?;
-    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-    {
+    let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut text = String::new();
@@ -135,12 +141,14 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateDirLock> {
             ));
         }
     };
-    // Best effort: the pid only improves the other agent's message.
-    let pid = format!("{}\n", std::process::id());
-    let _ = lock
-        .set_len(0)
-        .and_then(|()| lock.rewind())
-        .and_then(|()| lock.write_all(pid.as_bytes()));
+    // Best effort, and closed at once: the pid only improves the other
+    // agent's message.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(&path)
+        .and_then(|mut pid| pid.write_all(format!("{}\n", std::process::id()).as_bytes()));
     Ok(StateDirLock { _lock: lock, path })
 }
 
