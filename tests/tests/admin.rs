@@ -365,14 +365,22 @@ fn output_goes_only_to_a_new_private_file() {
     assert!(value.trim().len() > 20, "{value}");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o600);
-    let created = admin_json(&emulator, &["token", "list"]).as_array().unwrap().len();
+    let created = admin_json(&emulator, &["token", "list"])
+        .as_array()
+        .unwrap()
+        .len();
 
     // The same name again: refused before anything is created.
     let again = admin(
         &emulator,
         &["token", "create", "--devices", "1", "--output", shown],
     );
-    assert_eq!(code(&again), exit(ErrorCode::BadRequest), "{}", text(&again));
+    assert_eq!(
+        code(&again),
+        exit(ErrorCode::BadRequest),
+        "{}",
+        text(&again)
+    );
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("already exists"),
         "{}",
@@ -386,12 +394,27 @@ fn output_goes_only_to_a_new_private_file() {
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let through = admin(
         &emulator,
-        &["token", "create", "--devices", "1", "--output", link.to_str().unwrap()],
+        &[
+            "token",
+            "create",
+            "--devices",
+            "1",
+            "--output",
+            link.to_str().unwrap(),
+        ],
     );
-    assert_eq!(code(&through), exit(ErrorCode::BadRequest), "{}", text(&through));
+    assert_eq!(
+        code(&through),
+        exit(ErrorCode::BadRequest),
+        "{}",
+        text(&through)
+    );
     assert!(!target.exists());
     assert_eq!(
-        admin_json(&emulator, &["token", "list"]).as_array().unwrap().len(),
+        admin_json(&emulator, &["token", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
         created,
         "no registration token was minted for a refused --output"
     );

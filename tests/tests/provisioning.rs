@@ -89,7 +89,10 @@ fn drop_in_refuses_loose_files_reports_failures_and_redeems_once() {
     // A token read is never left on disk, whatever the outcome.
     assert!(!dir.join("wrong.token").exists());
     assert!(!dir.join("wrong.token.failed").exists());
-    assert_eq!(files_holding(&dir, "not-a-registration-token"), Vec::<String>::new());
+    assert_eq!(
+        files_holding(&dir, "not-a-registration-token"),
+        Vec::<String>::new()
+    );
 
     // The right one, 0600: redeemed once, then deleted.
     drop_token(&dir, "site.token", &registration, 0o600);
@@ -146,7 +149,11 @@ fn a_loose_provisioning_directory_is_only_logged_and_left_untouched() {
     let line = agent.wait_for_log_line(0, &["provisioning directory unsafe"], WAIT);
     assert!(line.contains("0755"), "{line}");
     assert!(line.contains("chmod 0700"), "{line}");
-    assert_eq!(names(&dir), vec!["token".to_owned()], "nothing renamed or written");
+    assert_eq!(
+        names(&dir),
+        vec!["token".to_owned()],
+        "nothing renamed or written"
+    );
     assert_eq!(used_counts(&emulator), 0);
 }
 
@@ -158,7 +165,10 @@ fn a_loose_provisioning_directory_is_only_logged_and_left_untouched() {
 fn an_unsafe_directory_is_never_written_through_planted_symlinks() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: planting files as another uid needs root");
-        assert!(std::env::var_os("CI").is_none(), "CI must run this test as root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
         return;
     }
     let emulator = EmulatorProc::start(300);
@@ -175,7 +185,12 @@ fn an_unsafe_directory_is_never_written_through_planted_symlinks() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     drop_token(&dir, "t", "planted-token", 0o600);
     std::os::unix::fs::chown(dir.join("t"), Some(OTHER_UID), Some(OTHER_UID)).unwrap();
-    let planted = ["t.refused", "t.refused.reason", "t.failed", "t.failed.reason"];
+    let planted = [
+        "t.refused",
+        "t.refused.reason",
+        "t.failed",
+        "t.failed.reason",
+    ];
     for name in planted {
         std::os::unix::fs::symlink(&secrets, dir.join(name)).unwrap();
         std::os::unix::fs::lchown(dir.join(name), Some(OTHER_UID), Some(OTHER_UID)).unwrap();
@@ -185,11 +200,22 @@ fn an_unsafe_directory_is_never_written_through_planted_symlinks() {
     let agent = AgentProc::start(&home);
     let line = agent.wait_for_log_line(0, &["provisioning directory unsafe"], WAIT);
     assert!(line.contains("0777"), "{line}");
-    assert_eq!(std::fs::read(&secrets).unwrap(), before, "the credential was overwritten");
+    assert_eq!(
+        std::fs::read(&secrets).unwrap(),
+        before,
+        "the credential was overwritten"
+    );
     assert_eq!(names(&dir), listing, "the directory was changed");
-    assert_eq!(std::fs::read_to_string(dir.join("t")).unwrap(), "planted-token\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("t")).unwrap(),
+        "planted-token\n"
+    );
     for name in planted {
-        assert_eq!(std::fs::read_link(dir.join(name)).unwrap(), secrets, "{name}");
+        assert_eq!(
+            std::fs::read_link(dir.join(name)).unwrap(),
+            secrets,
+            "{name}"
+        );
     }
     let token = home.regent(&["token"], None);
     assert!(token.status.success(), "{}", regent_tests::text(&token));
@@ -219,11 +245,18 @@ fn a_safe_directory_never_follows_a_symlinked_reason_name() {
             std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_file())
         });
     }
-    assert_eq!(std::fs::read(&secrets).unwrap(), before, "the credential was overwritten");
+    assert_eq!(
+        std::fs::read(&secrets).unwrap(),
+        before,
+        "the credential was overwritten"
+    );
     // Enrolled already: the agent answers that before asking the server.
     let reason = std::fs::read_to_string(dir.join("wrong.failed.reason")).unwrap();
     assert!(reason.starts_with("ALREADY_ENROLLED"), "{reason}");
-    assert_eq!(files_holding(&dir, "not-a-registration-token"), Vec::<String>::new());
+    assert_eq!(
+        files_holding(&dir, "not-a-registration-token"),
+        Vec::<String>::new()
+    );
     let reason = std::fs::read_to_string(dir.join("loose.refused.reason")).unwrap();
     assert!(reason.contains("0644"), "{reason}");
     assert!(dir.join("loose.refused").exists());

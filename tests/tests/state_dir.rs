@@ -24,10 +24,12 @@ fn a_second_agent_on_the_same_state_directory_stops_and_names_the_first() {
     let state = first_home.dir.path().join("state");
     // Its own config and socket, the first agent's state directory.
     let second_home = AgentHome::new(&emulator.url, "");
-    let text_b = std::fs::read_to_string(&second_home.config).unwrap().replace(
-        &second_home.dir.path().join("state").display().to_string(),
-        &state.display().to_string(),
-    );
+    let text_b = std::fs::read_to_string(&second_home.config)
+        .unwrap()
+        .replace(
+            &second_home.dir.path().join("state").display().to_string(),
+            &state.display().to_string(),
+        );
     std::fs::write(&second_home.config, text_b).unwrap();
 
     let first = AgentProc::start(&first_home);
@@ -39,10 +41,17 @@ fn a_second_agent_on_the_same_state_directory_stops_and_names_the_first() {
     assert_eq!(status.code(), Some(exit(ErrorCode::Config)));
     let log = std::fs::read_to_string(&second.log).unwrap();
     assert!(log.contains(&state.display().to_string()), "{log}");
-    assert!(log.contains(&format!("(pid {})", first.child.id())), "{log}");
+    assert!(
+        log.contains(&format!("(pid {})", first.child.id())),
+        "{log}"
+    );
     assert!(log.contains("own [state] dir"), "{log}");
     let token = first_home.regent(&["token"], None);
-    assert!(token.status.success(), "the first agent still serves: {}", text(&token));
+    assert!(
+        token.status.success(),
+        "the first agent still serves: {}",
+        text(&token)
+    );
 
     // A crash leaves no stale lock: the kernel drops it with the process.
     first.kill();

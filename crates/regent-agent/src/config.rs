@@ -254,10 +254,11 @@ impl Default for IpcConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProvisioningConfig {
     /// A directory where an administrator may drop a registration-token file:
-    /// it is redeemed once and deleted, or renamed `NAME.failed` (with a
-    /// `NAME.failed.reason` file) when redemption fails. The directory must be
-    /// owned by root or the agent's user with no group or other access (0700);
-    /// a file that group or others may read is refused, unread.
+    /// it is read once and deleted; a failed redemption leaves a
+    /// `NAME.failed.reason` file. The directory must be owned by root or the
+    /// agent's user with no group or other access (0700), else it is only
+    /// logged and never touched; a file that group or others may read is
+    /// refused, unread.
     pub dir: Option<PathBuf>,
 }
 
@@ -743,16 +744,56 @@ mod tests {
     fn absurd_durations_are_refused_by_key_value_and_range() {
         let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n";
         let cases = [
-            ("[server]\nconnect_timeout = 0\n", "[server] connect_timeout = 0", "1 to 300 seconds"),
-            ("[server]\nrequest_timeout = 18446744073709551615\n", "[server] request_timeout = 18446744073709551615", "1 to 600 seconds"),
-            ("[store]\ntimeout = 0\n", "[store] timeout = 0", "1 to 300 seconds"),
-            ("[refresh]\nmargin = 3601\n", "[refresh] margin = 3601", "0 to 3600 seconds (1 hour)"),
-            ("[refresh]\ndemand_window = 0\n", "[refresh] demand_window = 0", "1 to 86400 seconds (1 day)"),
-            ("[refresh]\nbackoff_max = 18446744073709551615\n", "[refresh] backoff_max = 18446744073709551615", "1 to 86400"),
-            ("[refresh]\nbackoff_min = 0\n", "[refresh] backoff_min = 0", "1 to 3600"),
-            ("[refresh]\nkeepalive = 59\n", "[refresh] keepalive = 59", "60 to 31536000 seconds (365 days)"),
-            ("[instances]\nlease_grace = 86401\n", "[instances] lease_grace = 86401", "0 to 86400"),
-            ("[ipc]\nread_timeout = 0\n", "[ipc] read_timeout = 0", "1 to 3600"),
+            (
+                "[server]\nconnect_timeout = 0\n",
+                "[server] connect_timeout = 0",
+                "1 to 300 seconds",
+            ),
+            (
+                "[server]\nrequest_timeout = 18446744073709551615\n",
+                "[server] request_timeout = 18446744073709551615",
+                "1 to 600 seconds",
+            ),
+            (
+                "[store]\ntimeout = 0\n",
+                "[store] timeout = 0",
+                "1 to 300 seconds",
+            ),
+            (
+                "[refresh]\nmargin = 3601\n",
+                "[refresh] margin = 3601",
+                "0 to 3600 seconds (1 hour)",
+            ),
+            (
+                "[refresh]\ndemand_window = 0\n",
+                "[refresh] demand_window = 0",
+                "1 to 86400 seconds (1 day)",
+            ),
+            (
+                "[refresh]\nbackoff_max = 18446744073709551615\n",
+                "[refresh] backoff_max = 18446744073709551615",
+                "1 to 86400",
+            ),
+            (
+                "[refresh]\nbackoff_min = 0\n",
+                "[refresh] backoff_min = 0",
+                "1 to 3600",
+            ),
+            (
+                "[refresh]\nkeepalive = 59\n",
+                "[refresh] keepalive = 59",
+                "60 to 31536000 seconds (365 days)",
+            ),
+            (
+                "[instances]\nlease_grace = 86401\n",
+                "[instances] lease_grace = 86401",
+                "0 to 86400",
+            ),
+            (
+                "[ipc]\nread_timeout = 0\n",
+                "[ipc] read_timeout = 0",
+                "1 to 3600",
+            ),
         ];
         for (section, key_value, range) in cases {
             let text = if section.starts_with("[server]") {
@@ -771,9 +812,17 @@ mod tests {
             "{base}connect_timeout = 300\nrequest_timeout = 1\n[refresh]\nmargin = 0\nkeepalive = 60\nbackoff_min = 1\nbackoff_max = 86400\n[instances]\nlease_grace = 0\n"
         );
         let c = parse(&edges).unwrap();
-        assert!(c.duration_keys().iter().all(|b| b.min <= b.value && b.value <= b.max));
+        assert!(
+            c.duration_keys()
+                .iter()
+                .all(|b| b.min <= b.value && b.value <= b.max)
+        );
         let d = parse(base).unwrap();
-        assert!(d.duration_keys().iter().all(|b| b.min <= b.value && b.value <= b.max));
+        assert!(
+            d.duration_keys()
+                .iter()
+                .all(|b| b.min <= b.value && b.value <= b.max)
+        );
     }
 
     #[cfg(unix)]
@@ -782,18 +831,30 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("regent.toml");
-        std::fs::write(&path, "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n",
+        )
+        .unwrap();
         for mode in [0o600, 0o644, 0o640, 0o444] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             Config::load(&path).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
         }
-        for (mode, who) in [(0o666, "group- and world-writable"), (0o664, "group-writable"), (0o646, "world-writable")] {
+        for (mode, who) in [
+            (0o666, "group- and world-writable"),
+            (0o664, "group-writable"),
+            (0o646, "world-writable"),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let e = Config::load(&path).unwrap_err();
             assert_eq!(e.code, ErrorCode::Config);
             assert!(e.message.contains(&path.display().to_string()), "{e}");
             assert!(e.message.contains(who), "{e}");
-            assert!(e.message.contains(&format!("chmod go-w {}", path.display())), "{e}");
+            assert!(
+                e.message
+                    .contains(&format!("chmod go-w {}", path.display())),
+                "{e}"
+            );
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let me = crate::ipc::peer::current_uid();

@@ -385,11 +385,8 @@ impl DropDir {
         use nix::fcntl::OFlag;
         use std::io::Write as _;
         let temp = format!(".{name}.tmp");
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_EXCL
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
         let fd = match nix::fcntl::openat(&self.fd, temp.as_str(), flags, mode) {
             // Left by an interrupted earlier write (or planted): not followed.
@@ -498,8 +495,7 @@ impl DropDir {
         }
         if token.chars().any(char::is_whitespace) {
             return Err(
-                "it holds more than one word; it must hold the registration token alone"
-                    .to_owned(),
+                "it holds more than one word; it must hold the registration token alone".to_owned(),
             );
         }
         Ok(Some(SecretString::from(token.to_owned())))
@@ -610,7 +606,10 @@ mod tests {
         create_private_dir(&base).unwrap();
         std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
         let problem = DropDir::open(&base).err().unwrap();
-        assert!(problem.contains("a parent of the provisioning directory"), "{problem}");
+        assert!(
+            problem.contains("a parent of the provisioning directory"),
+            "{problem}"
+        );
         assert!(problem.contains(&parent.display().to_string()), "{problem}");
         std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(DropDir::open(&base).is_ok());

@@ -365,7 +365,10 @@ mod tests {
         let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nallow_uids = [5]\n";
         let restricted = parse(&format!("{base}allow_executables = [\"/usr/bin/app\"]\n"));
         let problem = dropped_security_key(&restricted, base).unwrap();
-        assert!(problem.contains("allow_executables is missing"), "{problem}");
+        assert!(
+            problem.contains("allow_executables is missing"),
+            "{problem}"
+        );
         assert!(problem.contains("allow_executables = []"), "{problem}");
         // Lifted on purpose, or never set: nothing to refuse.
         assert!(
