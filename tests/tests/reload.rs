@@ -205,6 +205,12 @@ fn a_config_file_others_can_write_is_refused_at_start_and_on_reload() {
     std::fs::set_permissions(&home.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let line = agent.wait_for_log_line(skip, &["configuration reloaded"], WAIT);
     assert!(line.contains("[log] level"), "{line}");
+    // One refusal, one reload.
+    let metrics = String::from_utf8(home.regent(&["metrics"], None).stdout).unwrap();
+    assert!(
+        metrics.contains("regent_config_reloads_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
     assert!(agent.terminate().success());
 }
 

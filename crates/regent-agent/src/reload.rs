@@ -81,6 +81,7 @@ pub fn watch(path: &Path, running: Config, targets: ReloadTargets) -> Result<Con
         // point would then count as seen. The first event compares the file
         // with the configuration in force instead.
         last_text: None,
+        last_unreadable: None,
         running,
         targets,
     };
@@ -98,6 +99,9 @@ struct Reloader {
     /// The text last seen, so a touch or an unrelated file in the directory
     /// does not count as a change.
     last_text: Option<String>,
+    /// Why the file could not be read last time (owner, mode, I/O), so that
+    /// the same refusal is logged once.
+    last_unreadable: Option<String>,
     /// What is in force: the start-up config with reloaded parts replaced.
     running: Config,
     targets: ReloadTargets,
@@ -121,10 +125,16 @@ impl Reloader {
                 return;
             }
             Err(e) => {
-                self.reject(&e.message);
+                // Once per problem: the agent's own log may live in this
+                // directory, and each line would bring the same refusal back.
+                if self.last_unreadable.as_deref() != Some(e.message.as_str()) {
+                    self.reject(&e.message);
+                    self.last_unreadable = Some(e.message);
+                }
                 return;
             }
         };
+        self.last_unreadable = None;
         if self.last_text.as_deref() == Some(text.as_str()) {
             // Unchanged text (a touch): only a listed symlink may have moved.
             self.resolve_executables_again();
