@@ -54,6 +54,9 @@ fn drop_in_refuses_loose_files_reports_failures_and_redeems_once() {
     let (home, dir) = provisioning_home(&emulator);
     let registration = emulator.mint(5);
 
+    // Left by an earlier version: a failed file that kept its token.
+    std::fs::write(dir.join("old.token.failed"), "old-registration-token\n").unwrap();
+    std::fs::write(dir.join("old.token.failed.reason"), "UNAVAILABLE (7): …\n").unwrap();
     // Present before start, but world-readable: refused unread at the first scan.
     drop_token(&dir, "site.token", &registration, 0o644);
     let agent = AgentProc::start(&home);
@@ -74,6 +77,11 @@ fn drop_in_refuses_loose_files_reports_failures_and_redeems_once() {
         0,
         "a refused file is never redeemed"
     );
+    assert!(
+        !dir.join("old.token.failed").exists(),
+        "an old token file stays"
+    );
+    assert!(dir.join("old.token.failed.reason").exists());
     assert_eq!(state(&home), "unenrolled");
 
     // A token the server does not know: renamed .failed with the code.

@@ -128,13 +128,15 @@ impl Provisioner {
             }
         };
         self.set_last_problem(None);
-        let mut names = match dir.candidates() {
+        let all = match dir.names() {
             Ok(names) => names,
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the provisioning directory");
                 return;
             }
         };
+        self.remove_legacy_failed(&dir, &all);
+        let mut names: Vec<String> = all.into_iter().filter(|n| is_candidate(n)).collect();
         names.sort();
         for name in names {
             let path = self.dir.join(&name);
@@ -145,6 +147,26 @@ impl Provisioner {
                 Err(problem) => Outcome::Refused(problem),
             };
             self.settle(&dir, &path, &name, outcome);
+        }
+    }
+
+    /// Earlier versions renamed a failed token file `NAME.failed` (next to
+    /// `NAME.failed.reason`), keeping the token on disk even after a retry
+    /// succeeded. Such files are removed; the reason file stays.
+    fn remove_legacy_failed(&self, dir: &DropDir, names: &[String]) {
+        for name in names {
+            if name.ends_with(".failed") && names.contains(&format!("{name}.reason")) {
+                match dir.remove(name) {
+                    Ok(()) => tracing::info!(
+                        target: AUDIT_TARGET,
+                        file = %self.dir.join(name).display(),
+                        "removed a failed provisioning file left by an earlier version: it held a registration token"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(file = %self.dir.join(name).display(), error = %e, "cannot remove an old failed provisioning file; delete it by hand, it holds a registration token")
+                    }
+                }
+            }
         }
     }
 
@@ -331,8 +353,8 @@ impl DropDir {
         })
     }
 
-    /// The names that may hold a token.
-    fn candidates(&self) -> std::io::Result<Vec<String>> {
+    /// Every (UTF-8) name in the directory but `.` and `..`.
+    fn names(&self) -> std::io::Result<Vec<String>> {
         use nix::fcntl::OFlag;
         let mut listing = nix::dir::Dir::openat(
             &self.fd,
@@ -344,7 +366,8 @@ impl DropDir {
         for entry in listing.iter() {
             let entry = entry?;
             if let Ok(name) = entry.file_name().to_str()
-                && is_candidate(name)
+                && name != "."
+                && name != ".."
             {
                 names.push(name.to_owned());
             }
@@ -422,11 +445,10 @@ impl DropDir {
         })
     }
 
-    fn candidates(&self) -> std::io::Result<Vec<String>> {
+    fn names(&self) -> std::io::Result<Vec<String>> {
         Ok(std::fs::read_dir(&self.path)?
             .filter_map(|entry| entry.ok())
             .filter_map(|entry| entry.file_name().into_string().ok())
-            .filter(|name| is_candidate(name))
             .collect())
     }
 
@@ -581,11 +603,9 @@ mod tests {
         std::os::unix::fs::symlink(&file, base.join("link")).unwrap();
         assert!(read(&drop_dir, "link").is_err());
         assert!(read(&drop_dir, "missing").unwrap().is_none());
-        assert_eq!(
-            drop_dir.candidates().unwrap().len(),
-            2,
-            "token and link, not the reason-like names"
-        );
+        let mut names = drop_dir.names().unwrap();
+        names.sort();
+        assert_eq!(names, ["link", "token"]);
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let problem = DropDir::open(&base).err().unwrap();
         assert!(problem.contains("0755"), "{problem}");
