@@ -345,3 +345,77 @@ fn admin_credentials_never_come_from_arguments() {
         "{err}"
     );
 }
+
+/// Issue 18 item 14: `--output` creates a new `0600` file (`O_EXCL`,
+/// `O_NOFOLLOW`) and checks the name before the token exists: an existing
+/// file or a symlink is refused with no count minted and nothing written.
+#[test]
+fn output_goes_only_to_a_new_private_file() {
+    let emulator = EmulatorProc::start(300);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site-a.token");
+    let shown = path.to_str().unwrap();
+    let out = admin(
+        &emulator,
+        &["token", "create", "--devices", "1", "--output", shown],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).is_empty(), "the value went to the file");
+    let value = std::fs::read_to_string(&path).unwrap();
+    assert!(value.trim().len() > 20, "{value}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    let created = admin_json(&emulator, &["token", "list"])
+        .as_array()
+        .unwrap()
+        .len();
+
+    // The same name again: refused before anything is created.
+    let again = admin(
+        &emulator,
+        &["token", "create", "--devices", "1", "--output", shown],
+    );
+    assert_eq!(
+        code(&again),
+        exit(ErrorCode::BadRequest),
+        "{}",
+        text(&again)
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), value);
+
+    // A symlink (even a dangling one) is never written through.
+    let target = dir.path().join("elsewhere");
+    let link = dir.path().join("link.token");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let through = admin(
+        &emulator,
+        &[
+            "token",
+            "create",
+            "--devices",
+            "1",
+            "--output",
+            link.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        code(&through),
+        exit(ErrorCode::BadRequest),
+        "{}",
+        text(&through)
+    );
+    assert!(!target.exists());
+    assert_eq!(
+        admin_json(&emulator, &["token", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        created,
+        "no registration token was minted for a refused --output"
+    );
+}

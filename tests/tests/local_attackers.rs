@@ -353,13 +353,20 @@ fn allow_executables_serves_listed_programs_and_refuses_the_rest() {
         agent.log_text()
     );
 
-    // Without a list, the allowed uid is served — tokens only.
+    // Without a list, the allowed uid is served — tokens only. The list is
+    // emptied explicitly: a reload that merely lacks the key is refused, as
+    // a file read half-written would.
     let skip = agent.log_lines();
     let config = std::fs::read_to_string(&home.config).unwrap();
     let without: String = config
         .lines()
-        .filter(|l| !l.starts_with("allow_executables"))
-        .map(|l| format!("{l}\n"))
+        .map(|l| {
+            if l.starts_with("allow_executables") {
+                "allow_executables = []\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect();
     save_by_rename(&home.config, &without);
     agent.wait_for_log_line(

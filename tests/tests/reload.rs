@@ -165,3 +165,112 @@ fn log_level_and_allow_list_reload_live_and_a_broken_edit_is_rejected() {
     );
     assert!(agent.terminate().success());
 }
+
+/// Issue 18 item 14: the config file holds the allow lists, so one that
+/// others may write is refused at start (CONFIG naming the file and the
+/// fix) and at reload (the settings in force stay).
+#[test]
+fn a_config_file_others_can_write_is_refused_at_start_and_on_reload() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let emulator = EmulatorProc::start(300);
+    let home = AgentHome::new(&emulator.url, "");
+    let shown = home.config.display().to_string();
+    std::fs::set_permissions(&home.config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut refused = AgentProc::spawn(&home);
+    let status = regent_tests::wait_timeout(&mut refused.child, WAIT);
+    assert_eq!(status.code(), Some(exit(ErrorCode::Config)));
+    let log = std::fs::read_to_string(&refused.log).unwrap();
+    assert!(log.contains(&shown), "{log}");
+    assert!(log.contains("world-writable (mode 0666)"), "{log}");
+    assert!(log.contains(&format!("chmod go-w {shown}")), "{log}");
+    assert!(!home.socket.exists(), "no agent may serve with that file");
+
+    std::fs::set_permissions(&home.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let agent = AgentProc::start_with_env(&home, &[], &["RUST_LOG"]);
+    agent.wait_for_log_line(0, &["watching the configuration file"], WAIT);
+    let text = std::fs::read_to_string(&home.config).unwrap();
+    let changed = format!("{text}\n[log]\nlevel = \"debug\"\n");
+    // The change arrives in a group-writable file: not applied.
+    let skip = agent.log_lines();
+    let tmp = home.config.with_extension("toml.new");
+    std::fs::write(&tmp, &changed).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o664)).unwrap();
+    std::fs::rename(&tmp, &home.config).unwrap();
+    let line = agent.wait_for_log_line(skip, &["configuration change rejected"], WAIT);
+    assert!(line.contains("group-writable (mode 0664)"), "{line}");
+    assert!(line.contains(&format!("chmod go-w {shown}")), "{line}");
+    // The same text in a file only its owner may write: applied.
+    let skip = agent.log_lines();
+    save_by_rename(&home.config, &changed);
+    std::fs::set_permissions(&home.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let line = agent.wait_for_log_line(skip, &["configuration reloaded"], WAIT);
+    assert!(line.contains("[log] level"), "{line}");
+    // One refusal, one reload.
+    let metrics = String::from_utf8(home.regent(&["metrics"], None).stdout).unwrap();
+    assert!(
+        metrics.contains("regent_config_reloads_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    assert!(agent.terminate().success());
+}
+
+/// Issue 18 item 14: a config file read while half-written is still valid
+/// TOML when it is cut at a line end; losing its last line must not lift
+/// `allow_executables`. Only an explicit `allow_executables = []` does.
+#[test]
+fn a_config_cut_short_never_drops_allow_executables() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: this test runs a client as another uid, which needs root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        return;
+    }
+    let emulator = EmulatorProc::start(300);
+    let home = AgentHome::new(&emulator.url, "");
+    std::fs::set_permissions(
+        home.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let run_dir = home.socket.parent().unwrap();
+    std::fs::create_dir_all(run_dir).unwrap();
+    std::fs::set_permissions(run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The whole file ends with the restriction; the cut one is the same
+    // file without its last line.
+    let allow = format!("[{OTHER_UID}]");
+    let cut = config_text(&home, &emulator.url, "info", &allow, "");
+    let marker = format!("allow_uids = {allow}\n");
+    let whole = cut.replace(
+        &marker,
+        &format!("{marker}allow_executables = [\"/bin/sh\"]\n"),
+    );
+    assert_ne!(whole, cut);
+    std::fs::write(&home.config, &whole).unwrap();
+    let agent = AgentProc::start_with_env(&home, &[], &["RUST_LOG"]);
+    // The other uid is allowed, but not from this program.
+    assert_eq!(
+        status_as_other_user(&home),
+        exit(ErrorCode::PermissionDenied)
+    );
+
+    let skip = agent.log_lines();
+    save_by_rename(&home.config, &cut);
+    let line = agent.wait_for_log_line(skip, &["configuration change rejected"], WAIT);
+    assert!(line.contains("allow_executables is missing"), "{line}");
+    assert!(line.contains("allow_executables = []"), "{line}");
+    assert_eq!(
+        status_as_other_user(&home),
+        exit(ErrorCode::PermissionDenied),
+        "the restriction stays in force"
+    );
+
+    // Lifted on purpose: applied.
+    let skip = agent.log_lines();
+    let lifted = cut.replace(&marker, &format!("{marker}allow_executables = []\n"));
+    save_by_rename(&home.config, &lifted);
+    agent.wait_for_log_line(skip, &["configuration reloaded"], WAIT);
+    assert_eq!(status_as_other_user(&home), exit(ErrorCode::NotEnrolled));
+    assert!(agent.terminate().success());
+}

@@ -195,15 +195,7 @@ impl Agent {
     /// when `state.json` or the secret store cannot be read.
     pub async fn open(config: Config) -> Result<Arc<Agent>> {
         let state_dir = config.state_dir()?;
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            Error::new(
-                ErrorCode::StoreUnavailable,
-                format!(
-                    "cannot create the state directory {}: {e}",
-                    state_dir.display()
-                ),
-            )
-        })?;
+        crate::store::state_dir::create_state_dir(&state_dir)?;
         let store = open_store(&config)?;
         let state_file = StateFile::new(state_dir.join("state.json"));
         let state = match state_file.load::<PersistentState>()? {

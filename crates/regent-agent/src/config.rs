@@ -254,10 +254,11 @@ impl Default for IpcConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProvisioningConfig {
     /// A directory where an administrator may drop a registration-token file:
-    /// it is redeemed once and deleted, or renamed `NAME.failed` (with a
-    /// `NAME.failed.reason` file) when redemption fails. The directory must be
-    /// owned by root or the agent's user with no group or other access (0700);
-    /// a file that group or others may read is refused, unread.
+    /// it is read once and deleted; a failed redemption leaves a
+    /// `NAME.failed.reason` file. The directory must be owned by root or the
+    /// agent's user with no group or other access (0700), else it is only
+    /// logged and never touched; a file that group or others may read is
+    /// refused, unread.
     pub dir: Option<PathBuf>,
 }
 
@@ -360,18 +361,15 @@ const SENTINEL_EXAMPLE: &str =
 const OAUTH2_EXAMPLE: &str = "[server]\nprofile = \"oauth2\"\ntoken_url = \"https://auth.example.com/oauth/token\"\nclient_id = \"my-client\"";
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads (see [`read_checked`]: owner and mode first) and validates a
+    /// configuration file.
     ///
     /// # Errors
     /// `CONFIG` naming the file, the line and the problem (unknown key, wrong
-    /// type, missing required key with an example).
+    /// type, missing required key with an example, a value out of range), or
+    /// a file that others than root and the agent's uid may write.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
-                ErrorCode::Config,
-                format!("cannot read config file {}: {e}", path.display()),
-            )
-        })?;
+        let text = read_checked(path)?;
         Config::parse(&text, path)
     }
 
@@ -445,6 +443,9 @@ impl Config {
                 r.jitter
             ));
         }
+        for bound in self.duration_bounds() {
+            bound.check()?;
+        }
         if r.backoff_min == 0 || r.backoff_max < r.backoff_min {
             return Err(
                 "[refresh] backoff_min must be at least 1 and backoff_max at least backoff_min"
@@ -471,10 +472,31 @@ impl Config {
                 ));
             }
         }
-        if self.store.timeout == 0 {
-            return Err("[store] timeout must be at least 1 second".into());
-        }
         Ok(())
+    }
+
+    /// Every duration key with the range it must lie in. Beyond these a value
+    /// is a mistake (a timeout of 584 billion years, a keep-alive of zero), and
+    /// the arithmetic on it would only saturate silently.
+    fn duration_bounds(&self) -> [DurationBound; 10] {
+        let (s, r) = (&self.server, &self.refresh);
+        [
+            DurationBound::new("[server] connect_timeout", s.connect_timeout, 1, 300),
+            DurationBound::new("[server] request_timeout", s.request_timeout, 1, 600),
+            DurationBound::new("[store] timeout", self.store.timeout, 1, 300),
+            DurationBound::new("[refresh] margin", r.margin, 0, 3_600),
+            DurationBound::new("[refresh] demand_window", r.demand_window, 1, 86_400),
+            DurationBound::new("[refresh] backoff_min", r.backoff_min, 1, 3_600),
+            DurationBound::new("[refresh] backoff_max", r.backoff_max, 1, 86_400),
+            DurationBound::new("[refresh] keepalive", r.keepalive, 60, 31_536_000),
+            DurationBound::new(
+                "[instances] lease_grace",
+                self.instances.lease_grace,
+                0,
+                86_400,
+            ),
+            DurationBound::new("[ipc] read_timeout", self.ipc.read_timeout, 1, 3_600),
+        ]
     }
 
     /// The state directory, explicit or the platform default.
@@ -523,6 +545,121 @@ impl RefreshConfig {
     pub fn margin(&self) -> Duration {
         Duration::from_secs(self.margin)
     }
+}
+
+/// A duration key's value and the range (in seconds) it must lie in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationBound {
+    /// `[section] key`.
+    pub key: &'static str,
+    /// The configured value, in seconds.
+    pub value: u64,
+    /// Smallest allowed value.
+    pub min: u64,
+    /// Largest allowed value.
+    pub max: u64,
+}
+
+impl DurationBound {
+    const fn new(key: &'static str, value: u64, min: u64, max: u64) -> DurationBound {
+        DurationBound {
+            key,
+            value,
+            min,
+            max,
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if (self.min..=self.max).contains(&self.value) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} = {} is out of range: it must be {} to {} seconds ({}); set a value in that range or remove the key for its default",
+            self.key,
+            self.value,
+            self.min,
+            self.max,
+            human_seconds(self.max)
+        ))
+    }
+}
+
+impl Config {
+    /// The duration keys and their allowed ranges, for the fuzz target's
+    /// property and the documentation.
+    pub fn duration_keys(&self) -> Vec<DurationBound> {
+        self.duration_bounds().to_vec()
+    }
+}
+
+/// `300` → `5 minutes`, `86400` → `1 day`, for range messages.
+fn human_seconds(secs: u64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => plural(s / 86_400, "day"),
+        s if s >= 3_600 && s % 3_600 == 0 => plural(s / 3_600, "hour"),
+        s if s >= 60 && s % 60 == 0 => plural(s / 60, "minute"),
+        s => plural(s, "second"),
+    }
+}
+
+/// Reads the configuration file after checking who may have written it: it
+/// holds the allow lists, so a file that others can change hands them the
+/// agent. On Unix the file (after symlinks) must belong to root or the
+/// agent's uid and be writable by neither group nor others; the checks and
+/// the read use one open file, so a swap in between changes nothing.
+///
+/// # Errors
+/// `CONFIG` naming the file, what is wrong and the `chmod`/`chown` that fixes it.
+pub fn read_checked(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| {
+        Error::new(
+            ErrorCode::Config,
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    };
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    #[cfg(unix)]
+    {
+        let meta = file.metadata().map_err(cannot)?;
+        check_file_owner_and_mode(path, &meta, crate::ipc::peer::current_uid())?;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(cannot)?;
+    Ok(text)
+}
+
+#[cfg(unix)]
+fn check_file_owner_and_mode(path: &Path, meta: &std::fs::Metadata, own_uid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let owner = meta.uid();
+    if owner != 0 && owner != own_uid {
+        return Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "config file {shown} belongs to uid {owner}, not to root or the agent's uid {own_uid}: that user could change the allow lists; \
+                 fix: `chown root {shown}` (or `chown {own_uid}`)"
+            ),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "group- and world-writable",
+            (true, false) => "group-writable",
+            _ => "world-writable",
+        };
+        return Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "config file {shown} is {who} (mode {mode:04o}): others could change the allow lists; fix: `chmod go-w {shown}`"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// toml's messages already carry line, column and the offending key; prefix the
@@ -601,6 +738,138 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_by_key_value_and_range() {
+        let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n";
+        let cases = [
+            (
+                "[server]\nconnect_timeout = 0\n",
+                "[server] connect_timeout = 0",
+                "1 to 300 seconds",
+            ),
+            (
+                "[server]\nrequest_timeout = 18446744073709551615\n",
+                "[server] request_timeout = 18446744073709551615",
+                "1 to 600 seconds",
+            ),
+            (
+                "[store]\ntimeout = 0\n",
+                "[store] timeout = 0",
+                "1 to 300 seconds",
+            ),
+            (
+                "[refresh]\nmargin = 3601\n",
+                "[refresh] margin = 3601",
+                "0 to 3600 seconds (1 hour)",
+            ),
+            (
+                "[refresh]\ndemand_window = 0\n",
+                "[refresh] demand_window = 0",
+                "1 to 86400 seconds (1 day)",
+            ),
+            (
+                "[refresh]\nbackoff_max = 18446744073709551615\n",
+                "[refresh] backoff_max = 18446744073709551615",
+                "1 to 86400",
+            ),
+            (
+                "[refresh]\nbackoff_min = 0\n",
+                "[refresh] backoff_min = 0",
+                "1 to 3600",
+            ),
+            (
+                "[refresh]\nkeepalive = 59\n",
+                "[refresh] keepalive = 59",
+                "60 to 31536000 seconds (365 days)",
+            ),
+            (
+                "[instances]\nlease_grace = 86401\n",
+                "[instances] lease_grace = 86401",
+                "0 to 86400",
+            ),
+            (
+                "[ipc]\nread_timeout = 0\n",
+                "[ipc] read_timeout = 0",
+                "1 to 3600",
+            ),
+        ];
+        for (section, key_value, range) in cases {
+            let text = if section.starts_with("[server]") {
+                format!("{base}{}", section.trim_start_matches("[server]\n"))
+            } else {
+                format!("{base}{section}")
+            };
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Config);
+            assert!(e.message.contains(key_value), "{key_value}: {}", e.message);
+            assert!(e.message.contains(range), "{range}: {}", e.message);
+            assert!(e.message.contains("out of range"), "{}", e.message);
+        }
+        // The edges are accepted, and the defaults lie inside every range.
+        let edges = format!(
+            "{base}connect_timeout = 300\nrequest_timeout = 1\n[refresh]\nmargin = 0\nkeepalive = 60\nbackoff_min = 1\nbackoff_max = 86400\n[instances]\nlease_grace = 0\n"
+        );
+        let c = parse(&edges).unwrap();
+        assert!(
+            c.duration_keys()
+                .iter()
+                .all(|b| b.min <= b.value && b.value <= b.max)
+        );
+        let d = parse(base).unwrap();
+        assert!(
+            d.duration_keys()
+                .iter()
+                .all(|b| b.min <= b.value && b.value <= b.max)
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_config_file_must_not_be_writable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("regent.toml");
+        std::fs::write(
+            &path,
+            "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n",
+        )
+        .unwrap();
+        for mode in [0o600, 0o644, 0o640, 0o444] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            Config::load(&path).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+        }
+        for (mode, who) in [
+            (0o666, "group- and world-writable"),
+            (0o664, "group-writable"),
+            (0o646, "world-writable"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Config::load(&path).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Config);
+            assert!(e.message.contains(&path.display().to_string()), "{e}");
+            assert!(e.message.contains(who), "{e}");
+            assert!(
+                e.message
+                    .contains(&format!("chmod go-w {}", path.display())),
+                "{e}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let me = crate::ipc::peer::current_uid();
+        if me == 0 {
+            // Root's agent and a file of another user's.
+            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let e = Config::load(&path).unwrap_err();
+            assert!(e.message.contains("belongs to uid 65534"), "{e}");
+            assert!(e.message.contains("chown root"), "{e}");
+        } else {
+            // An agent under another uid and a file of ours.
+            let meta = std::fs::metadata(&path).unwrap();
+            let e = check_file_owner_and_mode(&path, &meta, me + 1).unwrap_err();
+            assert!(e.message.contains(&format!("belongs to uid {me}")), "{e}");
+        }
     }
 
     #[test]

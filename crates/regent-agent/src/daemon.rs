@@ -71,6 +71,8 @@ pub async fn run_with(
     let notifier = options.notifier.unwrap_or_else(Notifier::from_env);
     let settings = IpcSettings::from_config(&config)?;
     let listener = ipc::bind(&settings)?;
+    // Held until the daemon returns: one agent per state directory.
+    let _state_lock = crate::store::state_dir::lock_state_dir(&config.state_dir()?)?;
     let agent = Agent::open(config.clone()).await?;
     let stats = Arc::new(ServerStats::default());
     let _config_watch = match &options.config_path {

@@ -1,16 +1,25 @@
 //! Provisioning drop-in (DESIGN §12): a registration-token file placed in
 //! `[provisioning] dir` is redeemed once, then deleted.
 //!
-//! The directory is scanned at start and on every (debounced) change. For
-//! each candidate file:
-//! - the directory must belong to root or the agent's user and give group and
-//!   others nothing (`0700`), and the file must be a regular file (not a
-//!   symlink) owned by root or the agent's user that group and others can
-//!   neither read nor write (`0600`/`0400`). Anything else is **refused
-//!   unread**: renamed `NAME.refused`, with `NAME.refused.reason` saying why;
-//! - the token is redeemed through [`Agent::enroll`]; on success the file is
-//!   deleted, on failure it is renamed `NAME.failed` next to
-//!   `NAME.failed.reason` naming the error code and message.
+//! The directory is scanned at start and on every (debounced) change.
+//! - The directory must belong to root or the agent's user and give group and
+//!   others nothing (`0700`), and no directory above it may be writable by
+//!   others without the sticky bit (the socket directory's rule, see
+//!   [`crate::ipc::socket_dir`]). Otherwise it is **only logged, never
+//!   touched**: another user who can write there could plant symlinks that
+//!   a rename or a reason file would follow.
+//! - All work in the directory goes through one handle opened `O_NOFOLLOW`
+//!   (`openat`, `renameat`, `unlinkat`), so swapping the directory or a name
+//!   in it for a symlink redirects nothing; reason files are created
+//!   `O_EXCL|O_NOFOLLOW`.
+//! - A candidate file must be a regular file (not a symlink) owned by root or
+//!   the agent's user that group and others can neither read nor write
+//!   (`0600`/`0400`). Anything else is **refused unread**: renamed
+//!   `NAME.refused`, with `NAME.refused.reason` saying why.
+//! - The token is redeemed through [`Agent::enroll`]. Once read, the file is
+//!   deleted whatever the outcome: a registration token is a secret, and a
+//!   failed redemption that is retried goes on from the secret store. A
+//!   failure leaves `NAME.failed.reason` naming the error code and message.
 //!
 //! Names starting with `.` or ending in `~`, `.tmp`, `.swp`, `.part`,
 //! `.failed`, `.refused` or `.reason` are never read, so writers can create
@@ -18,8 +27,8 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
@@ -69,6 +78,7 @@ pub fn watch(
         dir: dir.to_path_buf(),
         agent,
         stats,
+        last_problem: Mutex::new(None),
     };
     tracing::info!(dir = %dir.display(), "watching the provisioning directory for registration-token files");
     let task = tokio::spawn(async move {
@@ -96,6 +106,9 @@ struct Provisioner {
     dir: PathBuf,
     agent: Arc<Agent>,
     stats: Arc<ServerStats>,
+    /// The unsafe-directory problem last logged, so that every change in an
+    /// unsafe directory does not repeat it.
+    last_problem: Mutex<Option<String>>,
 }
 
 /// What happened to one drop-in file.
@@ -107,40 +120,80 @@ enum Outcome {
 
 impl Provisioner {
     async fn scan(&self) {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
+        let dir = match DropDir::open(&self.dir) {
+            Ok(dir) => dir,
+            Err(problem) => {
+                self.report_unsafe(problem);
+                return;
+            }
+        };
+        self.set_last_problem(None);
+        let all = match dir.names() {
+            Ok(names) => names,
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the provisioning directory");
                 return;
             }
         };
-        let mut names: Vec<String> = entries
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .filter(|name| is_candidate(name))
-            .collect();
-        if names.is_empty() {
-            return;
-        }
+        self.remove_legacy_failed(&dir, &all);
+        let mut names: Vec<String> = all.into_iter().filter(|n| is_candidate(n)).collect();
         names.sort();
-        let dir_problem = check_dir(&self.dir).err();
         for name in names {
             let path = self.dir.join(&name);
-            let outcome = match &dir_problem {
-                Some(problem) => Outcome::Refused(problem.clone()),
-                None => self.redeem(&path).await,
+            let outcome = match dir.read_token(&name) {
+                Ok(Some(token)) => self.redeem(&path, token).await,
+                // Gone meanwhile (an admin removed it): nothing to report.
+                Ok(None) => continue,
+                Err(problem) => Outcome::Refused(problem),
             };
-            self.settle(&path, &name, outcome);
+            self.settle(&dir, &path, &name, outcome);
         }
     }
 
-    async fn redeem(&self, path: &Path) -> Outcome {
-        let token = match read_token(path) {
-            Ok(Some(token)) => token,
-            // Gone meanwhile (an admin removed it): nothing to report.
-            Ok(None) => return Outcome::Redeemed,
-            Err(problem) => return Outcome::Refused(problem),
-        };
+    /// Earlier versions renamed a failed token file `NAME.failed` (next to
+    /// `NAME.failed.reason`), keeping the token on disk even after a retry
+    /// succeeded. Such files are removed; the reason file stays.
+    fn remove_legacy_failed(&self, dir: &DropDir, names: &[String]) {
+        for name in names {
+            if name.ends_with(".failed") && names.contains(&format!("{name}.reason")) {
+                match dir.remove(name) {
+                    Ok(()) => tracing::info!(
+                        target: AUDIT_TARGET,
+                        file = %self.dir.join(name).display(),
+                        "removed a failed provisioning file left by an earlier version: it held a registration token"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(file = %self.dir.join(name).display(), error = %e, "cannot remove an old failed provisioning file; delete it by hand, it holds a registration token")
+                    }
+                }
+            }
+        }
+    }
+
+    /// An unsafe directory is logged (once per distinct problem) and left
+    /// exactly as it is.
+    fn report_unsafe(&self, problem: String) {
+        if self.set_last_problem(Some(problem.clone())) {
+            tracing::error!(
+                target: AUDIT_TARGET,
+                dir = %self.dir.display(),
+                "provisioning directory unsafe; nothing in it is read, renamed or written until it is fixed: {problem}"
+            );
+        }
+    }
+
+    /// Records the current problem; `true` when it differs from the last one.
+    fn set_last_problem(&self, problem: Option<String>) -> bool {
+        let mut last = self
+            .last_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *last != problem;
+        *last = problem;
+        changed
+    }
+
+    async fn redeem(&self, path: &Path, token: SecretString) -> Outcome {
         tracing::info!(file = %path.display(), "redeeming a registration token from the provisioning directory");
         match self.agent.enroll(token, EnrollOptions::default()).await {
             Ok(enrolled) => {
@@ -157,11 +210,11 @@ impl Provisioner {
         }
     }
 
-    fn settle(&self, path: &Path, name: &str, outcome: Outcome) {
+    fn settle(&self, dir: &DropDir, path: &Path, name: &str, outcome: Outcome) {
         match outcome {
             Outcome::Redeemed => {
                 self.stats.provisioned.fetch_add(1, Ordering::Relaxed);
-                match std::fs::remove_file(path) {
+                match dir.remove(name) {
                     Ok(()) => {
                         tracing::info!(file = %path.display(), "provisioning file redeemed and deleted");
                     }
@@ -182,14 +235,22 @@ impl Provisioner {
                         "The agent keeps retrying this redemption in the background with the same identifier (no extra count); `regent status` shows whether it completed.\n",
                     );
                 }
+                reason.push_str(
+                    "The token file was deleted: a registration token does not stay on disk. To try again, place the file again.\n",
+                );
                 tracing::warn!(
                     target: AUDIT_TARGET,
                     file = %path.display(),
                     code = %e.code,
                     error = %e.message,
-                    "provisioning file not redeemed; renamed to {name}.failed"
+                    "provisioning file not redeemed; deleted, reason in {name}.failed.reason"
                 );
-                self.set_aside(path, name, "failed", &reason);
+                if let Err(e) = dir.remove(name)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::error!(file = %path.display(), error = %e, "cannot delete the provisioning file; delete it by hand");
+                }
+                self.write_reason(dir, &format!("{name}.failed.reason"), &reason);
             }
             Outcome::Refused(problem) => {
                 self.stats
@@ -201,21 +262,19 @@ impl Provisioner {
                     problem = %problem,
                     "provisioning file refused unread; renamed to {name}.refused"
                 );
-                self.set_aside(path, name, "refused", &format!("{problem}\n"));
+                let target = format!("{name}.refused");
+                if let Err(e) = dir.rename(name, &target) {
+                    tracing::error!(file = %path.display(), error = %e, "cannot rename the provisioning file; remove it by hand");
+                    return;
+                }
+                self.write_reason(dir, &format!("{target}.reason"), &format!("{problem}\n"));
             }
         }
     }
 
-    /// Renames the token file `NAME.<outcome>` and writes `NAME.<outcome>.reason`.
-    fn set_aside(&self, path: &Path, name: &str, outcome: &str, reason: &str) {
-        let target = self.dir.join(format!("{name}.{outcome}"));
-        if let Err(e) = std::fs::rename(path, &target) {
-            tracing::error!(file = %path.display(), error = %e, "cannot rename the provisioning file; remove it by hand");
-            return;
-        }
-        let reason_path = self.dir.join(format!("{name}.{outcome}.reason"));
-        if let Err(e) = write_private(&reason_path, reason.as_bytes()) {
-            tracing::error!(file = %reason_path.display(), error = %e, "cannot write the outcome file");
+    fn write_reason(&self, dir: &DropDir, name: &str, reason: &str) {
+        if let Err(e) = dir.write_new(name, reason.as_bytes()) {
+            tracing::error!(file = %self.dir.join(name).display(), error = %e, "cannot write the outcome file");
         }
     }
 }
@@ -224,97 +283,245 @@ fn is_candidate(name: &str) -> bool {
     !name.starts_with('.') && !IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
-/// The directory must not let anyone but its owner (root or us) in.
+/// The drop-in directory, checked and held open: every name is looked up
+/// relative to this handle, never through the path again.
 #[cfg(unix)]
-fn check_dir(dir: &Path) -> std::result::Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| {
-        format!(
-            "cannot inspect the provisioning directory {}: {e}",
-            dir.display()
+struct DropDir {
+    fd: std::os::fd::OwnedFd,
+}
+
+#[cfg(unix)]
+impl DropDir {
+    /// Opens `dir` after checking the directories above it, then checks the
+    /// opened directory itself. `Err`: why it is unsafe (and the fix).
+    fn open(dir: &Path) -> std::result::Result<DropDir, String> {
+        use nix::fcntl::OFlag;
+        use std::os::unix::fs::MetadataExt as _;
+        let own = crate::ipc::peer::current_uid();
+        let chain = crate::ipc::socket_dir::directory_chain(dir, "provisioning directory")
+            .map_err(|e| e.message)?;
+        for (ancestor, is_dir_itself) in chain {
+            if is_dir_itself {
+                continue;
+            }
+            let meta = std::fs::metadata(&ancestor)
+                .map_err(|e| format!("cannot inspect {}: {e}", ancestor.display()))?;
+            if let Some(problem) = crate::ipc::socket_dir::unsafe_parent(&meta, own) {
+                return Err(format!(
+                    "{}, a parent of the provisioning directory {}, {problem}, so another user could put a directory of their own in its place; \
+                     fix: `chmod go-w {}` (or `chown` it to root), or set [provisioning] dir to a directory below private ones",
+                    ancestor.display(),
+                    dir.display(),
+                    ancestor.display()
+                ));
+            }
+        }
+        let fd = nix::fcntl::open(
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
         )
-    })?;
-    let own = crate::ipc::peer::current_uid();
-    if meta.uid() != 0 && meta.uid() != own {
-        return Err(format!(
-            "the provisioning directory {} belongs to uid {}, not to root or the agent's user (uid {own}); `chown` it",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "the provisioning directory {} has mode {mode:04o}: group or others have access; `chmod 0700` it, then place the token file again",
-            dir.display()
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_dir(_dir: &Path) -> std::result::Result<(), String> {
-    // Windows: the directory's ACL is the administrator's to set (install.ps1).
-    Ok(())
-}
-
-/// Reads a token file after checking its type, owner, mode and size.
-/// `Ok(None)`: the file disappeared meanwhile.
-fn read_token(path: &Path) -> std::result::Result<Option<SecretString>, String> {
-    let mut file = match open_no_follow(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
+        .map_err(|e| {
+            format!(
+                "cannot open the provisioning directory {} ({e}); it must be a directory, not a symbolic link",
+                dir.display()
+            )
+        })?;
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().map_err(|e| {
+            format!(
+                "cannot inspect the provisioning directory {}: {e}",
+                dir.display()
+            )
+        })?;
+        if meta.uid() != 0 && meta.uid() != own {
             return Err(format!(
-                "cannot open it ({e}); it must be a regular file (not a symlink) readable by the agent's user"
+                "the provisioning directory {} belongs to uid {}, not to root or the agent's user (uid {own}); `chown` it, then place the token file again",
+                dir.display(),
+                meta.uid()
             ));
         }
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot inspect it: {e}"))?;
-    if !meta.is_file() {
-        return Err("it is not a regular file".to_owned());
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the provisioning directory {} has mode {mode:04o}: group or others have access; `chmod 0700` it, then place the token file again",
+                dir.display()
+            ));
+        }
+        Ok(DropDir {
+            fd: std::os::fd::OwnedFd::from(file),
+        })
     }
-    check_owner_and_mode(&meta)?;
-    if meta.len() > MAX_TOKEN_BYTES {
-        return Err(format!(
-            "it holds {} bytes; a registration token is far shorter (at most {MAX_TOKEN_BYTES})",
-            meta.len()
-        ));
+
+    /// Every (UTF-8) name in the directory but `.` and `..`.
+    fn names(&self) -> std::io::Result<Vec<String>> {
+        use nix::fcntl::OFlag;
+        let mut listing = nix::dir::Dir::openat(
+            &self.fd,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let mut names = Vec::new();
+        for entry in listing.iter() {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().to_str()
+                && name != "."
+                && name != ".."
+            {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
     }
-    let mut text = zeroize::Zeroizing::new(String::new());
-    file.by_ref()
-        .take(MAX_TOKEN_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err("it is empty; write the registration token into it".to_owned());
+
+    fn open_file(&self, name: &str) -> std::io::Result<std::fs::File> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            name,
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(std::fs::File::from(fd))
     }
-    if token.chars().any(char::is_whitespace) {
-        return Err(
-            "it holds more than one word; it must hold the registration token alone".to_owned(),
-        );
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+        Ok(())
     }
-    Ok(Some(SecretString::from(token.to_owned())))
+
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        nix::fcntl::renameat(&self.fd, from, &self.fd, to)?;
+        Ok(())
+    }
+
+    /// Puts a new `name` (`0600`) holding `bytes` in place atomically: a
+    /// hidden temporary file created `O_EXCL|O_NOFOLLOW`, renamed over
+    /// `name`. A rename replaces whatever `name` was (an older reason file, a
+    /// symlink) without following it, and readers never see a partial file.
+    fn write_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use nix::fcntl::OFlag;
+        use std::io::Write as _;
+        let temp = format!(".{name}.tmp");
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        let fd = match nix::fcntl::openat(&self.fd, temp.as_str(), flags, mode) {
+            // Left by an interrupted earlier write (or planted): not followed.
+            Err(nix::errno::Errno::EEXIST) => {
+                self.remove(&temp)?;
+                nix::fcntl::openat(&self.fd, temp.as_str(), flags, mode)?
+            }
+            other => other?,
+        };
+        let written = std::fs::File::from(fd).write_all(bytes);
+        match written.and_then(|()| self.rename(&temp, name)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.remove(&temp);
+                Err(e)
+            }
+        }
+    }
 }
 
-#[cfg(unix)]
-fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
+/// Windows: the directory's ACL is the administrator's to set (install.ps1);
+/// names are used through the path.
+#[cfg(not(unix))]
+struct DropDir {
+    path: PathBuf,
 }
 
 #[cfg(not(unix))]
-fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
-    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
-        return Err(std::io::Error::other("it is a symbolic link"));
+impl DropDir {
+    fn open(dir: &Path) -> std::result::Result<DropDir, String> {
+        Ok(DropDir {
+            path: dir.to_path_buf(),
+        })
     }
-    std::fs::File::open(path)
+
+    fn names(&self) -> std::io::Result<Vec<String>> {
+        Ok(std::fs::read_dir(&self.path)?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect())
+    }
+
+    fn open_file(&self, name: &str) -> std::io::Result<std::fs::File> {
+        let path = self.path.join(name);
+        if std::fs::symlink_metadata(&path)?.file_type().is_symlink() {
+            return Err(std::io::Error::other("it is a symbolic link"));
+        }
+        std::fs::File::open(path)
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        std::fs::remove_file(self.path.join(name))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        std::fs::rename(self.path.join(from), self.path.join(to))
+    }
+
+    fn write_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let path = self.path.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?
+            .write_all(bytes)
+    }
+}
+
+impl DropDir {
+    /// Reads a token file after checking its type, owner, mode and size.
+    /// `Ok(None)`: the file disappeared meanwhile.
+    fn read_token(&self, name: &str) -> std::result::Result<Option<SecretString>, String> {
+        let mut file = match self.open_file(name) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(format!(
+                    "cannot open it ({e}); it must be a regular file (not a symlink) readable by the agent's user"
+                ));
+            }
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot inspect it: {e}"))?;
+        if !meta.is_file() {
+            return Err("it is not a regular file".to_owned());
+        }
+        check_owner_and_mode(&meta)?;
+        if meta.len() > MAX_TOKEN_BYTES {
+            return Err(format!(
+                "it holds {} bytes; a registration token is far shorter (at most {MAX_TOKEN_BYTES})",
+                meta.len()
+            ));
+        }
+        let mut text = zeroize::Zeroizing::new(String::new());
+        file.by_ref()
+            .take(MAX_TOKEN_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err("it is empty; write the registration token into it".to_owned());
+        }
+        if token.chars().any(char::is_whitespace) {
+            return Err(
+                "it holds more than one word; it must hold the registration token alone".to_owned(),
+            );
+        }
+        Ok(Some(SecretString::from(token.to_owned())))
+    }
 }
 
 #[cfg(unix)]
@@ -340,18 +547,6 @@ fn check_owner_and_mode(meta: &std::fs::Metadata) -> std::result::Result<(), Str
 #[cfg(not(unix))]
 fn check_owner_and_mode(_meta: &std::fs::Metadata) -> std::result::Result<(), String> {
     Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(bytes)
 }
 
 #[cfg(test)]
@@ -383,30 +578,77 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("prov");
         create_private_dir(&base).unwrap();
-        assert!(check_dir(&base).is_ok());
+        let drop_dir = DropDir::open(&base).unwrap();
+        drop_dir.write_new("token", b"  abc\n").unwrap();
+        let read = |d: &DropDir, name: &str| {
+            d.read_token(name).map(|s| {
+                s.map(|s| {
+                    use crate::secret::ExposeSecret;
+                    s.expose_secret().to_owned()
+                })
+            })
+        };
+        assert_eq!(read(&drop_dir, "token").unwrap(), Some("abc".to_owned()));
         let file = base.join("token");
-        write_private(&file, b"  abc\n").unwrap();
-        assert_eq!(
-            read_token(&file).unwrap().map(|s| {
-                use crate::secret::ExposeSecret;
-                s.expose_secret().to_owned()
-            }),
-            Some("abc".to_owned())
-        );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let problem = read_token(&file).unwrap_err();
+        let problem = read(&drop_dir, "token").unwrap_err();
         assert!(problem.contains("0644"), "{problem}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&file, b"two words").unwrap();
         assert!(
-            read_token(&file)
+            read(&drop_dir, "token")
                 .unwrap_err()
                 .contains("more than one word")
         );
         std::os::unix::fs::symlink(&file, base.join("link")).unwrap();
-        assert!(read_token(&base.join("link")).is_err());
-        assert!(read_token(&base.join("missing")).unwrap().is_none());
+        assert!(read(&drop_dir, "link").is_err());
+        assert!(read(&drop_dir, "missing").unwrap().is_none());
+        let mut names = drop_dir.names().unwrap();
+        names.sort();
+        assert_eq!(names, ["link", "token"]);
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(check_dir(&base).unwrap_err().contains("0755"));
+        let problem = DropDir::open(&base).err().unwrap();
+        assert!(problem.contains("0755"), "{problem}");
+        // A symlink in place of the directory is refused, not followed.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = dir.path().join("prov-link");
+        std::os::unix::fs::symlink(&base, &link).unwrap();
+        assert!(DropDir::open(&link).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_writable_parent_makes_the_directory_unsafe() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("shared");
+        let base = parent.join("prov");
+        create_private_dir(&base).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let problem = DropDir::open(&base).err().unwrap();
+        assert!(
+            problem.contains("a parent of the provisioning directory"),
+            "{problem}"
+        );
+        assert!(problem.contains(&parent.display().to_string()), "{problem}");
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(DropDir::open(&base).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn reason_files_never_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("prov");
+        create_private_dir(&base).unwrap();
+        let victim = dir.path().join("secrets.json");
+        std::fs::write(&victim, b"{\"keep\":1}").unwrap();
+        std::os::unix::fs::symlink(&victim, base.join("t.refused.reason")).unwrap();
+        let drop_dir = DropDir::open(&base).unwrap();
+        drop_dir.write_new("t.refused.reason", b"why\n").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"{\"keep\":1}");
+        let written = base.join("t.refused.reason");
+        assert!(std::fs::symlink_metadata(&written).unwrap().is_file());
+        assert_eq!(std::fs::read(&written).unwrap(), b"why\n");
     }
 }

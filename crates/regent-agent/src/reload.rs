@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::agent::Agent;
-use crate::config::Config;
+use crate::config::{Config, read_checked};
 use crate::engine::EngineSettings;
 use crate::error::Result;
 use crate::ipc::{ServerStats, SharedPolicy, policy_from_config, policy_with_warnings};
@@ -77,14 +77,18 @@ pub fn watch(path: &Path, running: Config, targets: ReloadTargets) -> Result<Con
     let mut watch: DirWatch = watch_dir(&dir, DEBOUNCE)?;
     let mut reloader = Reloader {
         path: path.to_path_buf(),
-        last_text: std::fs::read_to_string(path).ok(),
+        // Not read here: a change saved between loading the config and this
+        // point would then count as seen. The first event compares the file
+        // with the configuration in force instead.
+        last_text: None,
+        last_unreadable: None,
         running,
         targets,
     };
     tracing::info!(config = %path.display(), "watching the configuration file for changes");
     let task = tokio::spawn(async move {
         while watch.changed().await {
-            reloader.on_change();
+            reloader.on_change().await;
         }
     });
     Ok(ConfigWatcher { task })
@@ -95,27 +99,42 @@ struct Reloader {
     /// The text last seen, so a touch or an unrelated file in the directory
     /// does not count as a change.
     last_text: Option<String>,
+    /// Why the file could not be read last time (owner, mode, I/O), so that
+    /// the same refusal is logged once.
+    last_unreadable: Option<String>,
     /// What is in force: the start-up config with reloaded parts replaced.
     running: Config,
     targets: ReloadTargets,
 }
 
 impl Reloader {
-    fn on_change(&mut self) {
+    async fn on_change(&mut self) {
         let shown = self.path.display().to_string();
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if self.last_text.take().is_some() {
-                    tracing::warn!(config = %shown, "the configuration file was removed; the settings in force stay");
-                }
+        if let Err(e) = std::fs::metadata(&self.path)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            if self.last_text.take().is_some() {
+                tracing::warn!(config = %shown, "the configuration file was removed; the settings in force stay");
+            }
+            return;
+        }
+        let text = match read_settled(&self.path).await {
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                tracing::debug!(config = %shown, "configuration file still changing; waiting for the writer to finish");
                 return;
             }
             Err(e) => {
-                self.reject(&format!("cannot read config file {shown}: {e}"));
+                // Once per problem: the agent's own log may live in this
+                // directory, and each line would bring the same refusal back.
+                if self.last_unreadable.as_deref() != Some(e.message.as_str()) {
+                    self.reject(&e.message);
+                    self.last_unreadable = Some(e.message);
+                }
                 return;
             }
         };
+        self.last_unreadable = None;
         if self.last_text.as_deref() == Some(text.as_str()) {
             // Unchanged text (a touch): only a listed symlink may have moved.
             self.resolve_executables_again();
@@ -129,6 +148,10 @@ impl Reloader {
                 return;
             }
         };
+        if let Some(problem) = dropped_security_key(&self.running, &text) {
+            self.reject(&format!("config file {shown}: {problem}"));
+            return;
+        }
         self.apply(&new);
     }
 
@@ -262,6 +285,49 @@ impl Reloader {
     }
 }
 
+/// A second read this long after the first must agree before a change is
+/// applied: a writer still at work shows as two different texts.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Reads the file (owner and mode checked, see [`read_checked`]) until two
+/// reads [`SETTLE`] apart agree. `Ok(None)`: it kept changing; the writer's
+/// next change brings another event, and so another read.
+async fn read_settled(path: &Path) -> Result<Option<String>> {
+    let mut text = read_checked(path)?;
+    for _ in 0..3 {
+        tokio::time::sleep(SETTLE).await;
+        let again = read_checked(path)?;
+        if again == text {
+            return Ok(Some(text));
+        }
+        text = again;
+    }
+    Ok(None)
+}
+
+/// Why `text` must not replace `running` although it parses: a file cut short
+/// while being written is still valid TOML, and losing the last lines must
+/// not lift a restriction. `[ipc] allow_executables` only ever loosens access
+/// by going away, so its absence is refused while one is in force; an
+/// explicit `allow_executables = []` lifts it.
+fn dropped_security_key(running: &Config, text: &str) -> Option<String> {
+    if running.ipc.allow_executables.is_empty() {
+        return None;
+    }
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let present = table
+        .get("ipc")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|ipc| ipc.contains_key("allow_executables"));
+    (!present).then(|| {
+        format!(
+            "[ipc] allow_executables is missing, but {} program(s) are allowed now; a file read while half-written looks like this, so nothing was applied. \
+             To lift the restriction write `allow_executables = []` under [ipc]; otherwise restore the key",
+            running.ipc.allow_executables.len()
+        )
+    })
+}
+
 /// The sections (or keys) that differ and cannot change while running.
 fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
@@ -302,6 +368,26 @@ mod tests {
 
     fn parse(text: &str) -> Config {
         Config::parse(text, Path::new("regent.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_file_cut_before_allow_executables_is_refused() {
+        let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nallow_uids = [5]\n";
+        let restricted = parse(&format!("{base}allow_executables = [\"/usr/bin/app\"]\n"));
+        let problem = dropped_security_key(&restricted, base).unwrap();
+        assert!(
+            problem.contains("allow_executables is missing"),
+            "{problem}"
+        );
+        assert!(problem.contains("allow_executables = []"), "{problem}");
+        // Lifted on purpose, or never set: nothing to refuse.
+        assert!(
+            dropped_security_key(&restricted, &format!("{base}allow_executables = []\n")).is_none()
+        );
+        assert!(dropped_security_key(&parse(base), base).is_none());
+        // The whole [ipc] section cut off counts as missing too.
+        let cut = "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n";
+        assert!(dropped_security_key(&restricted, cut).is_some());
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
                 print_size(&size, &expiry, json);
                 return Ok(());
             }
+            // Before anything is created: a taken name fails with no token minted.
+            let mut out_file = output.as_deref().map(OutputFile::create).transpose()?;
             let session = Session::open(&args.server).await?;
             let mut body = json!({
                 "count": size.count,
@@ -212,9 +214,8 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
                     "the server created a registration token but returned no value",
                 ));
             }
-            if let Some(path) = &output {
-                write_private(path, value.as_bytes())
-                    .map_err(|e| internal(&format!("cannot write {}", path.display()), e))?;
+            if let Some(file) = out_file.as_mut() {
+                file.write(value.as_bytes())?;
             }
             if json {
                 let mut shown = record.clone();
@@ -997,18 +998,53 @@ fn auth_table(records: &[Value]) -> String {
     )
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+/// The `--output` file: created new (`O_EXCL|O_NOFOLLOW`, `0600`) before the
+/// token exists, removed again unless the token was written to it.
+struct OutputFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl OutputFile {
+    fn create(path: &Path) -> Result<OutputFile, Failure> {
+        match regent_agent::store::atomic::create_new_private(path) {
+            Ok(file) => Ok(OutputFile {
+                path: path.to_path_buf(),
+                file: Some(file),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{} already exists; --output writes the registration token only to a new file (mode 0600), never over an existing one or through a symlink: remove it or name another path",
+                    path.display()
+                ),
+            )),
+            Err(e) => Err(internal(&format!("cannot create {}", path.display()), e)),
+        }
     }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.write_all(b"\n")
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        use std::io::Write as _;
+        let Some(mut file) = self.file.take() else {
+            return Ok(());
+        };
+        file.write_all(bytes)
+            .and_then(|()| file.write_all(b"\n"))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| internal(&format!("cannot write {}", self.path.display()), e))?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            // Nothing (or not all) was written: leave no empty or partial file.
+            drop(self.file.take());
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,13 @@ fn valid(c: &Config) {
     assert!(c.instances.mode == InstanceMode::PerInstance || c.instances.max == 1);
     assert!(c.ipc.socket_mode().is_some_and(|m| m <= 0o777));
     assert!(c.store.timeout >= 1);
+    // Every duration lies in its key's range, and so far from saturating.
+    for bound in c.duration_keys() {
+        assert!(
+            bound.min <= bound.value && bound.value <= bound.max && bound.max <= 31_536_000,
+            "{bound:?}"
+        );
+    }
     // Derived values never fail on an accepted file.
     let _ = c.refresh.margin();
     let _ = crate::engine::EngineSettings::from(&c.refresh);

@@ -35,6 +35,19 @@ use crate::error::{Error, Result};
 /// # Errors
 /// `CONFIG` naming the directory, the problem and the fix.
 pub fn check_socket_dir(dir: &Path, own_uid: u32) -> Result<()> {
+    for (ancestor, is_dir_itself) in directory_chain(dir, "socket directory")? {
+        check_one(&ancestor, (!is_dir_itself).then_some(dir), own_uid)?;
+    }
+    Ok(())
+}
+
+/// `dir` and every directory above it, as written (made absolute) and in its
+/// canonical form, each once, `dir` itself marked `true`: whoever can write
+/// to any of them can swap what lies below. `what` names `dir` in errors.
+///
+/// # Errors
+/// `CONFIG` when the path cannot be resolved.
+pub fn directory_chain(dir: &Path, what: &str) -> Result<Vec<(PathBuf, bool)>> {
     let written = if dir.is_absolute() {
         dir.to_path_buf()
     } else {
@@ -42,7 +55,7 @@ pub fn check_socket_dir(dir: &Path, own_uid: u32) -> Result<()> {
             .map_err(|e| {
                 Error::new(
                     ErrorCode::Config,
-                    format!("cannot resolve the socket directory {}: {e}", dir.display()),
+                    format!("cannot resolve the {what} {}: {e}", dir.display()),
                 )
             })?
             .join(dir)
@@ -50,26 +63,40 @@ pub fn check_socket_dir(dir: &Path, own_uid: u32) -> Result<()> {
     let canonical = std::fs::canonicalize(&written).map_err(|e| {
         Error::new(
             ErrorCode::Config,
-            format!(
-                "cannot resolve the socket directory {}: {e}",
-                written.display()
-            ),
+            format!("cannot resolve the {what} {}: {e}", written.display()),
         )
     })?;
     let mut seen = HashSet::new();
-    for chain in [&written, &canonical] {
-        for ancestor in chain.ancestors() {
+    let mut chain = Vec::new();
+    for path in [&written, &canonical] {
+        for ancestor in path.ancestors() {
             if ancestor.as_os_str().is_empty() || !seen.insert(ancestor.to_path_buf()) {
                 continue;
             }
-            check_one(
-                ancestor,
-                (ancestor != chain.as_path()).then_some(dir),
-                own_uid,
-            )?;
+            chain.push((ancestor.to_path_buf(), ancestor == path.as_path()));
         }
     }
-    Ok(())
+    Ok(chain)
+}
+
+/// Why a directory above a private one is unsafe, if it is: it belongs to
+/// another user than root or `own_uid`, or others may write to it without
+/// the sticky bit (with it, as on `/tmp`, they cannot rename what is not
+/// theirs). The rule [`check_socket_dir`] applies to the socket's parents.
+pub fn unsafe_parent(meta: &std::fs::Metadata, own_uid: u32) -> Option<String> {
+    let owner = meta.uid();
+    if owner != 0 && owner != own_uid {
+        return Some(format!(
+            "belongs to uid {owner}, not to root or the agent's uid {own_uid}"
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Some(format!(
+            "is writable by others (mode {mode:04o}) without the sticky bit"
+        ));
+    }
+    None
 }
 
 /// One directory of the chain; `below` is the socket directory when `dir` is

@@ -221,6 +221,27 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates a new file at `path` that only its owner may read (`0600`),
+/// refusing to open anything already there: `O_CREAT|O_EXCL`, plus
+/// `O_NOFOLLOW` on Unix, so neither an existing file nor a planted symlink
+/// ever receives a secret.
+///
+/// # Errors
+/// `AlreadyExists` when the name is taken (a file or a symlink); any other
+/// OS error from creating it.
+pub fn create_new_private(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    }
+    options.open(path)
+}
+
 /// Creates `dir` (and its parents) with `mode` for the directories it makes;
 /// an existing directory is left as it is. `mode` is ignored off Unix.
 ///
@@ -266,6 +287,33 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_private_file_never_replaces_or_follows() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        drop(create_new_private(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = create_new_private(&path).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert_eq!(
+            create_new_private(&link).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        // A dangling symlink is not created through either.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("absent"), &dangling).unwrap();
+        assert!(create_new_private(&dangling).is_err());
+        assert!(!dir.path().join("absent").exists());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub(crate) mod chunked;
 pub mod file;
 pub mod keychain;
 pub mod state;
+pub mod state_dir;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
