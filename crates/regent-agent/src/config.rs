@@ -463,6 +463,14 @@ impl Config {
                 self.ipc.mode
             ));
         }
+        if let Some(mode) = self.ipc.socket_mode()
+            && mode & 0o007 != 0
+        {
+            return Err(format!(
+                "[ipc] mode = {:?} gives every user on this machine access to the socket (the last digit is not 0); use \"0600\" (the agent's user only) or \"0660\" with the socket's group, and name who may fetch tokens in [ipc] allow_uids / allow_groups",
+                self.ipc.mode
+            ));
+        }
         for exe in &self.ipc.allow_executables {
             if !exe.is_absolute() {
                 return Err(format!(
@@ -594,6 +602,15 @@ mod tests {
         assert!(parse(&format!("{base}max_active_tokens = 200\n")).is_ok());
         assert!(parse(&format!("{base}[refresh]\nahead = 1.5\n")).is_err());
         assert!(parse(&format!("{base}[ipc]\nmode = \"999\"\n")).is_err());
+        for open in ["0666", "0606", "0601", "0o664"] {
+            let e = parse(&format!("{base}[ipc]\nmode = \"{open}\"\n")).unwrap_err();
+            assert!(
+                e.message.contains("[ipc] mode") && e.message.contains("every user"),
+                "{open}: {}",
+                e.message
+            );
+        }
+        assert!(parse(&format!("{base}[ipc]\nmode = \"0660\"\n")).is_ok());
         assert!(parse(&format!("{base}[instances]\nmax = 3\n")).is_err());
         assert!(
             parse(&format!(
