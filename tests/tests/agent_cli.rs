@@ -276,7 +276,6 @@ fn the_demo_runs_start_to_finish() {
 #[cfg(target_os = "linux")]
 #[test]
 fn another_uid_is_refused_unless_allowed_and_never_enrolls() {
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     if nix::unistd::geteuid().as_raw() != 0 {
         eprintln!("skipped: needs root to run the CLI as another uid (65534)");
