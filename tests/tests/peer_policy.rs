@@ -155,7 +155,10 @@ fn a_supplementary_group_in_allow_groups_is_served() {
         return;
     }
     let emulator = EmulatorProc::start(300);
-    let home = root_agent_home(&emulator.url, &format!("allow_groups = [\"{ALLOWED_GID}\"]"));
+    let home = root_agent_home(
+        &emulator.url,
+        &format!("allow_groups = [\"{ALLOWED_GID}\"]"),
+    );
     let _agent = AgentProc::start(&home);
     enroll(&home, &emulator);
     let (_bin_dir, bin) = regent_bin_for_any_user();
@@ -271,7 +274,13 @@ fn a_reload_that_removes_a_uid_closes_its_open_connections() {
 
     // A new connection is refused at once, too.
     let (_bin_dir, bin) = regent_bin_for_any_user();
-    let out = run_as(&bin, OTHER_UID, &[SOCKET_GID], &home, &["token", "--min-valid", "1"]);
+    let out = run_as(
+        &bin,
+        OTHER_UID,
+        &[SOCKET_GID],
+        &home,
+        &["token", "--min-valid", "1"],
+    );
     assert_denied(&out);
 }
 
@@ -308,7 +317,10 @@ fn allow_executables_is_not_bypassed_by_the_cli_or_a_bind_mount() {
     std::fs::set_permissions(&listed, std::fs::Permissions::from_mode(0o755)).unwrap();
     let home = AgentHome::new(
         &emulator.url,
-        &format!("[ipc]\nallow_executables = [{:?}]", listed.display().to_string()),
+        &format!(
+            "[ipc]\nallow_executables = [{:?}]",
+            listed.display().to_string()
+        ),
     );
     let agent = start_agent_as(&agent_bin, AGENT_UID, &home);
 
@@ -334,7 +346,13 @@ fn allow_executables_is_not_bypassed_by_the_cli_or_a_bind_mount() {
     assert!(out.status.success(), "{}", text(&out));
 
     // …but it is no way around the list for tokens.
-    let out = run_as(&agent_bin, AGENT_UID, &[], &home, &["token", "--min-valid", "1"]);
+    let out = run_as(
+        &agent_bin,
+        AGENT_UID,
+        &[],
+        &home,
+        &["token", "--min-valid", "1"],
+    );
     assert_denied(&out);
     let err = stderr(&out);
     assert!(
@@ -389,7 +407,11 @@ fn identifiers_are_for_administrators_and_logs_carry_a_hash() {
     let out = home.regent(&["status", "--json"], None);
     assert!(out.status.success(), "{}", text(&out));
     let admin: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(admin["slots"][0]["identifier"], identifier.as_str(), "{admin}");
+    assert_eq!(
+        admin["slots"][0]["identifier"],
+        identifier.as_str(),
+        "{admin}"
+    );
     assert_eq!(admin["device_id"], device_id.as_str(), "{admin}");
 
     // An allowed uid that is not an administrator sees the rest, not them.
@@ -412,7 +434,12 @@ fn identifiers_are_for_administrators_and_logs_carry_a_hash() {
     assert!(!log.contains(&device_id), "{log}");
     let hash = {
         let out = Command::new("sh")
-            .args(["-c", "printf %s \"$1\" | sha256sum | cut -c1-8", "sh", &identifier])
+            .args([
+                "-c",
+                "printf %s \"$1\" | sha256sum | cut -c1-8",
+                "sh",
+                &identifier,
+            ])
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
@@ -490,7 +517,9 @@ sys.stdin.read()
     drop(attacker.stdin.take());
     wait_timeout(&mut attacker, WAIT);
     assert!(
-        agent.log_text().contains("connection refused: uid not allowed"),
+        agent
+            .log_text()
+            .contains("connection refused: uid not allowed"),
         "{}",
         agent.log_text()
     );
@@ -551,7 +580,10 @@ fn hello_names_must_be_printable_and_program_paths_are_escaped() {
         let answer = exchange(&mut stream, &hello);
         assert_eq!(answer["error"]["code"], "BAD_REQUEST", "{answer}");
         let message = answer["error"]["message"].as_str().unwrap();
-        assert!(message.starts_with(&format!("hello: {field} ")), "{message}");
+        assert!(
+            message.starts_with(&format!("hello: {field} ")),
+            "{message}"
+        );
         // Nothing else is served on that connection.
         let answer = exchange(&mut stream, &json!({"id": 2, "op": "status"}));
         assert_eq!(answer["error"]["code"], "BAD_REQUEST", "{answer}");

@@ -222,12 +222,7 @@ async fn another_uid_is_refused_at_the_protocol_level() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o660, "socket file mode as configured");
-    nix::unistd::chown(
-        &agent.socket,
-        None,
-        Some(nix::unistd::Gid::from_raw(65534)),
-    )
-    .unwrap();
+    nix::unistd::chown(&agent.socket, None, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
 
     let socket = agent.socket.clone();
     let refused = tokio::task::spawn_blocking(move || {

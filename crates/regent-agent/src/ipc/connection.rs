@@ -112,7 +112,7 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
     match stream.peer_creds() {
         #[cfg(unix)]
         Ok(creds) => {
-            let mut peer = Peer {
+            let peer = Peer {
                 uid: creds.euid(),
                 gid: creds.egid(),
                 pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
@@ -121,6 +121,7 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
             #[cfg(target_os = "linux")]
             {
                 use std::os::fd::AsFd;
+                let mut peer = peer;
                 let Stream::UdSocket(socket) = stream;
                 let fd = socket.as_fd();
                 match super::creds::peer_groups(fd) {
@@ -466,7 +467,10 @@ impl Connection<'_> {
             } => self.hello(id, &versions, app, instance),
             Op::Token { min_valid, .. } => {
                 let min_valid = Duration::from_secs(min_valid);
-                if let Err(e) = self.may_fetch_tokens("token").and_then(|()| self.ensure_lease()) {
+                if let Err(e) = self
+                    .may_fetch_tokens("token")
+                    .and_then(|()| self.ensure_lease())
+                {
                     self.reply_error(id, e);
                     return;
                 }
@@ -569,7 +573,10 @@ impl Connection<'_> {
             );
             return;
         };
-        for (field, value) in [("app", Some(app.as_str())), ("instance", instance.as_deref())] {
+        for (field, value) in [
+            ("app", Some(app.as_str())),
+            ("instance", instance.as_deref()),
+        ] {
             if let Some(problem) = value.and_then(name_problem) {
                 self.reply_error(
                     id,
@@ -612,7 +619,9 @@ impl Connection<'_> {
             ErrorCode::PermissionDenied,
             format!(
                 "{op} refused: [ipc] allow_executables is set and does not list this program ({}), which is admitted for administration only (status, metrics, enroll, unenroll); an administrator can add its path to allow_executables",
-                self.exe.as_deref().map_or_else(|| "unknown".to_owned(), super::peer::shown)
+                self.exe
+                    .as_deref()
+                    .map_or_else(|| "unknown".to_owned(), super::peer::shown)
             ),
         ))
     }
@@ -675,11 +684,7 @@ impl Connection<'_> {
             instance: self.instance.clone(),
             pid: self.peer.pid,
         };
-        match self
-            .shared
-            .agent
-            .lease(holder, self.access.administers())
-        {
+        match self.shared.agent.lease(holder, self.access.administers()) {
             Ok(lease) => {
                 self.slot = lease.as_ref().map_or(0, Lease::slot);
                 if let Some(l) = &lease {
@@ -697,7 +702,10 @@ impl Connection<'_> {
     }
 
     async fn subscribe(&mut self, id: u64, min_valid: Duration) {
-        if let Err(e) = self.may_fetch_tokens("subscribe").and_then(|()| self.ensure_lease()) {
+        if let Err(e) = self
+            .may_fetch_tokens("subscribe")
+            .and_then(|()| self.ensure_lease())
+        {
             self.reply_error(id, e);
             return;
         }

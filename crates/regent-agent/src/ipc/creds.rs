@@ -30,7 +30,8 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> std::io::Result<Option<Vec<u32>>> {
     // The kernel answers ERANGE with the size it needs; the peer's groups
     // cannot change after connect, so a second call with that size fits.
     for _ in 0..2 {
-        let mut len = libc::socklen_t::try_from(groups.len() * size).unwrap_or(libc::socklen_t::MAX);
+        let mut len =
+            libc::socklen_t::try_from(groups.len() * size).unwrap_or(libc::socklen_t::MAX);
         // SAFETY: `groups` is valid for writes of `len` bytes, and `fd` is a
         // live descriptor for the duration of the borrow.
         let rc = unsafe {

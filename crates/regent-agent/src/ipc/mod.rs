@@ -495,8 +495,13 @@ pub async fn serve(
                     .await;
                 }
                 (Err(refusal), _) => {
-                    connection::refuse(stream, ErrorCode::PermissionDenied, &refusal.message, drain)
-                        .await;
+                    connection::refuse(
+                        stream,
+                        ErrorCode::PermissionDenied,
+                        &refusal.message,
+                        drain,
+                    )
+                    .await;
                 }
             }
             drop(done);

@@ -686,7 +686,11 @@ mod tests {
             refusal.reason,
             "connection refused: executable is another file"
         );
-        assert!(refusal.message.contains("bind mount"), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("bind mount"),
+            "{}",
+            refusal.message
+        );
         // The agent's own path, too.
         assert_eq!(
             outcome(policy.decide(&peer(1000, 1000, &[]), files.runs("app-copy", "regent"))),
@@ -767,7 +771,10 @@ mod tests {
                 namespace: "mnt:[1]".into(),
             })
             .unwrap_err();
-        assert_eq!(refusal.reason, "connection refused: another mount namespace");
+        assert_eq!(
+            refusal.reason,
+            "connection refused: another mount namespace"
+        );
         assert!(refusal.message.contains("mnt:[1]"), "{}", refusal.message);
     }
 
@@ -827,7 +834,10 @@ mod tests {
             pid: Some(u32::MAX / 2),
             ..me
         };
-        assert!(matches!(gone.lookup_executable(None), ExeLookup::Unknown(_)));
+        assert!(matches!(
+            gone.lookup_executable(None),
+            ExeLookup::Unknown(_)
+        ));
     }
 
     #[test]
