@@ -210,13 +210,16 @@ impl Default for InstancesConfig {
 pub struct IpcConfig {
     /// Socket path; default `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock`.
     pub socket: Option<PathBuf>,
-    /// Octal mode of the socket file, e.g. `"0600"` or `"0660"`.
+    /// Octal mode of the socket file, e.g. `"0600"` or `"0660"`. A mode that
+    /// gives other users access (last digit not 0) is refused: who may fetch
+    /// tokens is said with `allow_uids` / `allow_groups` and the socket's group.
     #[serde(default = "defaults::socket_mode")]
     pub mode: String,
     /// Uids allowed to fetch tokens, besides the agent's own uid and root.
     #[serde(default)]
     pub allow_uids: Vec<u32>,
-    /// Group names or gids allowed to fetch tokens.
+    /// Group names or gids allowed to fetch tokens: a peer's primary group or
+    /// any of its supplementary groups (Linux).
     #[serde(default)]
     pub allow_groups: Vec<String>,
     /// Absolute paths of the programs that may use the agent (Linux). Empty

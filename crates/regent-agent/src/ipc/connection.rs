@@ -13,6 +13,7 @@ use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::StreamCommon as _;
 use regent_proto::ErrorCode;
 use regent_proto::frame::{self, Framed};
+use regent_proto::message::MAX_NAME_CHARS;
 use regent_proto::message::{
     self, BadRequest, Event as WireEvent, Op, Outcome, Reply, Request, Response, TokenReply,
     WireError, WireSecret,
@@ -948,22 +949,14 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// The longest `app` or `instance` name a `hello` may carry, in characters.
-pub const MAX_NAME_CHARS: usize = 128;
-
-/// What is wrong with an `app` or `instance` name from `hello`, if anything:
-/// these names reach logs and `regent status`, where a newline would forge a
-/// log line and an escape sequence would drive an administrator's terminal.
+/// What is wrong with an `app` or `instance` name from `hello`, if anything
+/// ([`message::is_name_char`], [`MAX_NAME_CHARS`]).
 fn name_problem(name: &str) -> Option<String> {
     let len = name.chars().count();
     if len > MAX_NAME_CHARS {
         return Some(format!("is {len} characters long"));
     }
-    // Control characters, and the invisible ones that reorder or hide text.
-    let bad = name.chars().find(|c| {
-        c.is_control()
-            || matches!(*c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
-    })?;
+    let bad = name.chars().find(|c| !message::is_name_char(*c))?;
     Some(format!(
         "contains the non-printable character {:?}",
         bad.escape_unicode().to_string()
@@ -1141,6 +1134,42 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), signal)
             .await
             .expect("woken by the closed channel");
+    }
+
+    #[test]
+    fn hello_names_are_printable_and_short() {
+        assert_eq!(name_problem("my-app 2.1 (é, 日本)"), None);
+        assert_eq!(name_problem(&"x".repeat(MAX_NAME_CHARS)), None);
+        let long = name_problem(&"x".repeat(MAX_NAME_CHARS + 1)).unwrap();
+        assert!(long.contains("129 characters"), "{long}");
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "\u{1b}[31m",
+            "a\u{7}",
+            "right\u{202e}left",
+            "\u{200b}",
+        ] {
+            let problem = name_problem(bad).unwrap();
+            assert!(problem.contains("non-printable"), "{bad:?}: {problem}");
+            assert!(!problem.chars().any(char::is_control), "{problem:?}");
+        }
+    }
+
+    #[test]
+    fn consumed_and_regrown_buffers_keep_what_remains() {
+        // (What lies past the end cannot be read without unsafe code; this
+        // checks that wiping keeps what must be kept.)
+        let mut buf = b"SECRET-REGISTRATION-TOKEN|rest".to_vec();
+        consume(&mut buf, 26);
+        assert_eq!(buf, b"rest");
+        consume(&mut buf, 10);
+        assert!(buf.is_empty());
+        let mut small = Vec::with_capacity(4);
+        small.extend_from_slice(b"abcd");
+        reserve_wiped(&mut small, 100);
+        assert_eq!(small, b"abcd");
+        assert!(small.capacity() >= 104);
     }
 
     #[test]

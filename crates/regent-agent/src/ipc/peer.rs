@@ -1,9 +1,11 @@
 //! Who is on the other end of a connection, and what they may do.
 //!
-//! Every connection's peer credentials (uid, gid, pid) are read from the kernel
-//! and checked against `allow_uids` / `allow_groups`; the agent's own uid and
+//! Every connection's peer credentials (uid, gid, pid, and on Linux the
+//! supplementary groups: [`super::creds`]) are read from the kernel and
+//! checked against `allow_uids` / `allow_groups`; the agent's own uid and
 //! root are always allowed. Enrollment and unenrollment need the agent's uid or
-//! root (DESIGN §6).
+//! root (DESIGN §6). The decision is taken again whenever the policy changes
+//! (a reload), at the connection's next request or pushed event.
 //!
 //! `allow_executables` (optional) narrows this to named programs. When it is
 //! set, a peer is served only if the program it runs — `/proc/PID/exe`, the
