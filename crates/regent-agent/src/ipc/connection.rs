@@ -13,10 +13,9 @@ use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::StreamCommon as _;
 use regent_proto::ErrorCode;
 use regent_proto::frame::{self, Framed};
-use regent_proto::message::MAX_NAME_CHARS;
 use regent_proto::message::{
-    self, BadRequest, Event as WireEvent, Op, Outcome, Reply, Request, Response, TokenReply,
-    WireError, WireSecret,
+    self, BadRequest, Event as WireEvent, MAX_NAME_CHARS, Op, Outcome, Reply, Request, Response,
+    TokenReply, WireError, WireSecret,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
@@ -405,6 +404,7 @@ impl Connection<'_> {
                 id: response.id,
                 outcome: Outcome::Error(WireError::new(ErrorCode::Internal, "response too large")),
             };
+            reserve_wiped(&mut self.out, 256);
             let _ = frame::encode(&fallback, &mut self.out);
         }
     }
@@ -958,8 +958,8 @@ fn name_problem(name: &str) -> Option<String> {
     }
     let bad = name.chars().find(|c| !message::is_name_char(*c))?;
     Some(format!(
-        "contains the non-printable character {:?}",
-        bad.escape_unicode().to_string()
+        "contains the non-printable character {}",
+        bad.escape_unicode()
     ))
 }
 
@@ -1151,7 +1151,10 @@ mod tests {
             "\u{200b}",
         ] {
             let problem = name_problem(bad).unwrap();
-            assert!(problem.contains("non-printable"), "{bad:?}: {problem}");
+            assert!(
+                problem.contains("non-printable character \\u{"),
+                "{bad:?}: {problem}"
+            );
             assert!(!problem.chars().any(char::is_control), "{problem:?}");
         }
     }
