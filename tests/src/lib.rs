@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod crash;
+#[cfg(unix)]
+pub mod other_user;
 pub mod procstat;
 pub mod proxy;
 

@@ -276,23 +276,16 @@ fn the_demo_runs_start_to_finish() {
 #[cfg(target_os = "linux")]
 #[test]
 fn another_uid_is_refused_unless_allowed_and_never_enrolls() {
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     if nix::unistd::geteuid().as_raw() != 0 {
         eprintln!("skipped: needs root to run the CLI as another uid (65534)");
         return;
     }
     let emulator = EmulatorProc::start(300);
-    // 0666 so the kernel lets uid 65534 connect and the agent's own
-    // peer-credential check decides.
-    let home = AgentHome::new(&emulator.url, "[ipc]\nmode = \"0666\"");
-    for dir in [
-        home.dir.path().to_path_buf(),
-        home.socket.parent().unwrap().to_path_buf(),
-    ] {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // A 0660 socket of group 65534, so the kernel lets uid 65534 connect
+    // and the agent's own peer-credential check decides.
+    let home = AgentHome::new(&emulator.url, "[ipc]\nmode = \"0660\"");
+    regent_tests::other_user::socket_group(&home, 65534);
     let agent = AgentProc::start(&home);
     assert!(
         home.regent(&["enroll"], Some(&emulator.mint(1)))

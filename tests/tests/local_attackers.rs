@@ -129,7 +129,9 @@ fn run_as(bin: &Path, uid: u32, home: &AgentHome, args: &[&str], stdin: Option<&
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if uid != 0 {
-        cmd.uid(uid).gid(uid);
+        // The socket's group is the agent's (mode 0660): every client uid
+        // gets it as a supplementary group, so the agent's checks decide.
+        regent_tests::other_user::as_user(&mut cmd, uid, uid, &[AGENT_UID]);
     }
     let mut child = spawn(&mut cmd);
     if let Some(input) = stdin {
@@ -173,10 +175,11 @@ fn start_agent_as(bin: &Path, uid: u32, home: &AgentHome) -> AgentProc {
     agent
 }
 
-/// An agent home owned by `uid`, reachable (not writable) by everyone, so
+/// An agent home owned by `uid`, reachable (not writable) by everyone, with
+/// a socket of mode 0660 whose group (the agent's) every test client has, so
 /// that the agent's own checks decide who gets in.
 fn home_for(uid: u32, url: &str, ipc: &str) -> AgentHome {
-    let home = AgentHome::new(url, &format!("[ipc]\nmode = \"0666\"\n{ipc}"));
+    let home = AgentHome::new(url, &format!("[ipc]\nmode = \"0660\"\n{ipc}"));
     let run = home.socket.parent().unwrap();
     std::fs::create_dir_all(run).unwrap();
     for path in [home.dir.path(), run] {

@@ -22,7 +22,7 @@ fn config_text(home: &AgentHome, url: &str, level: &str, allow: &str, extra: &st
     format!(
         "[server]\nprofile = \"sentinel\"\nurl = \"{url}\"\nrequest_timeout = 5\n\n\
          [store]\nkind = \"file\"\n\n[state]\ndir = \"{}\"\n\n\
-         [ipc]\nsocket = \"{}\"\nmode = \"0666\"\nallow_uids = {allow}\n\n\
+         [ipc]\nsocket = \"{}\"\nmode = \"0660\"\nallow_uids = {allow}\n\n\
          [log]\nlevel = \"{level}\"\n{extra}",
         home.dir.path().join("state").display(),
         home.socket.display()
@@ -55,16 +55,9 @@ fn log_level_and_allow_list_reload_live_and_a_broken_edit_is_rejected() {
     }
     let emulator = EmulatorProc::start(300);
     let home = AgentHome::new(&emulator.url, "");
-    // The socket must be reachable by the other user, so the allow list is
-    // the only thing that decides.
-    std::fs::set_permissions(
-        home.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let run_dir = home.socket.parent().unwrap();
-    std::fs::create_dir_all(run_dir).unwrap();
-    std::fs::set_permissions(run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The socket must be reachable by the other user (its group is the
+    // socket's), so the allow list is the only thing that decides.
+    regent_tests::other_user::socket_group(&home, OTHER_UID);
     std::fs::write(
         &home.config,
         config_text(&home, &emulator.url, "info", "[]", ""),

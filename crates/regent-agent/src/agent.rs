@@ -116,8 +116,11 @@ pub struct AgentStatus {
     pub instance_mode: &'static str,
     /// Most slots (`instances.max`).
     pub instances_max: u32,
-    /// This state directory's device id.
-    pub device_id: String,
+    /// This state directory's device id (shown to the agent's uid and root
+    /// only: with the registration token it would let a user replay this
+    /// device's redemption).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
     /// Where secrets are kept.
     pub store: String,
     /// One entry per slot that exists.
@@ -129,7 +132,8 @@ pub struct AgentStatus {
 pub struct SlotStatus {
     /// Slot number.
     pub slot: u32,
-    /// Identifier sent to the server.
+    /// Identifier sent to the server (shown to the agent's uid and root only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identifier: Option<String>,
     /// Lifecycle state.
     pub state: SlotState,
@@ -569,7 +573,7 @@ impl Agent {
         let expires_at = redemption.grant.expires_at;
         let renewer = self.renewer(slot, credential);
         engine.activate(renewer, Some(redemption.grant)).await;
-        tracing::info!(slot, identifier = %identifier, "enrolled: registration token redeemed for an auth token");
+        tracing::info!(slot, identifier = %crate::secret::short_hash(&identifier), "enrolled: registration token redeemed for an auth token");
         Ok(Enrolled {
             identifier,
             auth_token_id: Some(redemption.auth_token_id),
@@ -881,8 +885,9 @@ impl Agent {
         self.engine_status_for(FIRST_SLOT)
     }
 
-    /// Status for people and scripts; lease holders only when `show_holders`.
-    pub async fn status_with(&self, show_holders: bool) -> AgentStatus {
+    /// Status for people and scripts; identifiers, the device id and lease
+    /// holders only for an administrator (`admin`: the agent's uid or root).
+    pub async fn status_with(&self, admin: bool) -> AgentStatus {
         let state = self.state.lock().await;
         let holders = self.leases.holders();
         let secs = |t: Option<SystemTime>| t.map(|t| to_ms(t) / 1000);
@@ -894,9 +899,9 @@ impl Agent {
                 let record = state.slots.get(&number);
                 SlotStatus {
                     slot: number,
-                    identifier: record.map(|r| r.identifier.clone()),
+                    identifier: record.filter(|_| admin).map(|r| r.identifier.clone()),
                     state: s.state,
-                    leased_by: show_holders
+                    leased_by: admin
                         .then(|| {
                             holders
                                 .iter()
@@ -928,15 +933,15 @@ impl Agent {
                 "shared"
             },
             instances_max: self.instances_max.load(Ordering::Relaxed),
-            device_id: state.device_id.clone(),
+            device_id: admin.then(|| state.device_id.clone()),
             store: self.store.describe(),
             slots,
         }
     }
 
-    /// Status without lease holders.
+    /// Status with everything (for code in this process, which is trusted).
     pub async fn status(&self) -> AgentStatus {
-        self.status_with(false).await
+        self.status_with(true).await
     }
 
     /// Applies new refresh settings to every slot (live reload).

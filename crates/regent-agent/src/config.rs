@@ -210,13 +210,16 @@ impl Default for InstancesConfig {
 pub struct IpcConfig {
     /// Socket path; default `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock`.
     pub socket: Option<PathBuf>,
-    /// Octal mode of the socket file, e.g. `"0600"` or `"0660"`.
+    /// Octal mode of the socket file, e.g. `"0600"` or `"0660"`. A mode that
+    /// gives other users access (last digit not 0) is refused: who may fetch
+    /// tokens is said with `allow_uids` / `allow_groups` and the socket's group.
     #[serde(default = "defaults::socket_mode")]
     pub mode: String,
     /// Uids allowed to fetch tokens, besides the agent's own uid and root.
     #[serde(default)]
     pub allow_uids: Vec<u32>,
-    /// Group names or gids allowed to fetch tokens.
+    /// Group names or gids allowed to fetch tokens: a peer's primary group or
+    /// any of its supplementary groups (Linux).
     #[serde(default)]
     pub allow_groups: Vec<String>,
     /// Absolute paths of the programs that may use the agent (Linux). Empty
@@ -461,6 +464,14 @@ impl Config {
         if self.ipc.socket_mode().is_none() {
             return Err(format!(
                 "[ipc] mode = {:?} is not an octal file mode such as \"0600\" or \"0660\"",
+                self.ipc.mode
+            ));
+        }
+        if let Some(mode) = self.ipc.socket_mode()
+            && mode & 0o007 != 0
+        {
+            return Err(format!(
+                "[ipc] mode = {:?} gives every user on this machine access to the socket (the last digit is not 0); use \"0600\" (the agent's user only) or \"0660\" with the socket's group, and name who may fetch tokens in [ipc] allow_uids / allow_groups",
                 self.ipc.mode
             ));
         }
@@ -731,6 +742,15 @@ mod tests {
         assert!(parse(&format!("{base}max_active_tokens = 200\n")).is_ok());
         assert!(parse(&format!("{base}[refresh]\nahead = 1.5\n")).is_err());
         assert!(parse(&format!("{base}[ipc]\nmode = \"999\"\n")).is_err());
+        for open in ["0666", "0606", "0601", "0o664"] {
+            let e = parse(&format!("{base}[ipc]\nmode = \"{open}\"\n")).unwrap_err();
+            assert!(
+                e.message.contains("[ipc] mode") && e.message.contains("every user"),
+                "{open}: {}",
+                e.message
+            );
+        }
+        assert!(parse(&format!("{base}[ipc]\nmode = \"0660\"\n")).is_ok());
         assert!(parse(&format!("{base}[instances]\nmax = 3\n")).is_err());
         assert!(
             parse(&format!(

@@ -200,8 +200,8 @@ impl Provisioner {
                 tracing::info!(
                     target: AUDIT_TARGET,
                     file = %path.display(),
-                    identifier = %enrolled.identifier,
-                    auth_token_id = enrolled.auth_token_id.as_deref().unwrap_or(""),
+                    identifier = %crate::secret::short_hash(&enrolled.identifier),
+                    auth_token_id = %enrolled.auth_token_id.as_deref().map(crate::secret::short_hash).unwrap_or_default(),
                     "enrolled from a provisioning file"
                 );
                 Outcome::Redeemed

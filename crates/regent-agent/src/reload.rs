@@ -3,7 +3,8 @@
 //!
 //! - Applied live: `[log] level` (through a hook the binary owning the
 //!   subscriber provides), `[ipc] allow_uids` / `allow_groups` /
-//!   `allow_executables` (new connections; listed symlinks are resolved again
+//!   `allow_executables` (new connections at once, open ones at their next
+//!   request or pushed event, closed if no longer admitted; listed symlinks are resolved again
 //!   on every event in the file's directory, even a `touch`), `[refresh]` (the engine's timing) and `[instances] max`
 //!   (per-instance mode; leased slots above a lowered maximum keep working).
 //! - A broken file is rejected with one `error` line naming the file, the line

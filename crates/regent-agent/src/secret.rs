@@ -6,3 +6,23 @@ pub use secrecy::{ExposeSecret, SecretString};
 pub fn secret(s: String) -> SecretString {
     SecretString::from(s)
 }
+
+/// How logs name an identifier that must not appear in them (a slot
+/// identifier, the device id, an auth-token id): the first 8 hex digits of
+/// its SHA-256. Enough to tell values apart and to match a known one
+/// (`printf %s ID | sha256sum | cut -c1-8`), useless for replaying it.
+pub fn short_hash(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(value.as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_hashes_are_the_sha256_prefix() {
+        // printf %s dev-1-0 | sha256sum | cut -c1-8
+        assert_eq!(super::short_hash("dev-1-0"), "10680c0a");
+        assert_ne!(super::short_hash("dev-1-0"), super::short_hash("dev-1-1"));
+    }
+}

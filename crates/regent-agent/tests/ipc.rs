@@ -212,16 +212,17 @@ async fn another_uid_is_refused_at_the_protocol_level() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // The socket is world-connectable (0666) so that the kernel lets the
-    // other uid in and the agent's own peer-credential check decides.
+    // The socket (0660) is handed to the other uid's group so that the
+    // kernel lets it in and the agent's own peer-credential check decides.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_server, agent, _healthy) = enrolled_agent(dir.path(), "mode = \"0666\"").await;
+    let (_server, agent, _healthy) = enrolled_agent(dir.path(), "mode = \"0660\"").await;
     let mode = std::fs::metadata(&agent.socket)
         .unwrap()
         .permissions()
         .mode()
         & 0o777;
-    assert_eq!(mode, 0o666, "socket file mode as configured");
+    assert_eq!(mode, 0o660, "socket file mode as configured");
+    nix::unistd::chown(&agent.socket, None, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
 
     let socket = agent.socket.clone();
     let refused = tokio::task::spawn_blocking(move || {

@@ -118,10 +118,24 @@ impl Default for ClientOptions {
     }
 }
 
+/// The program's file name, made acceptable to the agent, which refuses a
+/// `hello` whose names are not printable or longer than 128 characters.
 fn executable_name() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|name| {
+            name.chars()
+                .map(|c| {
+                    if regent_proto::message::is_name_char(c) {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .take(regent_proto::message::MAX_NAME_CHARS)
+                .collect()
+        })
         .unwrap_or_else(|| "unknown".to_owned())
 }
 

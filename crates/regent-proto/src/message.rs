@@ -25,6 +25,21 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Every version this crate can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 
+/// The longest `app` or `instance` name a `hello` may carry, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Whether `c` may appear in a `hello` name. These names reach logs and
+/// `regent status`, where a newline would forge a log line and an escape
+/// sequence would drive an administrator's terminal: control characters
+/// and the invisible ones that reorder or hide text are refused.
+pub fn is_name_char(c: char) -> bool {
+    !(c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
+        ))
+}
+
 /// Picks the highest version both sides speak.
 pub fn negotiate(offered: &[u32]) -> Option<u32> {
     SUPPORTED_VERSIONS

@@ -14,15 +14,15 @@ use interprocess::local_socket::traits::StreamCommon as _;
 use regent_proto::ErrorCode;
 use regent_proto::frame::{self, Framed};
 use regent_proto::message::{
-    self, BadRequest, Event as WireEvent, Op, Outcome, Reply, Request, Response, TokenReply,
-    WireError, WireSecret,
+    self, BadRequest, Event as WireEvent, MAX_NAME_CHARS, Op, Outcome, Reply, Request, Response,
+    TokenReply, WireError, WireSecret,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::Shared;
-use super::peer::{Access, Peer};
+use super::peer::{Access, Admitted, Peer, Refusal};
 use crate::engine::{DemandGuard, Event, SlotState};
 use crate::error::Error;
 use crate::grant::Grant;
@@ -51,7 +51,14 @@ struct Connection<'a> {
     stream: Stream,
     shared: &'a Shared,
     peer: Peer,
+    /// The peer's process, pinned when it connected (Linux ≥ 6.5), for
+    /// deciding again after a policy change.
+    pidfd: Option<PeerPidfd>,
     access: Access,
+    /// The policy generation `access` was decided under.
+    policy_generation: u64,
+    /// The policy no longer admits the peer: answer what is buffered, close.
+    closing: bool,
     app: Option<String>,
     /// The slot this connection's tokens come from (0 in shared mode).
     slot: u32,
@@ -65,73 +72,124 @@ struct Connection<'a> {
     instance: Option<String>,
     /// The last token reply serialised on this connection (see [`TokenFrame`]).
     token_frame: Option<TokenFrame>,
-    /// The peer's executable, resolved once at hello, for audit lines.
+    /// The peer's executable for audit lines: the program checked against
+    /// `allow_executables`, or (no list) the one `/proc` named at connect.
     exe: Option<std::path::PathBuf>,
     /// Expiry of the last token audited at `info` for this connection.
     audited: Option<SystemTime>,
+    /// Bytes read and not yet parsed; may hold an enrollment secret, so it is
+    /// wiped as it is consumed, when it grows, and on drop.
     buf: Vec<u8>,
+    /// Frames to send; holds tokens, so it is wiped like `buf`.
     out: Vec<u8>,
     subscriptions: Vec<Subscription>,
     events: Option<broadcast::Receiver<Event>>,
 }
 
-/// Reads the peer's credentials from the kernel.
-fn peer_of(stream: &Stream) -> Peer {
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+        self.out.zeroize();
+    }
+}
+
+#[cfg(target_os = "linux")]
+type PeerPidfd = std::os::fd::OwnedFd;
+#[cfg(not(target_os = "linux"))]
+type PeerPidfd = ();
+
+/// A peer that passed the policy, ready for [`handle`].
+pub(crate) struct Admission {
+    peer: Peer,
+    pidfd: Option<PeerPidfd>,
+    admitted: Admitted,
+    generation: u64,
+}
+
+/// Reads the peer's credentials from the kernel: uid, gid, pid, and on
+/// Linux its supplementary groups and a pidfd.
+fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
     match stream.peer_creds() {
         #[cfg(unix)]
-        Ok(creds) => Peer {
-            uid: creds.euid(),
-            gid: creds.egid(),
-            pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
-            groups: creds.groups().map(<[u32]>::to_vec).unwrap_or_default(),
-        },
+        Ok(creds) => {
+            let peer = Peer {
+                uid: creds.euid(),
+                gid: creds.egid(),
+                pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
+                groups: creds.groups().map(<[u32]>::to_vec).unwrap_or_default(),
+            };
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsFd;
+                let mut peer = peer;
+                let Stream::UdSocket(socket) = stream;
+                let fd = socket.as_fd();
+                match super::creds::peer_groups(fd) {
+                    Ok(Some(groups)) => peer.groups = groups,
+                    Ok(None) => {
+                        // Kernels before 4.13: the account's groups.
+                        if let Some(uid) = peer.uid {
+                            peer.groups = super::creds::groups_of_user(uid);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, uid = peer.uid, "cannot read the peer's supplementary groups; only its primary group counts for [ipc] allow_groups");
+                    }
+                }
+                (peer, super::creds::peer_pidfd(fd))
+            }
+            #[cfg(not(target_os = "linux"))]
+            (peer, None)
+        }
         #[cfg(not(unix))]
-        Ok(creds) => Peer {
-            pid: creds.pid(),
-            ..Peer::default()
-        },
+        Ok(creds) => (
+            Peer {
+                pid: creds.pid(),
+                ..Peer::default()
+            },
+            None,
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; refusing the connection");
-            Peer::default()
+            (Peer::default(), None)
         }
     }
 }
 
-/// Answers one error frame and closes (connection limit, permission).
-pub(crate) async fn refuse(mut stream: Stream, code: ErrorCode, message: &str) {
-    let mut out = Vec::new();
-    let response = Response {
-        id: 0,
-        outcome: Outcome::Error(WireError::new(code, message)),
+/// Decides under the current policy; `pidfd` pins the process on Linux.
+fn decide(
+    shared: &Shared,
+    peer: &Peer,
+    pidfd: Option<&PeerPidfd>,
+) -> (u64, Result<Admitted, Refusal>) {
+    #[cfg(target_os = "linux")]
+    let pinned = {
+        use std::os::fd::AsFd;
+        pidfd.map(|fd| super::peer::PinnedProcess::new(fd.as_fd()))
     };
-    if frame::encode(&response, &mut out).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
-    }
-    // Closing at once could make the client's own first write (its hello)
-    // fail with EPIPE before it reads the refusal; drain what it sends for a
-    // moment (bounded in bytes and time) so it sees the reason.
-    let mut sink = [0u8; 1024];
-    let drain = async {
-        let mut total = 0usize;
-        while let Ok(n) = stream.read(&mut sink).await {
-            total += n;
-            if n == 0 || total > 64 * 1024 {
-                break;
-            }
-        }
+    #[cfg(not(target_os = "linux"))]
+    let pinned: Option<super::peer::PinnedProcess<'_>> = {
+        let _ = pidfd;
+        None
     };
-    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
-}
-
-/// Serves one connection until it closes, misbehaves, or the agent shuts down.
-pub(crate) async fn handle(stream: Stream, shared: &Shared, mut shutdown: broadcast::Receiver<()>) {
-    let peer = peer_of(&stream);
-    let access = match shared
+    shared
         .settings
         .policy
-        .decide(&peer, || peer.lookup_executable())
-    {
-        Ok(access) => access,
+        .decide(peer, || peer.lookup_executable(pinned))
+}
+
+/// Reads who the peer is and decides whether it is served. A refusal is
+/// counted and logged here; the caller sends it.
+pub(crate) fn admit(stream: &Stream, shared: &Shared) -> Result<Admission, Refusal> {
+    let (peer, pidfd) = peer_of(stream);
+    let (generation, decided) = decide(shared, &peer, pidfd.as_ref());
+    match decided {
+        Ok(admitted) => Ok(Admission {
+            peer,
+            pidfd,
+            admitted,
+            generation,
+        }),
         Err(refusal) => {
             shared.stats.refused.fetch_add(1, Ordering::Relaxed);
             let exe = refusal.exe.clone().or_else(|| peer.executable());
@@ -144,22 +202,83 @@ pub(crate) async fn handle(stream: Stream, shared: &Shared, mut shutdown: broadc
                 "{}",
                 refusal.reason
             );
-            refuse(stream, ErrorCode::PermissionDenied, &refusal.message).await;
-            return;
+            Err(refusal)
+        }
+    }
+}
+
+/// Answers one error frame and closes (connection limit, permission).
+/// With a `drain` permit, what the client sends is read and discarded for a
+/// moment first, so that its own first write (its hello) does not fail with
+/// `EPIPE` before it reads the refusal; without one (too many refusals at
+/// once) the frame is written if the socket takes it at once and the
+/// connection closes, so refused peers can hold no more than a bounded number
+/// of descriptors, and never a connection slot.
+pub(crate) async fn refuse(
+    mut stream: Stream,
+    code: ErrorCode,
+    message: &str,
+    drain: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let mut out = Vec::new();
+    let response = Response {
+        id: 0,
+        outcome: Outcome::Error(WireError::new(code, message)),
+    };
+    if frame::encode(&response, &mut out).is_err() {
+        return;
+    }
+    let Some(_permit) = drain else {
+        // A fresh socket's buffer takes a small frame at once.
+        let _ = tokio::time::timeout(Duration::ZERO, stream.write_all(&out)).await;
+        return;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    let mut sink = Zeroizing::new([0u8; 1024]);
+    let drain = async {
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut sink[..]).await {
+            total += n;
+            if n == 0 || total > 64 * 1024 {
+                break;
+            }
         }
     };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+}
+
+/// Serves one admitted connection until it closes, misbehaves, the policy
+/// stops admitting it, or the agent shuts down.
+pub(crate) async fn handle(
+    stream: Stream,
+    admission: Admission,
+    shared: &Shared,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let Admission {
+        peer,
+        pidfd,
+        admitted,
+        generation,
+    } = admission;
+    // Audit lines name the program that was checked; without a list, the
+    // one /proc names now, read once.
+    let exe = admitted.exe.or_else(|| peer.executable());
     let mut conn = Connection {
         stream,
         shared,
         peer,
-        access,
+        pidfd,
+        access: admitted.access,
+        policy_generation: generation,
+        closing: false,
         app: None,
         slot: 0,
         lease: None,
         leased: false,
         instance: None,
         token_frame: None,
-        exe: None,
+        exe,
         audited: None,
         buf: Vec::new(),
         out: Vec::new(),
@@ -175,13 +294,13 @@ impl Connection<'_> {
         let mut shutdown = ShutdownSignal::new(shutdown.recv());
         loop {
             // Answer every whole frame already buffered (pipelined requests).
-            loop {
+            while !self.closing {
                 match frame::frame_len(&self.buf) {
                     Ok(Framed::Incomplete) => break,
                     Ok(Framed::Frame { len }) => {
                         let end = frame::HEADER + len;
                         let request = message::decode_request(&self.buf[frame::HEADER..end]);
-                        self.buf.drain(..end);
+                        consume(&mut self.buf, end);
                         self.request(request).await;
                     }
                     Err(e) => {
@@ -201,11 +320,12 @@ impl Connection<'_> {
                     }
                 }
             }
-            if self.flush().await.is_err() {
+            if self.flush().await.is_err() || self.closing {
                 return;
             }
             if self.buf.is_empty() && self.buf.capacity() > 4096 {
                 // Idle connections keep no large buffers.
+                self.buf.zeroize();
                 self.buf = Vec::new();
             }
             // A half-sent frame, or a connection that has not said hello, may
@@ -229,7 +349,13 @@ impl Connection<'_> {
                         return;
                     }
                 },
-                event = next_event(events) => self.on_event(event).await,
+                event = next_event(events) => {
+                    self.on_event(event).await;
+                    if self.closing {
+                        let _ = self.flush().await;
+                        return;
+                    }
+                }
             }
         }
     }
@@ -263,12 +389,22 @@ impl Connection<'_> {
     }
 
     fn push(&mut self, response: Response) {
-        if let Err(e) = frame::encode(&response, &mut self.out) {
+        // Serialised apart, then copied in: `out` only grows through
+        // `reserve_wiped`, which wipes what a reallocation leaves behind.
+        let mut json = WipedWriter::default();
+        let encoded = serde_json::to_writer(&mut json, &response)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                reserve_wiped(&mut self.out, frame::HEADER + json.0.len());
+                frame::encode_raw(&json.0, &mut self.out).map_err(|e| e.to_string())
+            });
+        if let Err(e) = encoded {
             tracing::error!(error = %e, "response too large to send");
             let fallback = Response {
                 id: response.id,
                 outcome: Outcome::Error(WireError::new(ErrorCode::Internal, "response too large")),
             };
+            reserve_wiped(&mut self.out, 256);
             let _ = frame::encode(&fallback, &mut self.out);
         }
     }
@@ -291,6 +427,14 @@ impl Connection<'_> {
 
     async fn request(&mut self, request: Result<Request, BadRequest>) {
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.recheck_policy() {
+            let id = match &request {
+                Ok(r) => r.id,
+                Err(bad) => bad.id,
+            };
+            self.reply_error(id, e);
+            return;
+        }
         let request = match request {
             Ok(r) => r,
             Err(bad) => {
@@ -324,7 +468,10 @@ impl Connection<'_> {
             } => self.hello(id, &versions, app, instance),
             Op::Token { min_valid, .. } => {
                 let min_valid = Duration::from_secs(min_valid);
-                if let Err(e) = self.ensure_lease() {
+                if let Err(e) = self
+                    .may_fetch_tokens("token")
+                    .and_then(|()| self.ensure_lease())
+                {
                     self.reply_error(id, e);
                     return;
                 }
@@ -348,7 +495,7 @@ impl Connection<'_> {
                 let status = self
                     .shared
                     .agent
-                    .status_with(self.access == Access::Admin)
+                    .status_with(self.access.administers())
                     .await;
                 match serde_json::to_value(&status) {
                     Ok(status) => self.reply(id, Reply::Status { status }),
@@ -360,7 +507,7 @@ impl Connection<'_> {
                 self.reply(id, Reply::Metrics { text });
             }
             Op::Enroll { secret, force } => {
-                if self.access != Access::Admin {
+                if !self.access.administers() {
                     tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "enroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("enroll"));
                     return;
@@ -376,8 +523,8 @@ impl Connection<'_> {
                             uid = self.peer.uid,
                             exe = ?self.exe,
                             app = self.app.as_deref().unwrap_or(""),
-                            identifier = %enrolled.identifier,
-                            auth_token_id = enrolled.auth_token_id.as_deref().unwrap_or(""),
+                            identifier = %crate::secret::short_hash(&enrolled.identifier),
+                            auth_token_id = %enrolled.auth_token_id.as_deref().map(crate::secret::short_hash).unwrap_or_default(),
                             forced = force,
                             "enrolled"
                         );
@@ -397,7 +544,7 @@ impl Connection<'_> {
                 }
             }
             Op::Unenroll {} => {
-                if self.access != Access::Admin {
+                if !self.access.administers() {
                     tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("unenroll"));
                     return;
@@ -427,7 +574,21 @@ impl Connection<'_> {
             );
             return;
         };
-        self.exe = self.peer.executable();
+        for (field, value) in [
+            ("app", Some(app.as_str())),
+            ("instance", instance.as_deref()),
+        ] {
+            if let Some(problem) = value.and_then(name_problem) {
+                self.reply_error(
+                    id,
+                    Error::new(
+                        ErrorCode::BadRequest,
+                        format!("hello: {field} {problem}; use at most {MAX_NAME_CHARS} printable characters"),
+                    ),
+                );
+                return;
+            }
+        }
         tracing::info!(
             target: AUDIT_TARGET,
             pid = self.peer.pid,
@@ -448,6 +609,72 @@ impl Connection<'_> {
         );
     }
 
+    /// Tokens need token access: the agent's own CLI admitted only for
+    /// administration ([`Access::Manage`]) may not fetch them.
+    fn may_fetch_tokens(&self, op: &str) -> Result<(), Error> {
+        if self.access.fetches_tokens() {
+            return Ok(());
+        }
+        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), op, "token request refused: the regent CLI is not in [ipc] allow_executables");
+        Err(Error::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "{op} refused: [ipc] allow_executables is set and does not list this program ({}), which is admitted for administration only (status, metrics, enroll, unenroll); an administrator can add its path to allow_executables",
+                self.exe
+                    .as_deref()
+                    .map_or_else(|| "unknown".to_owned(), super::peer::shown)
+            ),
+        ))
+    }
+
+    /// Decides again when the policy changed since this connection was
+    /// admitted (a generation number makes the unchanged case one atomic
+    /// load). A peer the policy no longer admits is told why and the
+    /// connection closes after the frames already queued.
+    fn recheck_policy(&mut self) -> Result<(), Error> {
+        if self.shared.settings.policy.generation() == self.policy_generation {
+            return Ok(());
+        }
+        let (generation, decided) = decide(self.shared, &self.peer, self.pidfd.as_ref());
+        match decided {
+            Ok(admitted) => {
+                self.policy_generation = generation;
+                if admitted.access != self.access {
+                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), access = ?admitted.access, "access changed by a policy reload");
+                }
+                self.access = admitted.access;
+                if admitted.exe.is_some() {
+                    self.exe = admitted.exe;
+                }
+                if !self.access.fetches_tokens() {
+                    self.subscriptions.clear();
+                    self.events = None;
+                }
+                Ok(())
+            }
+            Err(refusal) => {
+                self.closing = true;
+                self.subscriptions.clear();
+                self.events = None;
+                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    target: AUDIT_TARGET,
+                    uid = self.peer.uid,
+                    pid = self.peer.pid,
+                    exe = ?refusal.exe.as_ref().or(self.exe.as_ref()),
+                    app = self.app.as_deref().unwrap_or(""),
+                    detail = %refusal.message,
+                    "connection closed after a policy reload: {}",
+                    refusal.reason
+                );
+                Err(Error::new(
+                    ErrorCode::PermissionDenied,
+                    format!("{}; closing the connection", refusal.message),
+                ))
+            }
+        }
+    }
+
     /// Leases a slot for this instance (per-instance mode) if it has none yet.
     fn ensure_lease(&mut self) -> Result<(), Error> {
         if self.leased {
@@ -458,11 +685,7 @@ impl Connection<'_> {
             instance: self.instance.clone(),
             pid: self.peer.pid,
         };
-        match self
-            .shared
-            .agent
-            .lease(holder, self.access == Access::Admin)
-        {
+        match self.shared.agent.lease(holder, self.access.administers()) {
             Ok(lease) => {
                 self.slot = lease.as_ref().map_or(0, Lease::slot);
                 if let Some(l) = &lease {
@@ -480,7 +703,10 @@ impl Connection<'_> {
     }
 
     async fn subscribe(&mut self, id: u64, min_valid: Duration) {
-        if let Err(e) = self.ensure_lease() {
+        if let Err(e) = self
+            .may_fetch_tokens("subscribe")
+            .and_then(|()| self.ensure_lease())
+        {
             self.reply_error(id, e);
             return;
         }
@@ -553,6 +779,10 @@ impl Connection<'_> {
     }
 
     async fn on_event(&mut self, event: Option<Event>) {
+        if let Err(e) = self.recheck_policy() {
+            self.reply_error(0, e);
+            return;
+        }
         let renewed = match event {
             Some(Event::State { to, error, .. }) => {
                 let ids: Vec<u64> = self.subscriptions.iter().map(|s| s.id).collect();
@@ -693,6 +923,7 @@ impl TokenFrame {
     /// Appends the frame `{"id":ID,"ok":{…}}`, byte for byte what
     /// `frame::encode` makes of the same response.
     fn encode(&self, id: u64, out: &mut Vec<u8>) {
+        reserve_wiped(out, frame::HEADER + 32 + self.tail.len());
         let start = out.len();
         out.extend_from_slice(&[0; frame::HEADER]);
         out.extend_from_slice(b"{\"id\":");
@@ -718,6 +949,69 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// What is wrong with an `app` or `instance` name from `hello`, if anything
+/// ([`message::is_name_char`], [`MAX_NAME_CHARS`]).
+fn name_problem(name: &str) -> Option<String> {
+    let len = name.chars().count();
+    if len > MAX_NAME_CHARS {
+        return Some(format!("is {len} characters long"));
+    }
+    let bad = name.chars().find(|c| !message::is_name_char(*c))?;
+    Some(format!(
+        "contains the non-printable character {}",
+        bad.escape_unicode()
+    ))
+}
+
+/// Drops the first `n` bytes of `buf`, wiping the bytes the move leaves
+/// behind (a request may carry a registration token).
+fn consume(buf: &mut Vec<u8>, n: usize) {
+    let n = n.min(buf.len());
+    let kept = buf.len() - n;
+    buf.copy_within(n.., 0);
+    buf[kept..].zeroize();
+    buf.truncate(kept);
+}
+
+/// Makes room for `additional` bytes without leaving a copy behind: where
+/// `Vec::reserve` would reallocate and free the old block as it is, the old
+/// block is wiped first.
+fn reserve_wiped(buf: &mut Vec<u8>, additional: usize) {
+    if buf.capacity() - buf.len() >= additional {
+        return;
+    }
+    let wanted = buf
+        .len()
+        .saturating_add(additional)
+        .max(buf.capacity().saturating_mul(2));
+    let mut bigger = Vec::with_capacity(wanted);
+    bigger.extend_from_slice(buf);
+    buf.zeroize();
+    *buf = bigger;
+}
+
+/// A `Write` target that grows with [`reserve_wiped`] and is wiped on drop.
+#[derive(Default)]
+struct WipedWriter(Vec<u8>);
+
+impl std::io::Write for WipedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        reserve_wiped(&mut self.0, bytes.len());
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for WipedWriter {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -735,7 +1029,7 @@ async fn read_some(stream: &mut Stream, buf: &mut Vec<u8>, limit: Option<Duratio
         // Requests are small (a token request is ~40 bytes): idle
         // connections keep a 512-byte buffer, larger frames grow it.
         if buf.capacity() - buf.len() < 256 {
-            buf.reserve(512);
+            reserve_wiped(buf, 512);
         }
         stream.read_buf(buf).await
     };
@@ -840,6 +1134,45 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), signal)
             .await
             .expect("woken by the closed channel");
+    }
+
+    #[test]
+    fn hello_names_are_printable_and_short() {
+        assert_eq!(name_problem("my-app 2.1 (é, 日本)"), None);
+        assert_eq!(name_problem(&"x".repeat(MAX_NAME_CHARS)), None);
+        let long = name_problem(&"x".repeat(MAX_NAME_CHARS + 1)).unwrap();
+        assert!(long.contains("129 characters"), "{long}");
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "\u{1b}[31m",
+            "a\u{7}",
+            "right\u{202e}left",
+            "\u{200b}",
+        ] {
+            let problem = name_problem(bad).unwrap();
+            assert!(
+                problem.contains("non-printable character \\u{"),
+                "{bad:?}: {problem}"
+            );
+            assert!(!problem.chars().any(char::is_control), "{problem:?}");
+        }
+    }
+
+    #[test]
+    fn consumed_and_regrown_buffers_keep_what_remains() {
+        // (What lies past the end cannot be read without unsafe code; this
+        // checks that wiping keeps what must be kept.)
+        let mut buf = b"SECRET-REGISTRATION-TOKEN|rest".to_vec();
+        consume(&mut buf, 26);
+        assert_eq!(buf, b"rest");
+        consume(&mut buf, 10);
+        assert!(buf.is_empty());
+        let mut small = Vec::with_capacity(4);
+        small.extend_from_slice(b"abcd");
+        reserve_wiped(&mut small, 100);
+        assert_eq!(small, b"abcd");
+        assert!(small.capacity() >= 104);
     }
 
     #[test]

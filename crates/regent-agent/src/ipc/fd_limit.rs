@@ -17,13 +17,19 @@
 /// logs, and refusals being sent.
 pub const RESERVED_FDS: u64 = 64;
 
+/// Descriptors one client connection holds: its socket, and on Linux the
+/// pidfd that pins the peer's process for later policy checks.
+pub const FDS_PER_CONNECTION: u64 = if cfg!(target_os = "linux") { 2 } else { 1 };
+
 /// The most connections the open-file limit allows, at most `max_connections`,
 /// after raising the soft limit toward what they need.
 pub fn connection_limit(max_connections: usize) -> usize {
     #[cfg(unix)]
     {
         use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-        let want = (max_connections as u64).saturating_add(RESERVED_FDS);
+        let want = (max_connections as u64)
+            .saturating_mul(FDS_PER_CONNECTION)
+            .saturating_add(RESERVED_FDS);
         let before = getrlimit(Resource::Nofile);
         let soft = before.current.unwrap_or(u64::MAX);
         if soft < want {
@@ -38,7 +44,8 @@ pub fn connection_limit(max_connections: usize) -> usize {
         }
         let now = getrlimit(Resource::Nofile);
         let soft = now.current.unwrap_or(u64::MAX);
-        let fits = usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+        let fits = usize::try_from((soft.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION).max(1))
+            .unwrap_or(usize::MAX);
         if fits < max_connections {
             tracing::warn!(
                 max_connections,
@@ -113,7 +120,7 @@ mod tests {
             let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
                 .current
                 .unwrap_or(u64::MAX);
-            assert!(huge as u64 <= soft.saturating_sub(RESERVED_FDS).max(1));
+            assert!(huge as u64 <= (soft.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION).max(1));
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`connection`] handles one client; [`peer`] decides what it may do.
 
 pub mod connection;
+#[cfg(target_os = "linux")]
+pub mod creds;
 pub mod fd_limit;
 pub mod peer;
 #[cfg(unix)]
@@ -37,6 +39,11 @@ use peer::Policy;
 
 /// How long shutdown waits for connections to finish their in-flight request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most refused connections kept open at once while their refusal is read
+/// (half of [`fd_limit::RESERVED_FDS`]); past it a refusal is written and the
+/// connection closed at once.
+const REFUSALS_DRAINING: usize = 32;
 
 /// Settings for the socket and its clients.
 #[derive(Debug, Clone)]
@@ -77,31 +84,45 @@ impl IpcSettings {
     }
 }
 
-/// The access policy, replaceable while the agent runs (`[ipc] allow_uids` and
-/// `allow_groups` reload live). Clones share one policy. A new policy applies
-/// to connections made after the change; open connections keep what they were
-/// granted when they connected.
+/// The access policy, replaceable while the agent runs (`[ipc] allow_uids`,
+/// `allow_groups` and `allow_executables` reload live). Clones share one
+/// policy. Every replacement bumps a generation number; open connections
+/// compare it on every request and pushed event and decide again when it
+/// moved, so a reload that removes a peer closes its connection.
 #[derive(Debug, Clone)]
-pub struct SharedPolicy(Arc<RwLock<Policy>>);
+pub struct SharedPolicy(Arc<PolicyCell>);
+
+#[derive(Debug)]
+struct PolicyCell {
+    policy: RwLock<Policy>,
+    generation: AtomicU64,
+}
 
 impl SharedPolicy {
     /// Shares `policy`.
     pub fn new(policy: Policy) -> SharedPolicy {
-        SharedPolicy(Arc::new(RwLock::new(policy)))
+        SharedPolicy(Arc::new(PolicyCell {
+            policy: RwLock::new(policy),
+            generation: AtomicU64::new(0),
+        }))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Policy> {
+        // A poisoned lock only means a writer panicked mid-assignment of a
+        // plain value; the policy inside is still whole.
+        self.0
+            .policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What `peer` may do under the current policy (uid rules only).
     pub fn access(&self, peer: &peer::Peer) -> peer::Access {
-        // A poisoned lock only means a writer panicked mid-assignment of a
-        // plain value; the policy inside is still whole.
-        let policy = self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        policy.access(peer)
+        self.read().access(peer)
     }
 
-    /// Whether `peer` is served, under the current policy: [`Policy::decide`].
+    /// Whether `peer` is served, under the current policy: [`Policy::decide`],
+    /// with the generation it was decided under.
     ///
     /// # Errors
     /// The refusal to log and to send the peer.
@@ -109,28 +130,34 @@ impl SharedPolicy {
         &self,
         peer: &peer::Peer,
         exe: impl FnOnce() -> peer::ExeLookup,
-    ) -> std::result::Result<peer::Access, peer::Refusal> {
-        let policy = self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        policy.decide(peer, exe)
+    ) -> (u64, std::result::Result<peer::Admitted, peer::Refusal>) {
+        let policy = self.read();
+        // Read under the lock: a replacement waits for the write lock, so
+        // this generation is the one of the policy decided with.
+        let generation = self.generation();
+        (generation, policy.decide(peer, exe))
+    }
+
+    /// The number of replacements so far.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
     }
 
     /// The current policy.
     pub fn current(&self) -> Policy {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.read().clone()
     }
 
-    /// Replaces the policy for connections made from now on.
+    /// Replaces the policy: new connections are decided by it, and open
+    /// ones at their next request or pushed event.
     pub fn replace(&self, policy: Policy) {
-        *self
+        let mut current = self
             .0
+            .policy
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = policy;
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -390,6 +417,7 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(fd_limit::connection_limit(
         shared.settings.max_connections,
     )));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_DRAINING));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     // Every connection holds a sender; when all are dropped, draining is done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -433,24 +461,45 @@ pub async fn serve(
             }
         };
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let permit = Arc::clone(&limit).try_acquire_owned();
+        // Who the peer is decides before it may take a connection slot: a
+        // refused peer holds no slot, and refusals draining at once are
+        // bounded apart, so neither can crowd out allowed clients.
+        let admission = connection::admit(&stream, &shared);
+        let permit = match &admission {
+            Ok(_) => Arc::clone(&limit).try_acquire_owned().ok(),
+            Err(_) => None,
+        };
+        let drain = permit
+            .is_none()
+            .then(|| Arc::clone(&refusals).try_acquire_owned().ok())
+            .flatten();
         let shared = Arc::clone(&shared);
         let shutdown_rx = notify_shutdown.subscribe();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            match permit {
-                Ok(permit) => {
+            match (admission, permit) {
+                (Ok(admission), Some(permit)) => {
                     shared.stats.open.fetch_add(1, Ordering::Relaxed);
-                    connection::handle(stream, &shared, shutdown_rx).await;
+                    connection::handle(stream, admission, &shared, shutdown_rx).await;
                     shared.stats.open.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 }
-                Err(_) => {
+                (Ok(_), None) => {
                     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                     connection::refuse(
                         stream,
                         ErrorCode::Unavailable,
                         "the agent is at its connection limit ([ipc] max_connections); retry shortly",
+                        drain,
+                    )
+                    .await;
+                }
+                (Err(refusal), _) => {
+                    connection::refuse(
+                        stream,
+                        ErrorCode::PermissionDenied,
+                        &refusal.message,
+                        drain,
                     )
                     .await;
                 }

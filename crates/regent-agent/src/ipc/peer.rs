@@ -1,9 +1,11 @@
 //! Who is on the other end of a connection, and what they may do.
 //!
-//! Every connection's peer credentials (uid, gid, pid) are read from the kernel
-//! and checked against `allow_uids` / `allow_groups`; the agent's own uid and
+//! Every connection's peer credentials (uid, gid, pid, and on Linux the
+//! supplementary groups: [`super::creds`]) are read from the kernel and
+//! checked against `allow_uids` / `allow_groups`; the agent's own uid and
 //! root are always allowed. Enrollment and unenrollment need the agent's uid or
-//! root (DESIGN §6).
+//! root (DESIGN §6). The decision is taken again whenever the policy changes
+//! (a reload), at the connection's next request or pushed event.
 //!
 //! `allow_executables` (optional) narrows this to named programs. When it is
 //! set, a peer is served only if the program it runs — `/proc/PID/exe`, the
@@ -14,10 +16,21 @@
 //! - **root is never restricted**: root can read the agent's memory and its
 //!   store anyway; refusing root's programs would only break administration.
 //! - **the agent's own executable** (the `regent` binary the agent runs from)
-//!   stays allowed for the agent's own uid, so `regent status`, `enroll`,
-//!   `token` and `unenroll` keep working for the agent's administrator. Other
-//!   uids admitted by `allow_uids` / `allow_groups` must run a listed program,
-//!   the `regent` CLI included.
+//!   stays allowed for the agent's own uid for administration only
+//!   ([`Access::Manage`]: `regent status`, `metrics`, `enroll`, `unenroll`),
+//!   never for tokens: otherwise any program of that uid could run
+//!   `regent token` and pass the list. To fetch tokens with the CLI, list it.
+//!   Other uids admitted by `allow_uids` / `allow_groups` must run a listed
+//!   program, the `regent` CLI included.
+//! - **identity, not a name**: a listed path matches only when the peer's
+//!   program is the very file at that path as the agent sees it (same device
+//!   and inode, `stat` of `/proc/PID/exe` against `stat` of the path now), and
+//!   the peer runs in the agent's mount namespace. A bind mount in a private
+//!   mount namespace (`unshare -Urm`) can show any path in `/proc/PID/exe`.
+//! - **one process**: where the kernel hands out a pidfd for the peer
+//!   (`SO_PEERPIDFD`, Linux ≥ 6.5), the process must still be alive after
+//!   `/proc/PID` was read, so a reused pid cannot stand in for it. The path
+//!   checked is the one audit lines name; it is never read again.
 //! - **fail closed**: a peer whose executable cannot be established is
 //!   refused: its binary was deleted or replaced since it started (`/proc`
 //!   shows `… (deleted)`), `/proc/PID/exe` is unreadable (a non-root agent can
@@ -35,6 +48,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+#[cfg(target_os = "linux")]
+use std::os::fd::BorrowedFd;
+
 /// A connected peer's identity, as the kernel reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
@@ -49,14 +65,18 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The peer's executable, resolved through `/proc` (Linux), for audit lines.
+    /// The peer's executable as `/proc/PID/exe` names it, for audit lines
+    /// when `allow_executables` is not set (nothing is checked then).
     pub fn executable(&self) -> Option<PathBuf> {
         let pid = self.pid?;
         std::fs::read_link(format!("/proc/{pid}/exe")).ok()
     }
 
-    /// The peer's executable, for the `allow_executables` check.
-    pub fn lookup_executable(&self) -> ExeLookup {
+    /// The peer's executable, for the `allow_executables` check: its path,
+    /// its file's identity, and whether it shares the agent's mount
+    /// namespace. With a `pidfd` (Linux ≥ 6.5) the process must be the same
+    /// one before and after `/proc/PID` is read.
+    pub fn lookup_executable(&self, pidfd: Option<PinnedProcess<'_>>) -> ExeLookup {
         let Some(pid) = self.pid else {
             return ExeLookup::Unknown("the kernel reported no process id".into());
         };
@@ -65,27 +85,140 @@ impl Peer {
                 "this platform has no /proc/PID/exe; allow_executables works on Linux only".into(),
             );
         }
-        match std::fs::read_link(format!("/proc/{pid}/exe")) {
-            Ok(path) => classify_exe_link(path),
+        let alive = || pidfd.is_none_or(|p| p.is_still(pid));
+        if !alive() {
+            return ExeLookup::Unknown(format!(
+                "process {pid} exited before its program could be checked"
+            ));
+        }
+        let exe = format!("/proc/{pid}/exe");
+        let link = match std::fs::read_link(&exe) {
+            Ok(path) => path,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                ExeLookup::Unknown(format!(
+                return ExeLookup::Unknown(format!(
                     "/proc/{pid}/exe is not readable by the agent (uid {}): an agent that is not root can only see the programs of its own uid's processes",
                     current_uid()
-                ))
+                ));
             }
-            Err(e) => ExeLookup::Unknown(format!("cannot read /proc/{pid}/exe: {e}")),
+            Err(e) => return ExeLookup::Unknown(format!("cannot read /proc/{pid}/exe: {e}")),
+        };
+        let id = file_id(Path::new(&exe));
+        let namespace = mount_namespace(&format!("/proc/{pid}/ns/mnt"));
+        let ours = mount_namespace("/proc/self/ns/mnt");
+        if !alive() {
+            return ExeLookup::Unknown(format!(
+                "process {pid} exited while its program was being checked"
+            ));
+        }
+        let (path, deleted) = split_deleted(link);
+        match (namespace, ours) {
+            (Some(theirs), Some(ours)) if theirs == ours => {}
+            (theirs, _) => {
+                return ExeLookup::ForeignNamespace {
+                    path,
+                    namespace: theirs.unwrap_or_else(|| "unknown".to_owned()),
+                };
+            }
+        }
+        if deleted {
+            return ExeLookup::Deleted(path);
+        }
+        match id {
+            Some(id) => ExeLookup::Found(Executable { path, id }),
+            None => ExeLookup::Unknown(format!("cannot stat /proc/{pid}/exe")),
         }
     }
+}
+
+/// A peer's process pinned by a pidfd (Linux ≥ 6.5).
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedProcess<'a> {
+    #[cfg(target_os = "linux")]
+    fd: BorrowedFd<'a>,
+    #[cfg(not(target_os = "linux"))]
+    fd: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> PinnedProcess<'a> {
+    /// The process a pidfd refers to.
+    #[cfg(target_os = "linux")]
+    pub fn new(fd: BorrowedFd<'a>) -> PinnedProcess<'a> {
+        PinnedProcess { fd }
+    }
+
+    /// Whether the pinned process is alive and still has `pid`.
+    fn is_still(self, pid: u32) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            super::creds::pidfd_pid(self.fd) == Some(pid)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (self, pid);
+            true
+        }
+    }
+}
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// The identity of the file at `path` (symlinks followed), now.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// A mount namespace link's text, e.g. `mnt:[4026531841]`.
+fn mount_namespace(link: &str) -> Option<String> {
+    std::fs::read_link(link)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// A peer's program: the path `/proc/PID/exe` names and the file's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executable {
+    /// The path, as the kernel names it.
+    pub path: PathBuf,
+    /// The running file's device and inode.
+    pub id: FileId,
 }
 
 /// What `/proc/PID/exe` says about a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExeLookup {
-    /// The program's path.
-    Found(PathBuf),
+    /// The program.
+    Found(Executable),
     /// The program's file was deleted or replaced after the process started;
     /// the path it had.
     Deleted(PathBuf),
+    /// The process runs in another mount namespace, where paths name other
+    /// files (a container, or `unshare -m` with a bind mount).
+    ForeignNamespace {
+        /// The path `/proc/PID/exe` shows (meaningful in that namespace only).
+        path: PathBuf,
+        /// Its mount namespace, e.g. `mnt:[4026532175]`.
+        namespace: String,
+    },
     /// Not known, and why.
     Unknown(String),
 }
@@ -93,15 +226,23 @@ pub enum ExeLookup {
 /// The kernel appends this to `/proc/PID/exe` when the file was unlinked.
 const DELETED_SUFFIX: &str = " (deleted)";
 
-/// Splits off the kernel's ` (deleted)` marker.
-fn classify_exe_link(path: PathBuf) -> ExeLookup {
+/// Splits off the kernel's ` (deleted)` marker: the path, and whether the
+/// file was deleted or replaced since the process started.
+fn split_deleted(path: PathBuf) -> (PathBuf, bool) {
     let text = path.as_os_str().as_encoded_bytes();
     match text.strip_suffix(DELETED_SUFFIX.as_bytes()) {
-        Some(before) => {
-            ExeLookup::Deleted(PathBuf::from(String::from_utf8_lossy(before).into_owned()))
-        }
-        None => ExeLookup::Found(path),
+        Some(before) => (
+            PathBuf::from(String::from_utf8_lossy(before).into_owned()),
+            true,
+        ),
+        None => (path, false),
     }
+}
+
+/// A path as logs and messages show it: control characters (a newline that
+/// would forge a log line, an escape sequence for a terminal) escaped.
+pub fn shown(path: &Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
 }
 
 /// Why a peer is refused: an audit reason and the message it receives.
@@ -138,8 +279,34 @@ pub enum Access {
     Denied,
     /// Fetch tokens, subscribe, read status.
     Tokens,
+    /// Administration without tokens: the agent's own CLI run by the agent's
+    /// uid while `allow_executables` does not list it (status, metrics,
+    /// enroll, unenroll).
+    Manage,
     /// Everything, including enroll and unenroll.
     Admin,
+}
+
+impl Access {
+    /// May enroll, unenroll, and see identifiers and lease holders.
+    pub fn administers(self) -> bool {
+        matches!(self, Access::Admin | Access::Manage)
+    }
+
+    /// May fetch tokens and subscribe.
+    pub fn fetches_tokens(self) -> bool {
+        matches!(self, Access::Admin | Access::Tokens)
+    }
+}
+
+/// A peer let in: what it may do, and the program that was checked against
+/// `allow_executables` (named in audit lines; `None` when nothing was checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// What the peer may do.
+    pub access: Access,
+    /// The program checked, as `/proc/PID/exe` named it then.
+    pub exe: Option<PathBuf>,
 }
 
 impl Policy {
@@ -161,7 +328,9 @@ impl Policy {
 
     /// Decides whether `peer` is served and with what access: first by uid
     /// ([`Policy::access`]), then, when `allow_executables` is set, by the
-    /// program `exe` looks up (called only then).
+    /// program `exe` looks up (called only then): its path must be listed
+    /// and the file at that path now (as the agent sees it) must be the very
+    /// file the process runs.
     ///
     /// # Errors
     /// The refusal to log and to send the peer.
@@ -169,7 +338,7 @@ impl Policy {
         &self,
         peer: &Peer,
         exe: impl FnOnce() -> ExeLookup,
-    ) -> std::result::Result<Access, Refusal> {
+    ) -> std::result::Result<Admitted, Refusal> {
         let access = self.access(peer);
         if access == Access::Denied {
             return Err(Refusal {
@@ -183,33 +352,62 @@ impl Policy {
             });
         }
         if self.allow_executables.is_empty() || peer.uid == Some(0) {
-            return Ok(access);
+            return Ok(Admitted { access, exe: None });
         }
         let pid = peer
             .pid
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         match exe() {
-            ExeLookup::Found(path) => {
-                let own =
-                    access == Access::Admin && self.own_exe.as_deref() == Some(path.as_path());
-                if own || self.allow_executables.contains(&path) {
-                    Ok(access)
-                } else {
-                    Err(Refusal {
-                        reason: "connection refused: executable not allowed",
-                        message: format!(
-                            "{} (pid {pid}) is not in [ipc] allow_executables; an administrator can add its path there",
-                            path.display()
-                        ),
-                        exe: Some(path),
-                    })
+            ExeLookup::Found(exe) => {
+                let is = |listed: &Path| listed == exe.path && file_id(listed) == Some(exe.id);
+                if self.allow_executables.iter().any(|p| is(p)) {
+                    return Ok(Admitted {
+                        access,
+                        exe: Some(exe.path),
+                    });
                 }
+                if access == Access::Admin && self.own_exe.as_deref().is_some_and(is) {
+                    return Ok(Admitted {
+                        access: Access::Manage,
+                        exe: Some(exe.path),
+                    });
+                }
+                let listed = self.allow_executables.contains(&exe.path)
+                    || (access == Access::Admin && self.own_exe.as_ref() == Some(&exe.path));
+                let message = if listed {
+                    format!(
+                        "{} (pid {pid}) is not the file at that path as the agent sees it (a bind mount, or the file was replaced after the process started), so [ipc] allow_executables cannot vouch for it; restart the program from the listed path",
+                        shown(&exe.path)
+                    )
+                } else {
+                    format!(
+                        "{} (pid {pid}) is not in [ipc] allow_executables; an administrator can add its path there",
+                        shown(&exe.path)
+                    )
+                };
+                Err(Refusal {
+                    reason: if listed {
+                        "connection refused: executable is another file"
+                    } else {
+                        "connection refused: executable not allowed"
+                    },
+                    message,
+                    exe: Some(exe.path),
+                })
             }
             ExeLookup::Deleted(path) => Err(Refusal {
                 reason: "connection refused: executable deleted or replaced",
                 message: format!(
                     "the program of pid {pid}, {}, was deleted or replaced after it started, so [ipc] allow_executables cannot vouch for it; restart the program",
-                    path.display()
+                    shown(&path)
+                ),
+                exe: Some(path),
+            }),
+            ExeLookup::ForeignNamespace { path, namespace } => Err(Refusal {
+                reason: "connection refused: another mount namespace",
+                message: format!(
+                    "pid {pid} runs {} in another mount namespace ({namespace}) than the agent's, where a path may name another file, so [ipc] allow_executables cannot vouch for it; run the program in the agent's mount namespace",
+                    shown(&path)
                 ),
                 exe: Some(path),
             }),
@@ -271,10 +469,7 @@ pub fn own_executable() -> Option<PathBuf> {
     static OWN: OnceLock<Option<PathBuf>> = OnceLock::new();
     OWN.get_or_init(|| {
         let path = std::env::current_exe().ok()?;
-        let path = match classify_exe_link(path) {
-            ExeLookup::Found(p) | ExeLookup::Deleted(p) => p,
-            ExeLookup::Unknown(_) => return None,
-        };
+        let (path, _) = split_deleted(path);
         Some(std::fs::canonicalize(&path).unwrap_or(path))
     })
     .clone()
@@ -384,48 +579,94 @@ mod tests {
         }
     }
 
-    fn listing(exes: &[&str]) -> Policy {
-        Policy {
-            own_uid: 1000,
-            allow_uids: vec![1001],
-            allow_gids: Vec::new(),
-            allow_executables: exes.iter().map(PathBuf::from).collect(),
-            own_exe: Some(PathBuf::from("/usr/bin/regent")),
+    /// Real files, so that identities can be compared: `app`, `other`,
+    /// `regent` (the agent's own executable) and a copy of `app` (same
+    /// bytes, another file) in a temporary directory.
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new() -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            for name in ["app", "other", "regent", "app-copy"] {
+                std::fs::write(dir.path().join(name), b"#!/bin/sh\n").unwrap();
+            }
+            Files { dir }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn listing(&self, exes: &[&str]) -> Policy {
+            Policy {
+                own_uid: 1000,
+                allow_uids: vec![1001],
+                allow_gids: Vec::new(),
+                allow_executables: exes.iter().map(|e| self.path(e)).collect(),
+                own_exe: Some(self.path("regent")),
+            }
+        }
+
+        /// The process runs `name`, shown at the path of `shown_as`.
+        fn runs(&self, name: &str, shown_as: &str) -> impl FnOnce() -> ExeLookup + use<> {
+            let exe = Executable {
+                path: self.path(shown_as),
+                id: file_id(&self.path(name)).unwrap(),
+            };
+            move || ExeLookup::Found(exe)
+        }
+
+        fn found(&self, name: &str) -> impl FnOnce() -> ExeLookup + use<> {
+            self.runs(name, name)
         }
     }
 
-    fn found(path: &str) -> impl FnOnce() -> ExeLookup {
-        let path = PathBuf::from(path);
-        move || ExeLookup::Found(path)
+    fn admitted(access: Access) -> Result<Access, &'static str> {
+        Ok(access)
+    }
+
+    fn outcome(decided: Result<Admitted, Refusal>) -> Result<Access, &'static str> {
+        decided.map(|a| a.access).map_err(|r| r.reason)
     }
 
     #[test]
     fn without_a_list_the_executable_is_never_looked_up() {
-        let policy = listing(&[]);
+        let files = Files::new();
+        let policy = files.listing(&[]);
         let decided = policy.decide(&peer(1000, 1000, &[]), || unreachable!());
-        assert_eq!(decided, Ok(Access::Admin));
+        assert_eq!(
+            decided,
+            Ok(Admitted {
+                access: Access::Admin,
+                exe: None
+            })
+        );
     }
 
     #[test]
     fn a_listed_executable_is_served_others_are_refused_by_name() {
-        let policy = listing(&["/opt/app/bin/app"]);
+        let files = Files::new();
+        let policy = files.listing(&["app"]);
+        let decided = policy.decide(&peer(1000, 1000, &[]), files.found("app"));
         assert_eq!(
-            policy.decide(&peer(1000, 1000, &[]), found("/opt/app/bin/app")),
-            Ok(Access::Admin)
+            decided,
+            Ok(Admitted {
+                access: Access::Admin,
+                exe: Some(files.path("app"))
+            })
         );
         assert_eq!(
-            policy.decide(&peer(1001, 1001, &[]), found("/opt/app/bin/app")),
-            Ok(Access::Tokens)
+            outcome(policy.decide(&peer(1001, 1001, &[]), files.found("app"))),
+            admitted(Access::Tokens)
         );
         let refusal = policy
-            .decide(&peer(1000, 1000, &[]), found("/usr/bin/python3.12"))
+            .decide(&peer(1000, 1000, &[]), files.found("other"))
             .unwrap_err();
         assert_eq!(refusal.reason, "connection refused: executable not allowed");
-        assert!(
-            refusal.message.contains("/usr/bin/python3.12"),
-            "{}",
-            refusal.message
-        );
+        let other = files.path("other").display().to_string();
+        assert!(refusal.message.contains(&other), "{}", refusal.message);
         assert!(
             refusal.message.contains("[ipc] allow_executables"),
             "{}",
@@ -435,16 +676,48 @@ mod tests {
     }
 
     #[test]
-    fn the_agents_own_executable_is_allowed_only_for_its_own_uid() {
-        let policy = listing(&["/opt/app/bin/app"]);
+    fn a_listed_path_must_be_the_very_file_the_process_runs() {
+        // A bind mount (or a replaced file) shows the listed path for
+        // another file: same name, same bytes, another inode.
+        let files = Files::new();
+        let policy = files.listing(&["app"]);
+        let refusal = policy
+            .decide(&peer(1001, 1001, &[]), files.runs("app-copy", "app"))
+            .unwrap_err();
         assert_eq!(
-            policy.decide(&peer(1000, 1000, &[]), found("/usr/bin/regent")),
-            Ok(Access::Admin)
+            refusal.reason,
+            "connection refused: executable is another file"
+        );
+        assert!(
+            refusal.message.contains("bind mount"),
+            "{}",
+            refusal.message
+        );
+        // The agent's own path, too.
+        assert_eq!(
+            outcome(policy.decide(&peer(1000, 1000, &[]), files.runs("app-copy", "regent"))),
+            Err("connection refused: executable is another file")
+        );
+    }
+
+    #[test]
+    fn the_agents_own_executable_administers_but_fetches_no_tokens() {
+        let files = Files::new();
+        let policy = files.listing(&["app"]);
+        let decided = outcome(policy.decide(&peer(1000, 1000, &[]), files.found("regent")));
+        assert_eq!(decided, admitted(Access::Manage));
+        assert!(Access::Manage.administers() && !Access::Manage.fetches_tokens());
+        // Listed, the CLI is a program like any other: tokens too.
+        let policy = files.listing(&["app", "regent"]);
+        assert_eq!(
+            outcome(policy.decide(&peer(1000, 1000, &[]), files.found("regent"))),
+            admitted(Access::Admin)
         );
         // Another allowed uid running the CLI must be listed like any program.
+        let policy = files.listing(&["app"]);
         assert!(
             policy
-                .decide(&peer(1001, 1001, &[]), found("/usr/bin/regent"))
+                .decide(&peer(1001, 1001, &[]), files.found("regent"))
                 .is_err()
         );
         // A uid that is not allowed at all is refused before any lookup.
@@ -456,27 +729,28 @@ mod tests {
 
     #[test]
     fn root_is_never_restricted_by_the_list() {
-        let policy = listing(&["/opt/app/bin/app"]);
+        let files = Files::new();
+        let policy = files.listing(&["app"]);
         assert_eq!(
-            policy.decide(&peer(0, 0, &[]), || unreachable!()),
-            Ok(Access::Admin)
+            outcome(policy.decide(&peer(0, 0, &[]), || unreachable!())),
+            admitted(Access::Admin)
         );
     }
 
     #[test]
-    fn deleted_or_unknown_executables_fail_closed() {
-        let policy = listing(&["/opt/app/bin/app"]);
+    fn deleted_unknown_or_foreign_executables_fail_closed() {
+        let files = Files::new();
+        let policy = files.listing(&["app"]);
+        let app = files.path("app");
         let refusal = policy
-            .decide(&peer(1000, 1000, &[]), || {
-                ExeLookup::Deleted(PathBuf::from("/opt/app/bin/app"))
-            })
+            .decide(&peer(1000, 1000, &[]), || ExeLookup::Deleted(app.clone()))
             .unwrap_err();
         assert_eq!(
             refusal.reason,
             "connection refused: executable deleted or replaced"
         );
         assert!(
-            refusal.message.contains("/opt/app/bin/app"),
+            refusal.message.contains(&app.display().to_string()),
             "{}",
             refusal.message
         );
@@ -493,17 +767,36 @@ mod tests {
             "{}",
             refusal.message
         );
+        let refusal = policy
+            .decide(&peer(1000, 1000, &[]), || ExeLookup::ForeignNamespace {
+                path: app.clone(),
+                namespace: "mnt:[1]".into(),
+            })
+            .unwrap_err();
+        assert_eq!(
+            refusal.reason,
+            "connection refused: another mount namespace"
+        );
+        assert!(refusal.message.contains("mnt:[1]"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn paths_are_shown_with_control_characters_escaped() {
+        let forged = Path::new("/tmp/x\n2026-01-01 INFO forged\u{1b}[2J");
+        let text = shown(forged);
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("\\n") && text.contains("\\u{1b}"), "{text}");
     }
 
     #[test]
     fn the_kernels_deleted_marker_is_recognised() {
         assert_eq!(
-            classify_exe_link(PathBuf::from("/usr/bin/app (deleted)")),
-            ExeLookup::Deleted(PathBuf::from("/usr/bin/app"))
+            split_deleted(PathBuf::from("/usr/bin/app (deleted)")),
+            (PathBuf::from("/usr/bin/app"), true)
         );
         assert_eq!(
-            classify_exe_link(PathBuf::from("/usr/bin/app")),
-            ExeLookup::Found(PathBuf::from("/usr/bin/app"))
+            split_deleted(PathBuf::from("/usr/bin/app")),
+            (PathBuf::from("/usr/bin/app"), false)
         );
     }
 
@@ -533,17 +826,20 @@ mod tests {
             groups: Vec::new(),
         };
         // Deleted too: another build may replace the test binary mid-run.
-        match me.lookup_executable() {
-            ExeLookup::Found(p) | ExeLookup::Deleted(p) => {
-                assert_eq!(p, own_executable().unwrap());
+        match me.lookup_executable(None) {
+            ExeLookup::Found(Executable { path, .. }) | ExeLookup::Deleted(path) => {
+                assert_eq!(path, own_executable().unwrap());
             }
-            ExeLookup::Unknown(why) => panic!("{why}"),
+            other => panic!("{other:?}"),
         }
         let gone = Peer {
             pid: Some(u32::MAX / 2),
             ..me
         };
-        assert!(matches!(gone.lookup_executable(), ExeLookup::Unknown(_)));
+        assert!(matches!(
+            gone.lookup_executable(None),
+            ExeLookup::Unknown(_)
+        ));
     }
 
     #[test]

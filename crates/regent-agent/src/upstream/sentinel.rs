@@ -89,7 +89,7 @@ impl Sentinel {
         let body = RedemptionRequest {
             auth_token: WireIdentity::from(identity),
         };
-        tracing::debug!(server = %server_name(&url), identifier = %identity.identifier, "redeeming a registration token");
+        tracing::debug!(server = %server_name(&url), identifier = %crate::secret::short_hash(&identity.identifier), "redeeming a registration token");
         let request = self
             .http
             .post(&url)
@@ -383,8 +383,8 @@ fn parse_redemption_redacted(
     match auth.get("identifier").and_then(Value::as_str) {
         Some(echoed) if echoed != identity.identifier => tracing::warn!(
             server = %server,
-            sent = %identity.identifier,
-            echoed = %redact.show(echoed, 100),
+            sent = %crate::secret::short_hash(&identity.identifier),
+            echoed = %crate::secret::short_hash(echoed),
             "the license server echoed another identifier for this redemption"
         ),
         _ => {}
@@ -405,7 +405,7 @@ fn parse_redemption_redacted(
             "without a refresh_token, so the device could not renew its access token".to_owned(),
         ));
     }
-    tracing::debug!(server = %server, identifier = %identity.identifier, status = reply.status.as_u16(), "registration token redeemed");
+    tracing::debug!(server = %server, identifier = %crate::secret::short_hash(&identity.identifier), status = reply.status.as_u16(), "registration token redeemed");
     Ok(Redemption {
         auth_token_id,
         grant,
