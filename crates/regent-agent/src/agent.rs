@@ -559,6 +559,10 @@ impl Agent {
             }
         };
         if *self.epoch.lock().await != epoch {
+            tracing::info!(
+                slot,
+                "redemption not sent: the device was unenrolled meanwhile"
+            );
             let e = unenrolled_meanwhile();
             engine.enrolling_failed(e.clone());
             return Err(e);
