@@ -132,3 +132,86 @@ fn a_redemption_answered_after_unenroll_is_dropped_not_stored() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The same race through a per-instance slot's lazy redemption: an instance's
+/// first request redeems a slot of its own; `unenroll` while that redemption
+/// is at the server. The instance gets `NOT_ENROLLED`, and nothing is stored.
+#[test]
+fn a_lazy_slot_redemption_answered_after_unenroll_is_dropped_not_stored() {
+    let emulator = EmulatorProc::start(300);
+    let home = Home::new(
+        &emulator.url,
+        &Profile::Sentinel,
+        &StoreChoice::File,
+        None,
+        "[instances]\nmode = \"per-instance\"\nmax = 2\n",
+    );
+    let registration = emulator.mint(4);
+    let agent = home.start(None);
+    let out = Command::new(regent_bin())
+        .arg("enroll")
+        .env("REGENT_SOCKET", &home.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(registration.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let instance = |name: &str| {
+        regent_client::blocking::Client::connect(
+            regent_client::ClientOptions::new("lazy")
+                .instance(name)
+                .socket(&home.socket)
+                .request_timeout(Duration::from_secs(60)),
+        )
+        .unwrap()
+    };
+    // The first instance takes slot 0 (already redeemed).
+    let first = instance("a");
+    first.token(Duration::from_secs(1)).unwrap();
+
+    // The second one's slot is redeemed on its first request, slowly.
+    emulator.set_faults(r#"{"latencyMs":3000,"routes":["redeem"]}"#);
+    let second = std::thread::spawn({
+        let second = instance("b");
+        move || second.token(Duration::from_secs(1))
+    });
+    let slot1 = || {
+        let status = home.client().status().unwrap();
+        status["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["slot"] == 1)
+            .cloned()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "slot 1's redemption under way",
+        || slot1().is_some_and(|s| s["state"] == "enrolling"),
+    );
+    let out = cli(&home, &["unenroll"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let answer = second.join().unwrap();
+    emulator.set_faults("{}");
+    let e = answer.expect_err("no token for an instance after unenroll");
+    assert_eq!(e.code, ErrorCode::NotEnrolled, "{e:?}");
+    let log = agent.log_text();
+    assert!(
+        log.contains(DROPPED) || log.contains(NOT_SENT),
+        "the late answer was not dropped; the log:\n{log}"
+    );
+    let secrets = std::fs::read_to_string(home.state.join("secrets.json")).unwrap_or_default();
+    for entry in ["slot-0.credential", "slot-1.credential", "slot-1.registration", "device.secret"] {
+        assert!(!secrets.contains(entry), "{entry} kept after unenroll");
+    }
+    let slot = slot1().expect("slot 1 exists");
+    assert_eq!(slot["state"], "unenrolled", "{slot}");
+    assert_eq!(slot["pending_redemption"], false, "{slot}");
+}

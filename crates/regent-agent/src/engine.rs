@@ -730,27 +730,20 @@ fn spacing_floor(grant: &Grant, settings: &EngineSettings) -> SystemTime {
 }
 
 /// Whether a request that the cache cannot satisfy may call upstream now.
-/// `Err(UNAVAILABLE)` with `retry_after` when it may not: the last renewal is
-/// more recent than the spacing allows, or the request asks for more than
-/// a fresh token lasted (another renewal would not help: never spin).
+/// `Err(UNAVAILABLE)` with `retry_after` when it may not: the current token
+/// could have served it when new, and its renewal is more recent than the
+/// spacing allows. A token that never could (shorter than `min_valid` from
+/// the start, e.g. a re-issued one) does not hold the request back: one call
+/// shows what a fresh token gives, and if that is still too short
+/// `renew_locked` holds every request until the renewal point.
 fn demand_may_renew(inner: &Inner, min_valid: Duration, now: SystemTime) -> Result<()> {
     let Some(grant) = inner.grant.as_deref() else {
         return Ok(());
     };
-    let floor = spacing_floor(grant, &inner.settings);
-    let lifetime = grant.lifetime();
-    if min_valid >= lifetime {
-        let retry_at = inner.renew_at.unwrap_or(floor).max(floor);
-        return Err(Error::new(
-            ErrorCode::Unavailable,
-            format!(
-                "no token valid for {}s can be had: the license server's tokens last {}s; ask for less (--min-valid) or raise the token lifetime at the server",
-                min_valid.as_secs(),
-                lifetime.as_secs()
-            ),
-        )
-        .with_retry_after(retry_at.duration_since(now).unwrap_or_default().max(Duration::from_millis(100))));
+    if grant.lifetime() <= min_valid {
+        return Ok(());
     }
+    let floor = spacing_floor(grant, &inner.settings);
     if floor > now {
         return Err(Error::new(
             ErrorCode::Unavailable,
@@ -1281,19 +1274,20 @@ mod tests {
         assert!(after > Duration::from_secs(50), "{after:?}");
     }
 
-    /// More validity than a fresh token has ever had: asking upstream again
-    /// cannot help, so no call is made, whatever the token's age.
+    /// More validity than a fresh token gives: one renewal finds out, then
+    /// requests are refused until the renewal point, not renewed each time.
     #[tokio::test]
-    async fn a_demand_beyond_the_lifetime_never_calls_upstream() {
+    async fn a_demand_beyond_the_lifetime_calls_upstream_once_per_renewal_point() {
         let renewer = Counting::new(LIFETIME, Duration::ZERO);
         let engine = stale_engine(Arc::clone(&renewer)).await;
         for _ in 0..10 {
             let e = engine.token(LIFETIME).await.unwrap_err();
             assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
-            assert!(e.retry_after.is_some());
-            assert!(e.message.contains("tokens last 300s"), "{}", e.message);
+            let retry = e.retry_after.expect("retry_after");
+            // The renewal point: 2/3 of the lifetime ± 10 %.
+            assert!(retry > Duration::from_secs(170), "{retry:?}");
         }
-        assert_eq!(renewer.calls(), 0);
+        assert_eq!(renewer.calls(), 1);
     }
 
     /// Regression (issue 18, item 6): the largest subscribed `min_valid` was
