@@ -57,10 +57,14 @@ async fn requests_for_nearly_a_whole_lifetime_do_not_make_the_agent_call_upstrea
     let out = home.regent(&["status", "--json"], None);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let expires_at = status["slots"][0]["expires_at"].as_u64().expect("a token");
-    wait_until(Duration::from_secs(10), "the token to age by a second", || {
-        // `expires_at` is whole seconds, rounded down.
-        unix_now() + lifetime - 1 > expires_at + 1
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the token to age by a second",
+        || {
+            // `expires_at` is whole seconds, rounded down.
+            unix_now() + lifetime - 1 > expires_at + 1
+        },
+    );
 
     let mut served = 0;
     for _ in 0..30 {
@@ -98,7 +102,9 @@ async fn requests_for_nearly_a_whole_lifetime_do_not_make_the_agent_call_upstrea
     );
 
     // The Rust client sees the retry time as a value.
-    let client = Client::connect(home.client_options("demand")).await.unwrap();
+    let client = Client::connect(home.client_options("demand"))
+        .await
+        .unwrap();
     let e = client
         .token(Duration::from_secs(lifetime - 1))
         .await
@@ -144,4 +150,3 @@ async fn a_subscription_for_nearly_a_whole_lifetime_renews_at_the_spacing() {
         );
     }
 }
-

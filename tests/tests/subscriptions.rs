@@ -47,7 +47,10 @@ impl Raw {
             },
         }]);
         let hello = raw.next();
-        assert!(matches!(hello.outcome, Outcome::Ok(Reply::Hello { .. })), "{hello:?}");
+        assert!(
+            matches!(hello.outcome, Outcome::Ok(Reply::Hello { .. })),
+            "{hello:?}"
+        );
         raw
     }
 
@@ -141,7 +144,10 @@ fn subscriptions_past_the_caps_are_refused_with_a_clear_error() {
     match &answers[&266] {
         Answer::Refused(e) => {
             assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
-            assert!(e.message.contains("max_subscriptions_per_connection"), "{e:?}");
+            assert!(
+                e.message.contains("max_subscriptions_per_connection"),
+                "{e:?}"
+            );
         }
         other => panic!("the 257th subscription on one connection: {other:?}"),
     }

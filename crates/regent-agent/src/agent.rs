@@ -455,7 +455,10 @@ impl Agent {
         let deadline = started + INLINE_CALL_LIMIT;
         let mut delays = backon_delays(&self.config).take(3);
         loop {
-            match self.redeem(slot, &registration, Some(deadline), epoch).await {
+            match self
+                .redeem(slot, &registration, Some(deadline), epoch)
+                .await
+            {
                 Ok(enrolled) => return Ok(enrolled),
                 Err(e) if e.is_permanent() => return Err(e),
                 Err(e) => match delays

@@ -487,7 +487,10 @@ impl Config {
             return Err("[instances] max only applies to mode = \"per-instance\"; remove it or set mode = \"per-instance\"".into());
         }
         if self.ipc.max_subscriptions_per_connection == 0 || self.ipc.max_subscriptions == 0 {
-            return Err("[ipc] max_subscriptions_per_connection and max_subscriptions must be at least 1".into());
+            return Err(
+                "[ipc] max_subscriptions_per_connection and max_subscriptions must be at least 1"
+                    .into(),
+            );
         }
         if self.ipc.socket_mode().is_none() {
             return Err(format!(

@@ -726,7 +726,10 @@ fn note_demand(inner: &mut Inner, min_valid: Duration) -> bool {
 /// requests alike, so no client can make the agent call upstream more often
 /// than this, whatever `min_valid` it asks for (issue 18, item 5).
 fn spacing_floor(grant: &Grant, settings: &EngineSettings) -> SystemTime {
-    grant.received_at + grant.lifetime().mul_f64(settings.min_spacing.clamp(0.0, 1.0))
+    grant.received_at
+        + grant
+            .lifetime()
+            .mul_f64(settings.min_spacing.clamp(0.0, 1.0))
 }
 
 /// Whether a request that the cache cannot satisfy may call upstream now.
@@ -868,7 +871,9 @@ fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemT
                     // Demand is clamped to what the lifetime can serve: never
                     // plan renewals closer together than `min_spacing` of it.
                     // Requests for more get UNAVAILABLE, not a spinning agent.
-                    planned.min(latest).max(spacing_floor(grant, &inner.settings))
+                    planned
+                        .min(latest)
+                        .max(spacing_floor(grant, &inner.settings))
                 }
                 None => {
                     let last = inner.last_renewal.unwrap_or(grant.received_at);
@@ -1257,16 +1262,28 @@ mod tests {
         let renewer = Counting::new(LIFETIME, Duration::ZERO);
         let engine = Engine::start(EngineSettings::default());
         let fresh = grant_at(SystemTime::now() - Duration::from_secs(2), LIFETIME);
-        engine.activate(Arc::clone(&renewer) as Arc<dyn Renewer>, Some(fresh)).await;
+        engine
+            .activate(Arc::clone(&renewer) as Arc<dyn Renewer>, Some(fresh))
+            .await;
         for _ in 0..30 {
             let e = engine.token(Duration::from_secs(299)).await.unwrap_err();
             assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
             let retry = e.retry_after.expect("retry_after");
             // The spacing is 60 s after a renewal 2 s ago.
-            assert!(retry > Duration::from_secs(50) && retry <= Duration::from_secs(58), "{retry:?}");
+            assert!(
+                retry > Duration::from_secs(50) && retry <= Duration::from_secs(58),
+                "{retry:?}"
+            );
         }
-        assert_eq!(renewer.calls(), 0, "no upstream call for requests inside the spacing");
-        engine.token(Duration::from_secs(60)).await.expect("served from the cache");
+        assert_eq!(
+            renewer.calls(),
+            0,
+            "no upstream call for requests inside the spacing"
+        );
+        engine
+            .token(Duration::from_secs(60))
+            .await
+            .expect("served from the cache");
         assert_eq!(renewer.calls(), 0);
         // The scheduler's plan under that demand is clamped the same way.
         let due = engine.status().next_renewal.expect("planned");

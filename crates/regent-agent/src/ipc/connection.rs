@@ -610,12 +610,7 @@ impl Connection<'_> {
                 let grant = match answers.get(&min_valid) {
                     Some(answer) => answer.clone(),
                     None => {
-                        let answer = self
-                            .shared
-                            .agent
-                            .token_for(self.slot, min_valid)
-                            .await
-                            .ok();
+                        let answer = self.shared.agent.token_for(self.slot, min_valid).await.ok();
                         answers.insert(min_valid, answer.clone());
                         answer
                     }
