@@ -17,6 +17,10 @@
 //!   and a successful attempt whose token aged below a waiter's `min_valid`
 //!   before that waiter ran (a busy agent) is renewed again, one call at a
 //!   time, instead of answered `UNAVAILABLE`.
+//! - Demand never sets the upstream rate: a renewal, scheduled or forced by
+//!   a request, follows the current token's receipt no sooner than
+//!   `min_spacing` of its lifetime; requests the cache cannot satisfy before
+//!   then get `UNAVAILABLE` with `retry_after` (never a spin).
 
 use std::collections::BTreeMap;
 use std::future::Future;
