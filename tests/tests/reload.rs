@@ -222,14 +222,9 @@ fn a_config_cut_short_never_drops_allow_executables() {
     }
     let emulator = EmulatorProc::start(300);
     let home = AgentHome::new(&emulator.url, "");
-    std::fs::set_permissions(
-        home.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let run_dir = home.socket.parent().unwrap();
-    std::fs::create_dir_all(run_dir).unwrap();
-    std::fs::set_permissions(run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The socket must be reachable by the other user (its group is the
+    // socket's), so the allow lists are the only thing that decides.
+    regent_tests::other_user::socket_group(&home, OTHER_UID);
     // The whole file ends with the restriction; the cut one is the same
     // file without its last line.
     let allow = format!("[{OTHER_UID}]");

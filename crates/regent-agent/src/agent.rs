@@ -80,6 +80,14 @@ fn now_secs() -> u64 {
     to_ms(SystemTime::now()) / 1000
 }
 
+/// Why a redemption begun before `unenroll` stored nothing.
+fn unenrolled_meanwhile() -> Error {
+    Error::new(
+        ErrorCode::NotEnrolled,
+        "this device is not enrolled: it was unenrolled while a redemption was under way, and that redemption's outcome was dropped; run `regent enroll` with a registration token",
+    )
+}
+
 fn credential_entry(slot: u32) -> String {
     format!("slot-{slot}.credential")
 }
@@ -188,6 +196,10 @@ pub struct Agent {
     ledger: Arc<Ledger>,
     /// One enrollment (or unenrollment) at a time.
     enroll_lock: Mutex<()>,
+    /// The enrollment epoch: `unenroll` advances it, and a redemption begun in
+    /// an earlier epoch stores nothing. Held while a redemption's outcome is
+    /// stored and while `unenroll` forgets, so the two never interleave.
+    epoch: Mutex<u64>,
 }
 
 impl Agent {
@@ -227,6 +239,7 @@ impl Agent {
             instances_max: AtomicU32::new(config.instances.max),
             ledger: Arc::new(Ledger::default()),
             enroll_lock: Mutex::new(()),
+            epoch: Mutex::new(0),
             config,
         });
         agent.slot(FIRST_SLOT);
@@ -317,7 +330,10 @@ impl Agent {
                     "resuming an interrupted redemption with the same identifier"
                 );
                 let agent = Arc::clone(self);
-                tokio::spawn(async move { agent.resume_redemption(slot, registration).await });
+                let epoch = *self.epoch.lock().await;
+                tokio::spawn(
+                    async move { agent.resume_redemption(slot, registration, epoch).await },
+                );
             }
             None => {
                 // A crash between storing the marker and the registration
@@ -340,21 +356,22 @@ impl Agent {
         }
     }
 
-    /// Retries an interrupted redemption until it succeeds or is refused for good.
-    async fn resume_redemption(self: Arc<Self>, slot: u32, registration: SecretString) {
+    /// Retries an interrupted redemption until it succeeds, is refused for
+    /// good, or the device is unenrolled (the `epoch` it was begun in ends).
+    async fn resume_redemption(self: Arc<Self>, slot: u32, registration: SecretString, epoch: u64) {
         let slot_ref = self.slot(slot);
         let mut delays = backon_delays(&self.config);
         loop {
             let attempt = {
                 // Held per attempt, not across the sleep: an enroll may come in between.
                 let _activating = slot_ref.activating.lock().await;
-                if !self.is_pending(slot).await {
+                if *self.epoch.lock().await != epoch || !self.is_pending(slot).await {
                     return; // someone enrolled or unenrolled meanwhile
                 }
                 // Shown as enrolling while it runs, never as unenrolled with
                 // no redemption pending while one completes.
                 slot_ref.engine.begin_enrolling();
-                self.redeem(slot, &registration, None).await
+                self.redeem(slot, &registration, None, epoch).await
             };
             match attempt {
                 Ok(_) => return,
@@ -422,7 +439,10 @@ impl Agent {
         slot: u32,
         registration: SecretString,
     ) -> Result<Enrolled> {
-        self.begin_redemption(slot, &registration).await?;
+        // The caller holds `enroll_lock`, which `unenroll` needs: the epoch
+        // cannot end before the background resumption (if any) starts.
+        let epoch = *self.epoch.lock().await;
+        self.begin_redemption(slot, &registration, epoch).await?;
         // Redeem, retrying transient failures a few times (Sentinel: an HTTP
         // 500 while creating an auth token should be retried). The caller is
         // waiting: a long wait asked by the server (`Retry-After`), or retries
@@ -431,7 +451,10 @@ impl Agent {
         let deadline = started + INLINE_CALL_LIMIT;
         let mut delays = backon_delays(&self.config).take(3);
         loop {
-            match self.redeem(slot, &registration, Some(deadline)).await {
+            match self
+                .redeem(slot, &registration, Some(deadline), epoch)
+                .await
+            {
                 Ok(enrolled) => return Ok(enrolled),
                 Err(e) if e.is_permanent() => return Err(e),
                 Err(e) => match delays
@@ -449,9 +472,9 @@ impl Agent {
                         // The pending marker stays: the next start (or enroll)
                         // replays the same identifier without a second count.
                         let agent = Arc::clone(self);
-                        tokio::spawn(
-                            async move { agent.resume_redemption(slot, registration).await },
-                        );
+                        tokio::spawn(async move {
+                            agent.resume_redemption(slot, registration, epoch).await;
+                        });
                         return Err(e);
                     }
                 },
@@ -463,8 +486,17 @@ impl Agent {
     /// before anything is sent. The marker goes first, so a stored registration
     /// token always belongs to a slot that `state.json` knows and the next start
     /// can resume or remove it; a marker without a registration token means
-    /// nothing was sent.
-    async fn begin_redemption(&self, slot: u32, registration: &SecretString) -> Result<()> {
+    /// nothing was sent. Nothing is written once `epoch` has ended (unenrolled).
+    async fn begin_redemption(
+        &self,
+        slot: u32,
+        registration: &SecretString,
+        epoch: u64,
+    ) -> Result<()> {
+        let current = self.epoch.lock().await;
+        if *current != epoch {
+            return Err(unenrolled_meanwhile());
+        }
         {
             let mut state = self.state.lock().await;
             let device_id = state.device_id.clone();
@@ -492,6 +524,7 @@ impl Agent {
             self.clear_pending(slot, false).await;
             return Err(e);
         }
+        drop(current);
         crash_point("before-redeem");
         self.slot(slot).engine.begin_enrolling();
         Ok(())
@@ -500,12 +533,15 @@ impl Agent {
     /// One redemption attempt with the slot's stored identifier. With a
     /// `deadline`, a server that has not answered by then is given up on
     /// (`TIMEOUT`); that is safe at any moment, like a dropped connection: the
-    /// pending marker stays and a replay costs no second count.
+    /// pending marker stays and a replay costs no second count. An answer
+    /// that arrives after `epoch` ended (the device was unenrolled meanwhile)
+    /// is dropped, never stored.
     async fn redeem(
         self: &Arc<Self>,
         slot: u32,
         registration: &SecretString,
         deadline: Option<Instant>,
+        epoch: u64,
     ) -> Result<Enrolled> {
         let Upstream::Sentinel(sentinel) = self.upstream.as_ref() else {
             return Err(Error::new(
@@ -521,6 +557,15 @@ impl Agent {
                 None => return Err(Error::new(ErrorCode::Internal, "slot has no identifier")),
             }
         };
+        if *self.epoch.lock().await != epoch {
+            tracing::info!(
+                slot,
+                "redemption not sent: the device was unenrolled meanwhile"
+            );
+            let e = unenrolled_meanwhile();
+            engine.enrolling_failed(e.clone());
+            return Err(e);
+        }
         let mut identity = DeviceIdentity::detect(identifier.clone());
         identity.ref_id1 = self.config.server.ref_id1.clone();
         identity.ref_id2 = self.config.server.ref_id2.clone();
@@ -556,6 +601,20 @@ impl Agent {
             }
         };
         crash_point("after-redeem");
+        // Held until the credential is stored and active: `unenroll` either
+        // comes before (and the answer is dropped) or after (and deletes it).
+        let current = self.epoch.lock().await;
+        if *current != epoch {
+            drop(current);
+            drop(redemption);
+            tracing::warn!(
+                slot,
+                "a redemption answered after `regent unenroll`: the auth token it created was dropped, not stored (it used a registration count; an administrator can delete it at the server, e.g. `regent admin auth-tokens`)"
+            );
+            let e = unenrolled_meanwhile();
+            engine.enrolling_failed(e.clone());
+            return Err(e);
+        }
         // The auth token is in the store before success is reported.
         let mut credential = StoredCredential::default();
         credential.auth_token_id = Some(redemption.auth_token_id.clone());
@@ -573,6 +632,7 @@ impl Agent {
         let expires_at = redemption.grant.expires_at;
         let renewer = self.renewer(slot, credential);
         engine.activate(renewer, Some(redemption.grant)).await;
+        drop(current);
         tracing::info!(slot, identifier = %crate::secret::short_hash(&identifier), "enrolled: registration token redeemed for an auth token");
         Ok(Enrolled {
             identifier,
@@ -688,6 +748,7 @@ impl Agent {
         if slot.engine.status().state != SlotState::Unenrolled {
             return Ok(());
         }
+        let epoch = *self.epoch.lock().await;
         if let Some((at, e)) = slot
             .refused
             .lock()
@@ -705,17 +766,22 @@ impl Agent {
         };
         let result = match self.config.server.profile {
             Profile::Sentinel => {
-                self.begin_redemption(number, &secret).await?;
+                self.begin_redemption(number, &secret, epoch).await?;
                 // The instance is waiting on its call: a silent server is given
                 // up on in time; the marker stays and its next request replays.
                 let deadline = Instant::now() + INLINE_CALL_LIMIT;
-                self.redeem(number, &secret, Some(deadline))
+                self.redeem(number, &secret, Some(deadline), epoch)
                     .await
                     .map(|_| ())
             }
             Profile::OAuth2 => {
                 let mut credential = StoredCredential::default();
                 credential.client_secret = Some(secret.expose_secret().to_owned());
+                // Nothing is stored once the device was unenrolled meanwhile.
+                let current = self.epoch.lock().await;
+                if *current != epoch {
+                    return Err(unenrolled_meanwhile());
+                }
                 // Slot first, credential second: see `enroll_oauth2`.
                 self.record_oauth2_slot(number).await?;
                 self.store
@@ -723,6 +789,7 @@ impl Agent {
                     .await?;
                 let renewer = self.renewer(number, credential);
                 slot.engine.activate(renewer, None).await;
+                drop(current);
                 Ok(())
             }
         };
@@ -746,13 +813,23 @@ impl Agent {
     /// `STORE_UNAVAILABLE` when a secret could not be deleted.
     pub async fn unenroll(&self) -> Result<()> {
         let _enrolling = self.enroll_lock.lock().await;
+        // A new epoch: redemptions still in flight store nothing from now on
+        // (their answers are dropped), and the lock keeps one that is storing
+        // right now from finishing after this returns.
+        let mut epoch = self.epoch.lock().await;
+        *epoch = epoch.wrapping_add(1);
+        // Engines first: each waits for a renewal in flight, which would
+        // otherwise store its rotated credential after the entry is deleted.
+        let slots = self.existing_slots();
+        for (_, slot) in &slots {
+            slot.engine.deactivate().await;
+        }
         self.store.delete(DEVICE_SECRET).await?;
-        for (number, slot) in self.existing_slots() {
+        for (number, slot) in slots {
             self.store.delete(&credential_entry(number)).await?;
             self.store.delete(&registration_entry(number)).await?;
             self.ledger.forget(number);
             clear_refusal(&slot);
-            slot.engine.deactivate().await;
         }
         {
             let mut state = self.state.lock().await;
@@ -764,6 +841,7 @@ impl Agent {
             self.state_file.save(&snapshot)?;
         }
         self.leases.clear_reservations();
+        drop(epoch);
         tracing::info!("unenrolled: stored secrets deleted");
         Ok(())
     }

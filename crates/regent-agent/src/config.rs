@@ -152,6 +152,11 @@ pub struct RefreshConfig {
     /// offline sessions die after 30 idle days; default 1 day).
     #[serde(default = "defaults::keepalive")]
     pub keepalive: u64,
+    /// Fraction of a token's lifetime that must pass after a renewal before
+    /// demand (requests, subscriptions) may cause another (default 0.2: at
+    /// most five renewals per lifetime, whatever `min_valid` clients ask).
+    #[serde(default = "defaults::min_spacing")]
+    pub min_spacing: f64,
 }
 
 impl Default for RefreshConfig {
@@ -164,6 +169,7 @@ impl Default for RefreshConfig {
             backoff_min: defaults::backoff_min(),
             backoff_max: defaults::backoff_max(),
             keepalive: defaults::keepalive(),
+            min_spacing: defaults::min_spacing(),
         }
     }
 }
@@ -236,6 +242,12 @@ pub struct IpcConfig {
     /// Seconds a connection may sit on a half-sent frame.
     #[serde(default = "defaults::read_timeout")]
     pub read_timeout: u64,
+    /// Most subscriptions one connection may hold.
+    #[serde(default = "defaults::max_subscriptions_per_connection")]
+    pub max_subscriptions_per_connection: usize,
+    /// Most subscriptions all connections together may hold.
+    #[serde(default = "defaults::max_subscriptions")]
+    pub max_subscriptions: usize,
 }
 
 impl Default for IpcConfig {
@@ -248,6 +260,8 @@ impl Default for IpcConfig {
             allow_executables: Vec::new(),
             max_connections: defaults::max_connections(),
             read_timeout: defaults::read_timeout(),
+            max_subscriptions_per_connection: defaults::max_subscriptions_per_connection(),
+            max_subscriptions: defaults::max_subscriptions(),
         }
     }
 }
@@ -354,6 +368,15 @@ mod defaults {
     pub fn read_timeout() -> u64 {
         30
     }
+    pub fn max_subscriptions_per_connection() -> usize {
+        256
+    }
+    pub fn max_subscriptions() -> usize {
+        16_384
+    }
+    pub fn min_spacing() -> f64 {
+        0.2
+    }
     pub fn log_level() -> String {
         "info".into()
     }
@@ -449,6 +472,12 @@ impl Config {
         for bound in self.duration_bounds() {
             bound.check()?;
         }
+        if !(0.05..=0.9).contains(&r.min_spacing) {
+            return Err(format!(
+                "[refresh] min_spacing = {} must be between 0.05 and 0.9 (the fraction of a token's lifetime that must pass before demand may cause another renewal)",
+                r.min_spacing
+            ));
+        }
         if r.backoff_min == 0 || r.backoff_max < r.backoff_min {
             return Err(
                 "[refresh] backoff_min must be at least 1 and backoff_max at least backoff_min"
@@ -460,6 +489,12 @@ impl Config {
         }
         if self.instances.mode == InstanceMode::Shared && self.instances.max != 1 {
             return Err("[instances] max only applies to mode = \"per-instance\"; remove it or set mode = \"per-instance\"".into());
+        }
+        if self.ipc.max_subscriptions_per_connection == 0 || self.ipc.max_subscriptions == 0 {
+            return Err(
+                "[ipc] max_subscriptions_per_connection and max_subscriptions must be at least 1"
+                    .into(),
+            );
         }
         if self.ipc.socket_mode().is_none() {
             return Err(format!(

@@ -17,8 +17,12 @@
 //!   and a successful attempt whose token aged below a waiter's `min_valid`
 //!   before that waiter ran (a busy agent) is renewed again, one call at a
 //!   time, instead of answered `UNAVAILABLE`.
+//! - Demand never sets the upstream rate: a renewal, scheduled or forced by
+//!   a request, follows the current token's receipt no sooner than
+//!   `min_spacing` of its lifetime; requests the cache cannot satisfy before
+//!   then get `UNAVAILABLE` with `retry_after` (never a spin).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +113,9 @@ pub struct EngineSettings {
     pub backoff_max: Duration,
     /// Idle keep-alive interval.
     pub keepalive: Duration,
+    /// Fraction of a token's lifetime that must pass after a renewal before
+    /// demand (a request or a subscription) may cause the next one.
+    pub min_spacing: f64,
 }
 
 impl From<&RefreshConfig> for EngineSettings {
@@ -121,6 +128,7 @@ impl From<&RefreshConfig> for EngineSettings {
             backoff_min: Duration::from_secs(c.backoff_min),
             backoff_max: Duration::from_secs(c.backoff_max),
             keepalive: Duration::from_secs(c.keepalive),
+            min_spacing: c.min_spacing,
         }
     }
 }
@@ -212,8 +220,9 @@ struct Demand {
     current_max: Duration,
     previous_max: Duration,
     last_request: Option<Instant>,
-    subscribers: HashMap<u64, Duration>,
-    next_subscriber: u64,
+    /// Live subscriptions: how many ask for each `min_valid`. Ordered, so the
+    /// largest is found without visiting them all (every handout asks).
+    subscribers: BTreeMap<Duration, usize>,
 }
 
 impl Demand {
@@ -236,7 +245,7 @@ impl Demand {
     /// The largest `min_valid` asked for recently, and whether anyone is asking.
     fn recent(&mut self, now: Instant, window: Duration) -> Option<Duration> {
         self.roll(now, window);
-        let subscribed = self.subscribers.values().copied().max();
+        let subscribed = self.subscribers.keys().next_back().copied();
         let requested = self
             .last_request
             .filter(|t| now.duration_since(*t) < window)
@@ -252,13 +261,20 @@ impl Demand {
 #[derive(Debug)]
 pub struct DemandGuard {
     shared: Weak<Shared>,
-    id: u64,
+    min_valid: Duration,
 }
 
 impl Drop for DemandGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
-            shared.lock().demand.subscribers.remove(&self.id);
+            let mut inner = shared.lock();
+            let subscribers = &mut inner.demand.subscribers;
+            if let Some(count) = subscribers.get_mut(&self.min_valid) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    subscribers.remove(&self.min_valid);
+                }
+            }
         }
     }
 }
@@ -410,17 +426,14 @@ impl Engine {
     /// keeps renewing ahead so that a token with that much validity is always
     /// on hand, until the guard is dropped.
     pub fn hold_demand(&self, min_valid: Duration) -> DemandGuard {
-        let id = {
+        {
             let mut inner = self.shared.lock();
-            let id = inner.demand.next_subscriber;
-            inner.demand.next_subscriber += 1;
-            inner.demand.subscribers.insert(id, min_valid);
-            id
-        };
+            *inner.demand.subscribers.entry(min_valid).or_insert(0) += 1;
+        }
         self.shared.wake.notify_one();
         DemandGuard {
             shared: Arc::downgrade(&self.shared),
-            id,
+            min_valid,
         }
     }
 
@@ -475,6 +488,7 @@ impl Engine {
                 {
                     self.share_attempt(&inner, min_valid, now)?;
                 }
+                demand_may_renew(&inner, min_valid, now)?;
                 attempts_seen = Some(inner.attempts);
             }
             // Wait for the right to call upstream, or for someone else's
@@ -493,6 +507,7 @@ impl Engine {
                 if attempts_seen != Some(inner.attempts) {
                     self.share_attempt(&inner, min_valid, now)?;
                 }
+                demand_may_renew(&inner, min_valid, now)?;
             }
             self.renew_locked().await;
             let inner = self.shared.lock();
@@ -710,6 +725,47 @@ fn note_demand(inner: &mut Inner, min_valid: Duration) -> bool {
     before.is_none_or(|b| min_valid > b)
 }
 
+/// The earliest a renewal may follow the current grant: `min_spacing` of its
+/// lifetime after it was received. Scheduled renewals and renewals forced by
+/// requests alike, so no client can make the agent call upstream more often
+/// than this, whatever `min_valid` it asks for (issue 18, item 5).
+fn spacing_floor(grant: &Grant, settings: &EngineSettings) -> SystemTime {
+    grant.received_at
+        + grant
+            .lifetime()
+            .mul_f64(settings.min_spacing.clamp(0.0, 1.0))
+}
+
+/// Whether a request that the cache cannot satisfy may call upstream now.
+/// `Err(UNAVAILABLE)` with `retry_after` when it may not: the current token
+/// could have served it when new, and its renewal is more recent than the
+/// spacing allows. A token that never could (shorter than `min_valid` from
+/// the start, e.g. a re-issued one) does not hold the request back: one call
+/// shows what a fresh token gives, and if that is still too short
+/// `renew_locked` holds every request until the renewal point.
+fn demand_may_renew(inner: &Inner, min_valid: Duration, now: SystemTime) -> Result<()> {
+    let Some(grant) = inner.grant.as_deref() else {
+        return Ok(());
+    };
+    if grant.lifetime() <= min_valid {
+        return Ok(());
+    }
+    let floor = spacing_floor(grant, &inner.settings);
+    if floor > now {
+        return Err(Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "no token valid for {}s is available now: the current token has {}s left and the last renewal was too recent to renew again (renewals are at least {}s apart, [refresh] min_spacing); retry later or ask for less",
+                min_valid.as_secs(),
+                grant.remaining(now).as_secs(),
+                floor.duration_since(grant.received_at).unwrap_or_default().as_secs()
+            ),
+        )
+        .with_retry_after(floor.duration_since(now).unwrap_or_default().max(Duration::from_millis(100))));
+    }
+    Ok(())
+}
+
 /// The error for a request the cache cannot satisfy.
 fn unavailable(inner: &Inner, min_valid: Duration, retry_at: SystemTime, now: SystemTime) -> Error {
     let retry_after = retry_at
@@ -816,10 +872,12 @@ fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemT
                         .checked_sub(min_valid.saturating_add(margin))
                         .unwrap_or(grant.received_at);
                     let planned = inner.renew_at.unwrap_or(latest);
-                    // Never plan renewals closer together than a tenth of the
-                    // lifetime: a server whose tokens are too short for the
-                    // demand is handled by UNAVAILABLE, not by spinning.
-                    planned.min(latest).max(grant.received_at + lifetime / 10)
+                    // Demand is clamped to what the lifetime can serve: never
+                    // plan renewals closer together than `min_spacing` of it.
+                    // Requests for more get UNAVAILABLE, not a spinning agent.
+                    planned
+                        .min(latest)
+                        .max(spacing_floor(grant, &inner.settings))
                 }
                 None => {
                     let last = inner.last_renewal.unwrap_or(grant.received_at);
@@ -949,16 +1007,20 @@ mod tests {
     }
 
     const LIFETIME: Duration = Duration::from_secs(300);
-    /// More than a token 10 s old has left: every request below misses the cache.
-    const MIN_VALID: Duration = Duration::from_secs(295);
+    /// Age of the stale token: past the spacing (a fifth of the lifetime), so
+    /// requests may renew.
+    const STALE_AGE: Duration = Duration::from_secs(70);
+    /// More than a token 70 s old has left: every request below misses the cache.
+    const MIN_VALID: Duration = Duration::from_secs(235);
 
-    /// An engine whose cached token (10 s old) is too short for `MIN_VALID`;
-    /// the scheduler's own renewal is 20 s away, out of the tests' way.
+    /// An engine whose cached token (70 s old) is too short for `MIN_VALID`.
+    /// The scheduler is idle until the requests raise the demand; then the
+    /// tests already hold the renewal lock, and it finds the renewed token.
     async fn stale_engine(renewer: Arc<Counting>) -> Engine {
         let engine = Engine::start(EngineSettings::default());
         let old = Grant {
             access_token: secret("initial".into()),
-            ..grant_at(SystemTime::now() - Duration::from_secs(10), LIFETIME)
+            ..grant_at(SystemTime::now() - STALE_AGE, LIFETIME)
         };
         engine.activate(renewer, Some(old)).await;
         engine
@@ -1012,8 +1074,8 @@ mod tests {
     /// server was healthy. It now renews again (still one call at a time).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_token_that_aged_while_a_request_waited_is_renewed_again() {
-        // The first answer arrives already 10 s old: too short for MIN_VALID.
-        let renewer = Counting::new(LIFETIME, Duration::from_secs(10));
+        // The first answer arrives already 70 s old: too short for MIN_VALID.
+        let renewer = Counting::new(LIFETIME, STALE_AGE);
         let engine = stale_engine(Arc::clone(&renewer)).await;
         let flight = engine.shared.renew_lock.lock().await;
         let waiter = {
@@ -1187,10 +1249,99 @@ mod tests {
         assert!(next_due(&mut inner, t0, mono).unwrap() > t0);
         note_demand(&mut inner, huge);
         note_demand(&mut inner, Duration::MAX);
-        // No token can satisfy the demand: renew as early as allowed.
+        // No token can satisfy the demand: renew as early as the spacing
+        // allows (a fifth of the lifetime).
         let due = next_due(&mut inner, t0, mono).unwrap();
-        assert_eq!(due, t0 + Duration::from_secs(30));
+        assert_eq!(due, t0 + Duration::from_secs(60));
         let later = mono + Duration::from_secs(3600);
         assert!(inner.demand.recent(later, huge).is_some());
+    }
+    /// Regression (issue 18, item 5): `regent token --min-valid 299` against
+    /// 300 s tokens renewed on every request (29 calls for 30 requests). Now
+    /// a request may renew no sooner than the spacing after the last renewal:
+    /// the rest get UNAVAILABLE with `retry_after`, and a modest demand is
+    /// still served from the cache.
+    #[tokio::test]
+    async fn requests_cannot_renew_sooner_than_the_spacing_allows() {
+        let renewer = Counting::new(LIFETIME, Duration::ZERO);
+        let engine = Engine::start(EngineSettings::default());
+        let fresh = grant_at(SystemTime::now() - Duration::from_secs(2), LIFETIME);
+        engine
+            .activate(Arc::clone(&renewer) as Arc<dyn Renewer>, Some(fresh))
+            .await;
+        for _ in 0..30 {
+            let e = engine.token(Duration::from_secs(299)).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+            let retry = e.retry_after.expect("retry_after");
+            // The spacing is 60 s after a renewal 2 s ago.
+            assert!(
+                retry > Duration::from_secs(50) && retry <= Duration::from_secs(58),
+                "{retry:?}"
+            );
+        }
+        assert_eq!(
+            renewer.calls(),
+            0,
+            "no upstream call for requests inside the spacing"
+        );
+        engine
+            .token(Duration::from_secs(60))
+            .await
+            .expect("served from the cache");
+        assert_eq!(renewer.calls(), 0);
+        // The scheduler's plan under that demand is clamped the same way.
+        let due = engine.status().next_renewal.expect("planned");
+        let after = due.duration_since(SystemTime::now()).unwrap_or_default();
+        assert!(after > Duration::from_secs(50), "{after:?}");
+    }
+
+    /// More validity than a fresh token gives: one renewal finds out, then
+    /// requests are refused until the renewal point, not renewed each time.
+    #[tokio::test]
+    async fn a_demand_beyond_the_lifetime_calls_upstream_once_per_renewal_point() {
+        let renewer = Counting::new(LIFETIME, Duration::ZERO);
+        let engine = stale_engine(Arc::clone(&renewer)).await;
+        for _ in 0..10 {
+            let e = engine.token(LIFETIME).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+            let retry = e.retry_after.expect("retry_after");
+            // The renewal point: 2/3 of the lifetime ± 10 %.
+            assert!(retry > Duration::from_secs(170), "{retry:?}");
+        }
+        assert_eq!(renewer.calls(), 1);
+    }
+
+    /// Regression (issue 18, item 6): the largest subscribed `min_valid` was
+    /// found by visiting every subscription, once per subscription on each
+    /// renewal. Subscriptions are now counted per value: the same answers,
+    /// and dropping one of two equal demands keeps the other.
+    #[test]
+    fn subscribed_demand_is_a_counted_set() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let engine = Engine::start(EngineSettings::default());
+        let window = Duration::from_secs(600);
+        let recent = |engine: &Engine| engine.shared.lock().demand.recent(Instant::now(), window);
+        assert_eq!(recent(&engine), None);
+        let a = engine.hold_demand(Duration::from_secs(30));
+        let b = engine.hold_demand(Duration::from_secs(90));
+        let c = engine.hold_demand(Duration::from_secs(90));
+        assert_eq!(recent(&engine), Some(Duration::from_secs(90)));
+        drop(b);
+        assert_eq!(recent(&engine), Some(Duration::from_secs(90)));
+        drop(c);
+        assert_eq!(recent(&engine), Some(Duration::from_secs(30)));
+        drop(a);
+        assert_eq!(recent(&engine), None);
+        let many: Vec<_> = (0..10_000)
+            .map(|i| engine.hold_demand(Duration::from_secs(i % 7)))
+            .collect();
+        assert_eq!(recent(&engine), Some(Duration::from_secs(6)));
+        assert_eq!(engine.shared.lock().demand.subscribers.len(), 7);
+        drop(many);
+        assert_eq!(recent(&engine), None);
     }
 }

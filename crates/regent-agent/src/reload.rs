@@ -351,8 +351,10 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         || a.mode != b.mode
         || a.max_connections != b.max_connections
         || a.read_timeout != b.read_timeout
+        || a.max_subscriptions_per_connection != b.max_subscriptions_per_connection
+        || a.max_subscriptions != b.max_subscriptions
     {
-        out.push("[ipc] socket, mode, max_connections, read_timeout");
+        out.push("[ipc] socket, mode, max_connections, read_timeout, max_subscriptions_per_connection, max_subscriptions");
     }
     if new.provisioning != running.provisioning {
         out.push("[provisioning]");
@@ -408,7 +410,7 @@ mod tests {
             restart_needed(&a, &c),
             vec![
                 "[server]",
-                "[ipc] socket, mode, max_connections, read_timeout",
+                "[ipc] socket, mode, max_connections, read_timeout, max_subscriptions_per_connection, max_subscriptions",
                 "[log] format"
             ]
         );

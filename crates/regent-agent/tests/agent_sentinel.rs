@@ -199,7 +199,8 @@ async fn rotation_with_reuse_detection_keeps_the_session_alive_and_the_store_cur
     .await;
     let (_, token) = server.mint(json!({"count": 1})).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = sentinel_config(&server.url(), dir.path(), "");
+    // Renewals may follow each other after 0.5 s (the smallest spacing).
+    let config = sentinel_config(&server.url(), dir.path(), "min_spacing = 0.05");
     let mut agent = Agent::open(config.clone()).await.unwrap();
     agent
         .enroll(secret(&token), EnrollOptions::default())
@@ -208,7 +209,7 @@ async fn rotation_with_reuse_detection_keeps_the_session_alive_and_the_store_cur
     let mut previous = String::new();
     for round in 0..20 {
         // Asking for nearly the whole lifetime forces one renewal per round.
-        let demand = Duration::from_millis(9_700);
+        let demand = Duration::from_millis(9_400);
         let grant = agent
             .token(demand)
             .await
@@ -217,7 +218,7 @@ async fn rotation_with_reuse_detection_keeps_the_session_alive_and_the_store_cur
         assert_ne!(value, previous, "round {round} should have renewed");
         assert_eq!(server.introspect(&value).await["active"], true);
         previous = value;
-        // Let the cached token drop below the demand (0.3 s).
+        // Let the cached token drop below the demand (0.6 s, past the spacing).
         let below = grant.expires_at - demand + Duration::from_millis(10);
         tokio::time::sleep(below.duration_since(SystemTime::now()).unwrap_or_default()).await;
         if round % 5 == 4 {

@@ -2,6 +2,7 @@
 //! subscription events. One bad client never affects another: every failure
 //! here ends this connection only.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use regent_proto::message::{
     TokenReply, WireError, WireSecret,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::Shared;
@@ -39,12 +40,17 @@ use crate::secret::{ExposeSecret, SecretString};
 /// it. Enrollment changes (enroll, unenroll, refusals) are `info`/`warn`.
 pub const AUDIT_TARGET: &str = "regent::audit";
 
+/// `retry_after` for a subscription refused at the agent's limit.
+const SUBSCRIPTION_RETRY: Duration = Duration::from_secs(10);
+
 struct Subscription {
     id: u64,
     min_valid: Duration,
     /// Expiry of the last token pushed, to push each token once.
     last_pushed: Option<SystemTime>,
     _demand: DemandGuard,
+    /// This subscription's place under `[ipc] max_subscriptions`.
+    _permit: OwnedSemaphorePermit,
 }
 
 struct Connection<'a> {
@@ -703,10 +709,39 @@ impl Connection<'_> {
     }
 
     async fn subscribe(&mut self, id: u64, min_valid: Duration) {
-        if let Err(e) = self
-            .may_fetch_tokens("subscribe")
-            .and_then(|()| self.ensure_lease())
-        {
+        if let Err(e) = self.may_fetch_tokens("subscribe") {
+            self.reply_error(id, e);
+            return;
+        }
+        let per_connection = self.shared.settings.max_subscriptions_per_connection;
+        if self.subscriptions.len() >= per_connection {
+            self.reply_error(
+                id,
+                Error::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "this connection already holds {per_connection} subscriptions, the most allowed ([ipc] max_subscriptions_per_connection); unsubscribe first or reuse one subscription"
+                    ),
+                ),
+            );
+            return;
+        }
+        let Ok(permit) = Arc::clone(&self.shared.subscriptions).try_acquire_owned() else {
+            tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), limit = self.shared.settings.max_subscriptions, "subscription refused: the agent's subscription limit is reached");
+            self.reply_error(
+                id,
+                Error::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the agent holds {} subscriptions, the most allowed ([ipc] max_subscriptions); retry later",
+                        self.shared.settings.max_subscriptions
+                    ),
+                )
+                .with_retry_after(SUBSCRIPTION_RETRY),
+            );
+            return;
+        };
+        if let Err(e) = self.ensure_lease() {
             self.reply_error(id, e);
             return;
         }
@@ -719,11 +754,13 @@ impl Connection<'_> {
             min_valid,
             last_pushed: None,
             _demand: demand,
+            _permit: permit,
         });
+        let index = self.subscriptions.len() - 1;
         self.reply(id, Reply::Subscribed {});
         // The current token right away (or why there is none).
         match self.shared.agent.token_for(self.slot, min_valid).await {
-            Ok(grant) => self.push_token(id, &grant),
+            Ok(grant) => self.push_token(index, &grant),
             Err(e) => {
                 let state = self.shared.agent.engine_status_for(self.slot).state;
                 self.push_state(id, state, Some(e));
@@ -731,15 +768,16 @@ impl Connection<'_> {
         }
     }
 
-    fn push_token(&mut self, id: u64, grant: &Grant) {
-        let mut min_valid = Duration::ZERO;
-        if let Some(sub) = self.subscriptions.iter_mut().find(|s| s.id == id) {
-            if sub.last_pushed == Some(grant.expires_at) {
-                return;
-            }
-            sub.last_pushed = Some(grant.expires_at);
-            min_valid = sub.min_valid;
+    /// Pushes `grant` to the subscription at `index` unless it already has it.
+    fn push_token(&mut self, index: usize, grant: &Grant) {
+        let Some(sub) = self.subscriptions.get_mut(index) else {
+            return;
+        };
+        if sub.last_pushed == Some(grant.expires_at) {
+            return;
         }
+        sub.last_pushed = Some(grant.expires_at);
+        let (id, min_valid) = (sub.id, sub.min_valid);
         self.audit_handout(grant, "subscription", min_valid);
         self.push(Response {
             id,
@@ -795,14 +833,21 @@ impl Connection<'_> {
             Some(Event::Renewed { .. }) | None => true,
         };
         if renewed {
-            let subs: Vec<(u64, Duration)> = self
-                .subscriptions
-                .iter()
-                .map(|s| (s.id, s.min_valid))
-                .collect();
-            for (id, min_valid) in subs {
-                if let Ok(grant) = self.shared.agent.token_for(self.slot, min_valid).await {
-                    self.push_token(id, &grant);
+            // One engine call per distinct min_valid, not per subscription:
+            // fan-out stays linear in the number of subscriptions.
+            let mut answers: HashMap<Duration, Option<Arc<Grant>>> = HashMap::new();
+            for index in 0..self.subscriptions.len() {
+                let min_valid = self.subscriptions[index].min_valid;
+                let grant = match answers.get(&min_valid) {
+                    Some(answer) => answer.clone(),
+                    None => {
+                        let answer = self.shared.agent.token_for(self.slot, min_valid).await.ok();
+                        answers.insert(min_valid, answer.clone());
+                        answer
+                    }
+                };
+                if let Some(grant) = grant {
+                    self.push_token(index, &grant);
                 }
             }
         }

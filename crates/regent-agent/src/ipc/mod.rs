@@ -58,6 +58,10 @@ pub struct IpcSettings {
     pub max_connections: usize,
     /// How long a half-sent frame (or a missing hello) may stall.
     pub read_timeout: Duration,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Most subscriptions all connections together may hold.
+    pub max_subscriptions: usize,
 }
 
 impl IpcSettings {
@@ -80,6 +84,9 @@ impl IpcSettings {
             policy: SharedPolicy::new(policy),
             max_connections: ipc.max_connections.max(1),
             read_timeout: Duration::from_secs(ipc.read_timeout.max(1)),
+            max_subscriptions_per_connection: ipc.max_subscriptions_per_connection.max(1),
+            // A semaphore holds at most `Semaphore::MAX_PERMITS`.
+            max_subscriptions: ipc.max_subscriptions.clamp(1, Semaphore::MAX_PERMITS),
         })
     }
 }
@@ -395,6 +402,8 @@ pub(crate) struct Shared {
     pub agent: Arc<Agent>,
     pub settings: IpcSettings,
     pub stats: Arc<ServerStats>,
+    /// One permit per live subscription, across all connections.
+    pub subscriptions: Arc<Semaphore>,
 }
 
 /// Serves connections until `shutdown` resolves, then lets in-flight requests
@@ -409,10 +418,12 @@ pub async fn serve(
     stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let subscriptions = Arc::new(Semaphore::new(settings.max_subscriptions));
     let shared = Arc::new(Shared {
         agent,
         settings,
         stats,
+        subscriptions,
     });
     let limit = Arc::new(Semaphore::new(fd_limit::connection_limit(
         shared.settings.max_connections,

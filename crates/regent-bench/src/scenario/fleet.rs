@@ -214,6 +214,7 @@ async fn simulate(
         backoff_min: lifetime / 50,
         backoff_max: lifetime,
         keepalive: Duration::from_secs(86_400),
+        ..EngineSettings::default()
     };
     // An app on each device wants a minute of validity (scaled).
     let min_valid = Duration::from_secs_f64(60.0 / scale);
