@@ -1,7 +1,9 @@
 //! The only code in the agent that speaks HTTP: the license-server profiles.
 //!
 //! - [`http`]: the shared client (rustls, no redirects, bounded bodies) and
-//!   [`check_url`], which refuses plain HTTP except to loopback.
+//!   [`check_url`], which refuses plain HTTP except to loopback IP literals;
+//!   plain HTTP never goes through a proxy, `https://` through `[server] proxy`
+//!   or `HTTPS_PROXY` (CONNECT, TLS end to end).
 //! - [`sentinel`]: registration token → auth token → refresh cycle (DESIGN §3.1).
 //! - [`oauth2`]: client credentials and refresh tokens, Reltio style (DESIGN §3.2).
 //! - [`identity`]: the device facts sent with a Sentinel redemption.
@@ -21,7 +23,7 @@ pub mod token;
 
 use url::Url;
 
-pub use self::http::{Http, HttpSettings, MAX_RETRY_AFTER, check_url};
+pub use self::http::{Http, HttpSettings, MAX_RETRY_AFTER, ProxySetting, check_url};
 pub use self::identity::DeviceIdentity;
 pub use self::oauth2::{OAuth2, OAuth2Endpoint};
 pub use self::sentinel::{IdpConfig, Sentinel};
