@@ -192,7 +192,9 @@ async fn serve(record: &Arc<Mutex<Record>>, mut client: TcpStream) {
         }
         record.lock().unwrap().plain.push(rest);
         let _ = client
-            .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
             .await;
         let _ = client.shutdown().await;
         return;

@@ -86,7 +86,10 @@ fn plain_http_to_loopback_never_goes_through_the_environments_proxy() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let recorder = rt.block_on(ForwardProxy::start()).unwrap();
     let emulator = EmulatorProc::start(LIFETIME);
-    let home = AgentHome::new(&emulator.url, "[refresh]\nbackoff_min = 1\nbackoff_max = 2\n");
+    let home = AgentHome::new(
+        &emulator.url,
+        "[refresh]\nbackoff_min = 1\nbackoff_max = 2\n",
+    );
     let proxy = recorder.url();
     let env: Vec<(&str, &str)> = PROXY_VARIABLES[..6]
         .iter()
@@ -96,7 +99,11 @@ fn plain_http_to_loopback_never_goes_through_the_environments_proxy() {
 
     enroll_and_renew(&home, &emulator);
 
-    assert_eq!(recorder.connections(), 0, "the agent connected to the proxy");
+    assert_eq!(
+        recorder.connections(),
+        0,
+        "the agent connected to the proxy"
+    );
     assert_eq!(recorder.bytes_received(), 0, "the proxy received bytes");
     assert!(recorder.plain_requests().is_empty());
     drop(agent);
@@ -121,8 +128,9 @@ fn a_localhost_server_url_is_refused_with_the_fix() {
         );
         let log = agent.log_text();
         assert!(
-            log.contains(&format!("[server] {key}: refusing plain http:// to localhost"))
-                && log.contains("use http://127.0.0.1:8600/"),
+            log.contains(&format!(
+                "[server] {key}: refusing plain http:// to localhost"
+            )) && log.contains("use http://127.0.0.1:8600/"),
             "{url}: {log}"
         );
         // `regent status` names the same problem without an agent.
@@ -248,7 +256,13 @@ fn https_through_a_connect_proxy(from: ProxyFrom) {
     let agent = AgentProc::start_with_env(
         &home,
         &env,
-        &["https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"],
+        &[
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ],
     );
 
     let mut secrets = enroll_and_renew(&home, &emulator);
@@ -266,14 +280,24 @@ fn https_through_a_connect_proxy(from: ProxyFrom) {
     let requests: Vec<String> = reverse
         .exchanges()
         .iter()
-        .map(|e| String::from_utf8_lossy(&e.request).lines().next().unwrap_or("").to_owned())
+        .map(|e| {
+            String::from_utf8_lossy(&e.request)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
         .collect();
     assert!(
         requests.iter().any(|r| r.contains("/authTokens")),
         "{requests:?}"
     );
     assert!(
-        requests.iter().filter(|r| r.contains("openid-connect/token")).count() >= 2,
+        requests
+            .iter()
+            .filter(|r| r.contains("openid-connect/token"))
+            .count()
+            >= 2,
         "{requests:?}"
     );
     // …every one of them through a CONNECT tunnel, with TLS inside.
@@ -299,7 +323,12 @@ fn https_through_a_connect_proxy(from: ProxyFrom) {
             "the proxy saw a secret in clear"
         );
     }
-    for marker in ["Authorization", "refresh_token", "grant_type", "access_token"] {
+    for marker in [
+        "Authorization",
+        "refresh_token",
+        "grant_type",
+        "access_token",
+    ] {
         assert!(
             find(&seen, marker.as_bytes()).is_none(),
             "the proxy saw {marker:?} in clear"

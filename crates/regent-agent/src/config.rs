@@ -457,7 +457,10 @@ impl Config {
                 .map_err(|problem| format!("[server] proxy: {problem}"))?;
         }
         if s.ca_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err("[server] ca_file is empty; name a PEM file of CA certificates, or remove the key".into());
+            return Err(
+                "[server] ca_file is empty; name a PEM file of CA certificates, or remove the key"
+                    .into(),
+            );
         }
         if let Some(max) = s.max_active_tokens
             && !(1..=200).contains(&max)
@@ -604,7 +607,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::Config);
         assert!(
-            e.message.contains("[server] url: refusing plain http:// to localhost")
+            e.message
+                .contains("[server] url: refusing plain http:// to localhost")
                 && e.message.contains("use http://127.0.0.1:8600/"),
             "{}",
             e.message
@@ -622,7 +626,10 @@ mod tests {
             crate::upstream::ProxySetting::Url(_)
         ));
         let c = with(&format!("{ok}\nproxy = \"none\"")).unwrap();
-        assert_eq!(c.server.proxy_setting(), crate::upstream::ProxySetting::Direct);
+        assert_eq!(
+            c.server.proxy_setting(),
+            crate::upstream::ProxySetting::Direct
+        );
         let c = with(ok).unwrap();
         assert_eq!(
             c.server.proxy_setting(),

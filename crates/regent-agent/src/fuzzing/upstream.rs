@@ -32,8 +32,8 @@ use crate::error::Error;
 use crate::grant::Grant;
 use crate::secret::{ExposeSecret, SecretString, secret};
 use crate::upstream::DeviceIdentity;
-use crate::upstream::http::{Http, HttpSettings, MAX_RETRY_AFTER, Reply};
 use crate::upstream::check_url;
+use crate::upstream::http::{Http, HttpSettings, MAX_RETRY_AFTER, Reply};
 use crate::upstream::oauth2::{self, GrantType, OAuth2, OAuth2Endpoint};
 use crate::upstream::sentinel::{self, IdpConfig};
 use crate::upstream::token::{MAX_EXPIRES_IN, MAX_REFRESH_EXPIRES_IN, MAX_TOKEN_BYTES};
@@ -87,7 +87,10 @@ impl Endpoint {
     }
 
     fn is_discovery(self) -> bool {
-        matches!(self, Endpoint::SentinelDiscovery | Endpoint::OAuth2Discovery)
+        matches!(
+            self,
+            Endpoint::SentinelDiscovery | Endpoint::OAuth2Discovery
+        )
     }
 
     /// The secrets the agent sent: a server may echo them, we must not.
@@ -429,12 +432,19 @@ fn discovered(endpoint: Endpoint, token_url: &Url, idp: Option<&IdpConfig>) {
     assert!(check_url(token_url).is_ok(), "{token_url}");
     if token_url.scheme() == "http" {
         assert!(
-            matches!(token_url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))),
+            matches!(
+                token_url.host(),
+                Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))
+            ),
             "plain http:// to a name: {token_url}"
         );
     }
     assert!(token_url.username().is_empty() && token_url.password().is_none());
-    assert!(token_url.as_str().len() <= 16 * 1024, "{}", token_url.as_str().len());
+    assert!(
+        token_url.as_str().len() <= 16 * 1024,
+        "{}",
+        token_url.as_str().len()
+    );
     match (endpoint, idp) {
         (Endpoint::SentinelDiscovery, Some(idp)) => {
             assert_eq!(token_url, &idp.token_url);
@@ -446,9 +456,7 @@ fn discovered(endpoint: Endpoint, token_url: &Url, idp: Option<&IdpConfig>) {
             }
             assert!(token_url.query().is_none() && token_url.fragment().is_none());
             assert!(
-                token_url
-                    .path()
-                    .ends_with("/protocol/openid-connect/token"),
+                token_url.path().ends_with("/protocol/openid-connect/token"),
                 "{token_url}"
             );
             // The refusal of a refresh at that endpoint names the client id:

@@ -66,7 +66,8 @@ pub enum ProxySetting {
 
 /// The environment variables read for [`ProxySetting::Environment`], first set wins.
 /// `HTTP_PROXY`/`http_proxy` are deliberately absent: plain HTTP is never proxied.
-pub const HTTPS_PROXY_VARIABLES: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+pub const HTTPS_PROXY_VARIABLES: [&str; 4] =
+    ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
 
 impl ProxySetting {
     /// Reads a `[server] proxy` value: `"none"`, or an `http(s)://HOST[:PORT]` URL.
@@ -463,7 +464,9 @@ fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Err
     if certs.is_empty() {
         return Err(Error::new(
             ErrorCode::Config,
-            format!("[server] ca_file: {shown} holds no certificate; export the CA as PEM (-----BEGIN CERTIFICATE-----)"),
+            format!(
+                "[server] ca_file: {shown} holds no certificate; export the CA as PEM (-----BEGIN CERTIFICATE-----)"
+            ),
         ));
     }
     Ok(certs)
@@ -748,7 +751,11 @@ mod tests {
         let missing = dir.join("missing.pem");
         let e = read_ca_file(&missing).unwrap_err();
         assert_eq!(e.code, ErrorCode::Config);
-        assert!(e.message.starts_with("[server] ca_file: cannot read"), "{}", e.message);
+        assert!(
+            e.message.starts_with("[server] ca_file: cannot read"),
+            "{}",
+            e.message
+        );
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "no certificates here\n").unwrap();
         let e = read_ca_file(&empty).unwrap_err();

@@ -336,11 +336,7 @@ fn redemption_refused(reply: &Reply, token: &SecretString) -> Error {
     with_retry_after(Error::new(code, message), reply)
 }
 
-fn refresh_refused(
-    reply: &Reply,
-    idp: &IdpConfig,
-    refresh_token: &SecretString,
-) -> Error {
+fn refresh_refused(reply: &Reply, idp: &IdpConfig, refresh_token: &SecretString) -> Error {
     let says = ServerSays::from_reply(reply, &[refresh_token]);
     let server = &reply.server;
     if says.is("invalid_grant") {
