@@ -133,9 +133,28 @@ fn a_localhost_server_url_is_refused_with_the_fix() {
             )) && log.contains("use http://127.0.0.1:8600/"),
             "{url}: {log}"
         );
-        // `regent status` names the same problem without an agent.
-        let out = home.regent(&["status"], None);
-        assert!(!out.status.success(), "{}", text(&out));
+        // `regent agent --check` names the same problem.
+        let out = regent_tests::regent(
+            &[
+                "agent",
+                "--check",
+                "--config",
+                home.config.to_str().unwrap(),
+            ],
+            None,
+            &[],
+        );
+        assert_eq!(
+            code(&out),
+            i32::from(ErrorCode::Config.number()),
+            "{}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("use http://127.0.0.1:8600/"),
+            "{}",
+            text(&out)
+        );
     }
 }
 

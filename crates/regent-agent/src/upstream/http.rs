@@ -425,7 +425,10 @@ pub fn with_https_proxy(
     let builder = builder.no_proxy();
     let (url, no_proxy) = match setting {
         ProxySetting::Direct => return Ok((builder, None)),
-        ProxySetting::Url(url) => (url.clone(), None),
+        ProxySetting::Url(url) => {
+            tracing::info!(proxy = %server_name(url), "https:// requests go through the configured proxy ([server] proxy)");
+            (url.clone(), None)
+        }
         ProxySetting::Environment => match proxy_from_environment() {
             Some((url, variable)) => {
                 tracing::info!(proxy = %server_name(&url), variable, "https:// requests go through the proxy named in the environment (NO_PROXY applies)");
