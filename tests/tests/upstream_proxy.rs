@@ -227,6 +227,8 @@ async fn tls_front(pki: &TestPki, backend: SocketAddr) -> SocketAddr {
 enum ProxyFrom {
     Config,
     Environment,
+    /// `HTTPS_PROXY` set, but `NO_PROXY` names the server: direct.
+    EnvironmentExcluded,
 }
 
 fn https_through_a_connect_proxy(from: ProxyFrom) {
@@ -269,9 +271,16 @@ fn https_through_a_connect_proxy(from: ProxyFrom) {
         ("HTTP_PROXY", recorder_url.as_str()),
         ("http_proxy", recorder_url.as_str()),
     ];
-    if matches!(from, ProxyFrom::Environment) {
+    if matches!(
+        from,
+        ProxyFrom::Environment | ProxyFrom::EnvironmentExcluded
+    ) {
         env.push(("HTTPS_PROXY", connect_url.as_str()));
     }
+    if matches!(from, ProxyFrom::EnvironmentExcluded) {
+        env.push(("NO_PROXY", "localhost,127.0.0.1"));
+    }
+    // Removed first, then `env` is set (NO_PROXY included for the last case).
     let agent = AgentProc::start_with_env(
         &home,
         &env,
@@ -319,6 +328,11 @@ fn https_through_a_connect_proxy(from: ProxyFrom) {
             >= 2,
         "{requests:?}"
     );
+    if matches!(from, ProxyFrom::EnvironmentExcluded) {
+        assert_eq!(connect.connections(), 0, "NO_PROXY was not honoured");
+        assert_eq!(plain_recorder.bytes_received(), 0);
+        return;
+    }
     // …every one of them through a CONNECT tunnel, with TLS inside.
     let tunnels = connect.tunnels();
     assert!(!tunnels.is_empty(), "the agent did not use the proxy");
@@ -369,6 +383,11 @@ fn https_goes_through_the_configured_connect_proxy_with_tls_end_to_end() {
 #[test]
 fn https_goes_through_the_environments_connect_proxy_with_tls_end_to_end() {
     https_through_a_connect_proxy(ProxyFrom::Environment);
+}
+
+#[test]
+fn no_proxy_keeps_a_server_off_the_environments_proxy() {
+    https_through_a_connect_proxy(ProxyFrom::EnvironmentExcluded);
 }
 
 /// Without `[server] ca_file`, the test CA is not trusted: a clear error that
