@@ -426,3 +426,58 @@ fn collect_strings(v: &Value) -> Vec<String> {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// `regent admin` sends the admin password: with every proxy variable set it
+/// still goes direct to the loopback emulator (it used to go to the proxy),
+/// and a server naming a plain-http:// token endpoint elsewhere gets nothing.
+#[test]
+fn the_admin_cli_keeps_its_password_off_proxies_and_plain_http() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emulator = EmulatorProc::start(LIFETIME);
+    let recorder = rt.block_on(ForwardProxy::start()).unwrap();
+    let proxy = recorder.url();
+    let mut env: Vec<(&str, &str)> = PROXY_VARIABLES[..6]
+        .iter()
+        .map(|name| (*name, proxy.as_str()))
+        .collect();
+    env.extend([
+        ("REGENT_ADMIN_USER", "admin"),
+        ("REGENT_ADMIN_PASSWORD", "admin"),
+        ("REGENT_ADMIN_URL", emulator.url.as_str()),
+    ]);
+    let out = regent_tests::regent(&["admin", "token", "list", "--json"], None, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(recorder.bytes_received(), 0, "the proxy received bytes");
+
+    // A server (here the emulator behind a rewriting proxy) that names a
+    // plain-http token endpoint on another host.
+    let upstream: SocketAddr = emulator.url.trim_start_matches("http://").parse().unwrap();
+    let reverse = rt.block_on(Proxy::start(upstream)).unwrap();
+    reverse.rewrite(&reverse.url(), "http://198.51.100.7");
+    let rewritten = reverse.url();
+    env.pop();
+    env.push(("REGENT_ADMIN_URL", rewritten.as_str()));
+    let out = regent_tests::regent(&["admin", "token", "list"], None, &env);
+    assert_eq!(
+        code(&out),
+        i32::from(ErrorCode::ServerError.number()),
+        "{}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("will not be sent to") && stderr.contains("198.51.100.7"),
+        "{stderr}"
+    );
+    // Only the discovery request reached the server: no password was posted.
+    let requests: Vec<String> = reverse
+        .exchanges()
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.request).into_owned())
+        .collect();
+    assert!(
+        requests.iter().all(|r| !r.contains("password")),
+        "{requests:?}"
+    );
+    assert_eq!(recorder.bytes_received(), 0);
+}

@@ -752,7 +752,9 @@ impl Session {
     async fn login(base: &reqwest::Url, credentials: &Credentials) -> Result<Session, Failure> {
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30));
+            .timeout(Duration::from_secs(30))
+            // A 307 would resend the password form to wherever it points.
+            .redirect(reqwest::redirect::Policy::none());
         // Plain http:// (loopback only) never goes through a proxy: the admin
         // password would reach it in clear (issue 18, item 1).
         let (builder, _) = with_https_proxy(builder, &ProxySetting::Environment)
@@ -784,6 +786,19 @@ impl Session {
             endpoint.trim_end_matches('/'),
             url_component(realm)
         );
+        // The password goes there: the same URL rule as the agent's (https://,
+        // or http:// to a loopback IP literal).
+        reqwest::Url::parse(&token_url)
+            .map_err(|e| e.to_string())
+            .and_then(|u| {
+                regent_agent::upstream::check_url(&u).map_err(|e| e.message)
+            })
+            .map_err(|problem| {
+                Failure::new(
+                    ErrorCode::ServerError,
+                    format!("{base}: idpConfigurations names a token endpoint the admin password will not be sent to: {problem}"),
+                )
+            })?;
         let reply = http
             .post(&token_url)
             .form(&[
