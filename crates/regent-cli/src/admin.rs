@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use regent_agent::upstream::ProxySetting;
-use regent_agent::upstream::http::with_https_proxy;
+use regent_agent::upstream::with_https_proxy;
 use regent_proto::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};

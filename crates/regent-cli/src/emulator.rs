@@ -163,7 +163,7 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
                 Failure::new(ErrorCode::Config, "set REGENT_EMULATOR_ADMIN_KEY to the emulator's control key (printed when it starts)")
             })?;
             // The control key must not reach a proxy from the environment (issue 18).
-            let (builder, _) = regent_agent::upstream::http::with_https_proxy(
+            let (builder, _) = regent_agent::upstream::with_https_proxy(
                 reqwest::Client::builder(),
                 &regent_agent::upstream::ProxySetting::Environment,
             )

@@ -8,8 +8,9 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::http::{Http, Reply, check_url, sanitize, server_name};
+use super::http::{Http, Reply, sanitize, server_name};
 use super::join_path;
+use super::network::check_url;
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,

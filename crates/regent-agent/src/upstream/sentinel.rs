@@ -12,8 +12,9 @@ use tokio::sync::Mutex;
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::http::{Http, Reply, check_url, is_format_char, sanitize, server_name};
+use super::http::{Http, Reply, is_format_char, sanitize, server_name};
 use super::identity::DeviceIdentity;
+use super::network::check_url;
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
