@@ -2,7 +2,7 @@
 # Fuzzes regent's parsers of hostile input for a bounded time each (issue 9):
 #   ipc_frame       framing + request decoding (what a local client sends)
 #   client_frame    the client library reading the agent's answers
-#   upstream_reply  license-server status/headers/body -> grant or error
+#   upstream_reply  license-server status/headers/body -> grant, token endpoint or error
 #   config_toml     the configuration file
 #   store_file      state.json, the secrets file, keychain entries
 #

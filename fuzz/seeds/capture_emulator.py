@@ -89,6 +89,15 @@ try:
         call("PUT", "/_emulator/faults", {"nextStatus": {"status": status, "count": 1}}, control)
         save(f"sentinel-refresh-fault-{status}", "sentinel-refresh", call("POST", realm, form=form))
     call("DELETE", "/_emulator/faults", None, control)
+
+    # The discovery documents (issue 18): as served, and failing ones (the
+    # emulator's faults do not reach its OpenID configuration route).
+    save("sentinel-discovery-200", "sentinel-discovery", call("GET", "/token/api/v5/idpConfigurations", headers={"Accept": "application/json"}))
+    save("oauth2-discovery-200", "oauth2-discovery", call("GET", "/.well-known/openid-configuration", headers={"Accept": "application/json"}))
+    for status in (503, 404):
+        call("PUT", "/_emulator/faults", {"nextStatus": {"status": status, "count": 1}}, control)
+        save(f"sentinel-discovery-fault-{status}", "sentinel-discovery", call("GET", "/token/api/v5/idpConfigurations"))
+    call("DELETE", "/_emulator/faults", None, control)
     call("PUT", "/_emulator/rate-limit", {"requests": 1, "perSeconds": 60}, control)
     redeem(rt["token"], "dev-1/0")
     save("sentinel-redeem-rate-limited", "sentinel-redeem", redeem(rt["token"], "dev-1/0"))

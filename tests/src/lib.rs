@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod crash;
+pub mod forward_proxy;
 #[cfg(unix)]
 pub mod other_user;
 pub mod procstat;

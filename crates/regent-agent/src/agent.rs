@@ -1094,6 +1094,8 @@ fn open_upstream(config: &Config) -> Result<Upstream> {
     let http = Http::new(HttpSettings {
         connect_timeout: Duration::from_secs(s.connect_timeout),
         request_timeout: Duration::from_secs(s.request_timeout),
+        proxy: s.proxy_setting(),
+        ca_file: s.ca_file.clone(),
         ..HttpSettings::default()
     })?;
     let missing = |key: &str| {

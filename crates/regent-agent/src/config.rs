@@ -84,6 +84,23 @@ pub struct ServerConfig {
     /// Seconds to wait for a whole response.
     #[serde(default = "defaults::request_timeout")]
     pub request_timeout: u64,
+    /// How `https://` requests reach the server: `"http://HOST:PORT"` (a
+    /// CONNECT proxy), `"none"`, or unset for `HTTPS_PROXY`/`NO_PROXY` from
+    /// the environment. Plain `http://` never goes through a proxy.
+    pub proxy: Option<String>,
+    /// A PEM file of extra CA certificates to trust (a private CA, a
+    /// TLS-inspecting proxy), besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The `proxy` key as a setting (unset: the environment's).
+    pub fn proxy_setting(&self) -> crate::upstream::ProxySetting {
+        self.proxy
+            .as_deref()
+            .and_then(|p| crate::upstream::ProxySetting::parse(p).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// `[store]`.
@@ -449,6 +466,26 @@ impl Config {
                 }
             }
         }
+        for (key, url) in [
+            ("url", &s.url),
+            ("token_url", &s.token_url),
+            ("issuer", &s.issuer),
+        ] {
+            if let Some(url) = url {
+                crate::upstream::check_url(url)
+                    .map_err(|e| format!("[server] {key}: {}", e.message))?;
+            }
+        }
+        if let Some(proxy) = &s.proxy {
+            crate::upstream::ProxySetting::parse(proxy)
+                .map_err(|problem| format!("[server] proxy: {problem}"))?;
+        }
+        if s.ca_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(
+                "[server] ca_file is empty; name a PEM file of CA certificates, or remove the key"
+                    .into(),
+            );
+        }
         if let Some(max) = s.max_active_tokens
             && !(1..=200).contains(&max)
         {
@@ -738,6 +775,60 @@ mod tests {
         assert_eq!(c.refresh, RefreshConfig::default());
         assert_eq!(c.instances.mode, InstanceMode::Shared);
         assert_eq!(c.ipc.socket_mode(), Some(0o600));
+    }
+
+    /// Regression (issue 18, item 1): `http://localhost` was accepted as
+    /// loopback and resolved through the system resolver.
+    #[test]
+    fn server_urls_proxy_and_ca_file_are_checked_by_key() {
+        let with = |line: &str| {
+            parse(&format!(
+                "[server]\nprofile = \"oauth2\"\nclient_id = \"c\"\n{line}\n"
+            ))
+        };
+        let e = parse("[server]\nprofile = \"sentinel\"\nurl = \"http://localhost:8600/\"\n")
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config);
+        assert!(
+            e.message
+                .contains("[server] url: refusing plain http:// to localhost")
+                && e.message.contains("use http://127.0.0.1:8600/"),
+            "{}",
+            e.message
+        );
+        let e = with("token_url = \"http://localhost./t\"").unwrap_err();
+        assert!(e.message.contains("[server] token_url: "), "{}", e.message);
+        let e = with("issuer = \"http://auth.example\"").unwrap_err();
+        assert!(e.message.contains("[server] issuer: "), "{}", e.message);
+        assert!(with("token_url = \"http://127.0.0.1:9/t\"").is_ok());
+
+        let ok = "token_url = \"https://a.example/t\"";
+        let c = with(&format!("{ok}\nproxy = \"http://proxy.corp:3128\"")).unwrap();
+        assert!(matches!(
+            c.server.proxy_setting(),
+            crate::upstream::ProxySetting::Url(_)
+        ));
+        let c = with(&format!("{ok}\nproxy = \"none\"")).unwrap();
+        assert_eq!(
+            c.server.proxy_setting(),
+            crate::upstream::ProxySetting::Direct
+        );
+        let c = with(ok).unwrap();
+        assert_eq!(
+            c.server.proxy_setting(),
+            crate::upstream::ProxySetting::Environment
+        );
+        let e = with(&format!("{ok}\nproxy = \"socks5://127.0.0.1:1\"")).unwrap_err();
+        assert!(e.message.contains("[server] proxy: "), "{}", e.message);
+        let e = with(&format!("{ok}\nproxy = \"http://u:pw-secret@p:1\"")).unwrap_err();
+        assert!(!e.message.contains("pw-secret"), "{}", e.message);
+        let e = with(&format!("{ok}\nca_file = \"\"")).unwrap_err();
+        assert!(e.message.contains("[server] ca_file"), "{}", e.message);
+        let c = with(&format!("{ok}\nca_file = \"/etc/regent/ca.pem\"")).unwrap();
+        assert_eq!(
+            c.server.ca_file.as_deref(),
+            Some(Path::new("/etc/regent/ca.pem"))
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! `state.json\n`, …) so that seeds are readable and easy to write by hand.
 //!
 //! - [`ipc_request`]: framing and request decoding (what a local client sends).
-//! - [`upstream_reply`]: an HTTP status, headers and body from the license server.
+//! - [`upstream_reply`]: an HTTP status, headers and body from the license server
+//!   (token answers and the discovery documents of both profiles).
 //! - [`config_toml`]: the configuration file.
 //! - [`store_file`]: `state.json`, the secrets file and keychain entries.
 
@@ -25,7 +26,7 @@ mod upstream;
 pub use config::config_toml;
 pub use ipc::ipc_request;
 pub use store::store_file;
-pub use upstream::upstream_reply;
+pub use upstream::{ENDPOINTS as UPSTREAM_ENDPOINTS, upstream_reply};
 
 /// Splits off a leading `mode\n` line naming one of `modes`. Without one, the
 /// mode is picked from the first byte and the whole input is the payload, so

@@ -59,6 +59,21 @@ fn upstream_reply_corpus() {
     replay("upstream_reply", regent_agent::fuzzing::upstream_reply);
 }
 
+/// Every endpoint of the upstream target, the discovery documents included,
+/// has seeds of its own (named by their mode line).
+#[test]
+fn upstream_reply_corpus_covers_every_endpoint() {
+    let files = corpus("upstream_reply");
+    for endpoint in regent_agent::fuzzing::UPSTREAM_ENDPOINTS {
+        let line = format!("{endpoint}\n");
+        let seeds = files
+            .iter()
+            .filter(|f| std::fs::read(f).unwrap().starts_with(line.as_bytes()))
+            .count();
+        assert!(seeds >= 3, "only {seeds} seeds for {endpoint}");
+    }
+}
+
 #[test]
 fn config_toml_corpus() {
     replay("config_toml", regent_agent::fuzzing::config_toml);

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use regent_agent::upstream::ProxySetting;
+use regent_agent::upstream::with_https_proxy;
 use regent_proto::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -39,7 +41,7 @@ pub struct AdminArgs {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// The license server's base URL (https://; http:// only to loopback).
+    /// The license server's base URL (https://; http:// only to a loopback IP).
     #[arg(long, global = true, env = "REGENT_ADMIN_URL")]
     pub url: Option<String>,
     /// The admin user (its password comes from the environment, a file or the
@@ -549,8 +551,8 @@ fn base_url(server: &ServerArgs) -> Result<reqwest::Url, Failure> {
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
+        // A name (`localhost` too) goes through the resolver: IP literals only.
+        Some(url::Host::Domain(_)) | None => false,
     };
     match url.scheme() {
         "https" => Ok(url),
@@ -558,7 +560,7 @@ fn base_url(server: &ServerArgs) -> Result<reqwest::Url, Failure> {
         "http" => Err(Failure::new(
             ErrorCode::Config,
             format!(
-                "refusing to send admin credentials over plain http:// to {}; use https:// (http:// is only for loopback)",
+                "refusing to send admin credentials over plain http:// to {}; use https:// (http:// is only for loopback IP addresses such as http://127.0.0.1:PORT)",
                 url.host_str().unwrap_or("?")
             ),
         )),
@@ -749,9 +751,16 @@ impl Session {
 
     /// Discovers the realm token endpoint and logs in with the password grant.
     async fn login(base: &reqwest::Url, credentials: &Credentials) -> Result<Session, Failure> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
+            // A 307 would resend the password form to wherever it points.
+            .redirect(reqwest::redirect::Policy::none());
+        // Plain http:// (loopback only) never goes through a proxy: the admin
+        // password would reach it in clear (issue 18, item 1).
+        let (builder, _) = with_https_proxy(builder, &ProxySetting::Environment)
+            .map_err(|e| Failure::new(e.code, e.message))?;
+        let http = builder
             .build()
             .map_err(|e| internal("cannot build the HTTP client", e))?;
         let base_text = base.as_str().trim_end_matches('/').to_owned();
@@ -778,6 +787,19 @@ impl Session {
             endpoint.trim_end_matches('/'),
             url_component(realm)
         );
+        // The password goes there: the same URL rule as the agent's (https://,
+        // or http:// to a loopback IP literal).
+        reqwest::Url::parse(&token_url)
+            .map_err(|e| e.to_string())
+            .and_then(|u| {
+                regent_agent::upstream::check_url(&u).map_err(|e| e.message)
+            })
+            .map_err(|problem| {
+                Failure::new(
+                    ErrorCode::ServerError,
+                    format!("{base}: idpConfigurations names a token endpoint the admin password will not be sent to: {problem}"),
+                )
+            })?;
         let reply = http
             .post(&token_url)
             .form(&[
@@ -1089,7 +1111,9 @@ mod tests {
             json: false,
         };
         assert!(base_url(&args("http://127.0.0.1:8600")).is_ok());
-        assert!(base_url(&args("http://localhost:8600/")).is_ok());
+        assert!(base_url(&args("http://[::1]:8600/")).is_ok());
+        let e = base_url(&args("http://localhost:8600/")).unwrap_err();
+        assert!(e.message.contains("http://127.0.0.1:PORT"), "{}", e.message);
         assert!(base_url(&args("https://ems.example.com")).is_ok());
         let e = base_url(&args("http://ems.example.com")).unwrap_err();
         assert_eq!(e.code, ErrorCode::Config);

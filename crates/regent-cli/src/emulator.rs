@@ -162,7 +162,15 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
             let key = std::env::var("REGENT_EMULATOR_ADMIN_KEY").map_err(|_| {
                 Failure::new(ErrorCode::Config, "set REGENT_EMULATOR_ADMIN_KEY to the emulator's control key (printed when it starts)")
             })?;
-            let http = reqwest::Client::new();
+            // The control key must not reach a proxy from the environment (issue 18).
+            let (builder, _) = regent_agent::upstream::with_https_proxy(
+                reqwest::Client::builder(),
+                &regent_agent::upstream::ProxySetting::Environment,
+            )
+            .map_err(|e| Failure::new(e.code, e.message))?;
+            let http = builder
+                .build()
+                .map_err(|e| internal("cannot build the HTTP client", e))?;
             let url = format!("{}/_emulator/faults", target.url.trim_end_matches('/'));
             let request = if clear {
                 http.delete(&url)

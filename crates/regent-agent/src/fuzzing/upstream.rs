@@ -1,4 +1,7 @@
-//! The license server's answers: status, headers and body into a grant or an error.
+//! The license server's answers: status, headers and body into a grant, a
+//! discovered token endpoint, or an error. Each answer goes through the same
+//! sync function the agent runs after `Http::send` (`*_outcome` in
+//! `upstream::sentinel` and `upstream::oauth2`), redaction included.
 //!
 //! Input: an optional endpoint line, then a status line, header lines, a blank
 //! line and the body:
@@ -29,13 +32,11 @@ use crate::error::Error;
 use crate::grant::Grant;
 use crate::secret::{ExposeSecret, SecretString, secret};
 use crate::upstream::DeviceIdentity;
+use crate::upstream::check_url;
 use crate::upstream::http::{Http, HttpSettings, MAX_RETRY_AFTER, Reply};
-use crate::upstream::oauth2::{GrantType, OAuth2, OAuth2Endpoint};
-use crate::upstream::reply::{Redact, json_object_redacted};
-use crate::upstream::sentinel::{IdpConfig, parse_redemption, redemption_refused, refresh_refused};
-use crate::upstream::token::{
-    MAX_EXPIRES_IN, MAX_REFRESH_EXPIRES_IN, MAX_TOKEN_BYTES, parse_grant,
-};
+use crate::upstream::oauth2::{self, GrantType, OAuth2, OAuth2Endpoint};
+use crate::upstream::sentinel::{self, IdpConfig};
+use crate::upstream::token::{MAX_EXPIRES_IN, MAX_REFRESH_EXPIRES_IN, MAX_TOKEN_BYTES};
 
 /// The calls whose answers are parsed, as named on the first input line.
 pub const ENDPOINTS: &[&str] = &[
@@ -43,6 +44,8 @@ pub const ENDPOINTS: &[&str] = &[
     "sentinel-refresh",
     "oauth2-token",
     "oauth2-refresh",
+    "sentinel-discovery",
+    "oauth2-discovery",
 ];
 
 /// The registration token sent with `sentinel-redeem` (a server may echo it).
@@ -65,6 +68,10 @@ enum Endpoint {
     SentinelRefresh,
     OAuth2Token,
     OAuth2Refresh,
+    /// `GET /token/api/v5/idpConfigurations`.
+    SentinelDiscovery,
+    /// `GET {issuer}/.well-known/openid-configuration`.
+    OAuth2Discovery,
 }
 
 impl Endpoint {
@@ -73,8 +80,17 @@ impl Endpoint {
             0 => Endpoint::SentinelRedeem,
             1 => Endpoint::SentinelRefresh,
             2 => Endpoint::OAuth2Token,
-            _ => Endpoint::OAuth2Refresh,
+            3 => Endpoint::OAuth2Refresh,
+            4 => Endpoint::SentinelDiscovery,
+            _ => Endpoint::OAuth2Discovery,
         }
+    }
+
+    fn is_discovery(self) -> bool {
+        matches!(
+            self,
+            Endpoint::SentinelDiscovery | Endpoint::OAuth2Discovery
+        )
     }
 
     /// The secrets the agent sent: a server may echo them, we must not.
@@ -84,6 +100,7 @@ impl Endpoint {
             Endpoint::SentinelRefresh => &[REFRESH_TOKEN],
             Endpoint::OAuth2Token => &[CLIENT_SECRET],
             Endpoint::OAuth2Refresh => &[CLIENT_SECRET, REFRESH_TOKEN],
+            Endpoint::SentinelDiscovery | Endpoint::OAuth2Discovery => &[],
         }
     }
 
@@ -115,6 +132,17 @@ impl Endpoint {
                 RateLimited,
                 ServerError,
             ],
+            Endpoint::SentinelDiscovery | Endpoint::OAuth2Discovery => &[RateLimited, ServerError],
+        }
+    }
+
+    /// The codes a 2xx answer that cannot be used may map to.
+    fn unusable_codes(self) -> &'static [ErrorCode] {
+        if self.is_discovery() {
+            // CONFIG: the document names a token endpoint regent refuses.
+            &[ErrorCode::ServerError, ErrorCode::Config]
+        } else {
+            &[ErrorCode::ServerError]
         }
     }
 
@@ -136,6 +164,11 @@ enum Parsed {
         grant: Grant,
         auth_token_id: Option<String>,
     },
+    /// A discovery document: where tokens are requested (Sentinel: as whom).
+    Discovered {
+        token_url: Url,
+        idp: Option<IdpConfig>,
+    },
     Failed {
         error: Error,
         /// A non-2xx answer (a refusal), as opposed to a 2xx that could not be used.
@@ -152,6 +185,7 @@ impl Parsed {
                 grant,
                 auth_token_id,
             } => format!("{grant:?} {auth_token_id:?}"),
+            Parsed::Discovered { token_url, idp } => format!("{token_url} {idp:?}"),
             Parsed::Failed { error, refused } => format!("{error:?} {refused}"),
         }
     }
@@ -213,48 +247,54 @@ fn received_at() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
 }
 
-/// What the profile does with an answer: refusals for non-2xx, parsing for
-/// 2xx, and every message scrubbed of what was sent — as the async methods of
-/// `upstream::sentinel` and `upstream::oauth2` do after `Http::send`.
+/// What the profile does with an answer: the very function the async methods
+/// of `upstream::sentinel` and `upstream::oauth2` call after `Http::send`.
 fn parse(endpoint: Endpoint, reply: &Reply) -> Parsed {
     let refused = !reply.status.is_success();
-    let sent: Vec<SecretString> = sent_forms(endpoint).into_iter().map(secret).collect();
-    let sent: Vec<&SecretString> = sent.iter().collect();
-    let redact = Redact::new(&sent);
+    let client_secret = secret_of(CLIENT_SECRET);
+    let refresh_token = secret_of(REFRESH_TOKEN);
+    let granted = |grant: Grant, auth_token_id: Option<String>| Parsed::Granted {
+        grant,
+        auth_token_id,
+    };
     let outcome = match endpoint {
-        Endpoint::SentinelRedeem if refused => {
-            Err(redemption_refused(reply, &secret_of(REGISTRATION_TOKEN)))
-        }
         Endpoint::SentinelRedeem => {
-            parse_redemption(reply, &identity()).map(|r| (r.grant, Some(r.auth_token_id)))
+            sentinel::redemption_outcome(reply, &identity(), &secret_of(REGISTRATION_TOKEN))
+                .map(|r| granted(r.grant, Some(r.auth_token_id)))
         }
-        Endpoint::SentinelRefresh if refused => {
-            Err(refresh_refused(reply, &idp(), &secret_of(REFRESH_TOKEN)))
+        Endpoint::SentinelRefresh => {
+            sentinel::refresh_outcome(reply, &idp(), &refresh_token).map(|g| granted(g, None))
         }
-        Endpoint::OAuth2Token | Endpoint::OAuth2Refresh if refused => {
-            let grant_type = if endpoint == Endpoint::OAuth2Token {
-                GrantType::ClientCredentials
-            } else {
-                GrantType::RefreshToken
-            };
-            Err(oauth2().refused(reply, grant_type, &sent))
+        Endpoint::OAuth2Token => oauth2()
+            .token_outcome(
+                reply,
+                GrantType::ClientCredentials,
+                &client_secret,
+                &[&client_secret],
+            )
+            .map(|g| granted(g, None)),
+        Endpoint::OAuth2Refresh => oauth2()
+            .token_outcome(
+                reply,
+                GrantType::RefreshToken,
+                &client_secret,
+                &[&client_secret, &refresh_token],
+            )
+            .map(|g| granted(g, None)),
+        Endpoint::SentinelDiscovery => {
+            sentinel::discovery_outcome(reply).map(|idp| Parsed::Discovered {
+                token_url: idp.token_url.clone(),
+                idp: Some(idp),
+            })
         }
-        Endpoint::SentinelRefresh | Endpoint::OAuth2Token | Endpoint::OAuth2Refresh => {
-            json_object_redacted(reply, "the token request", &redact)
-                .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server))
-                .map(|grant| (grant, None))
+        Endpoint::OAuth2Discovery => {
+            oauth2::discovery_outcome(reply).map(|token_url| Parsed::Discovered {
+                token_url,
+                idp: None,
+            })
         }
     };
-    match outcome {
-        Ok((grant, auth_token_id)) => Parsed::Granted {
-            grant,
-            auth_token_id,
-        },
-        Err(error) => Parsed::Failed {
-            error: redact.error(error),
-            refused,
-        },
-    }
+    outcome.unwrap_or_else(|error| Parsed::Failed { error, refused })
 }
 
 /// The secrets a call sends as the agent sends them (for OAuth2 also the
@@ -331,7 +371,7 @@ fn check(endpoint: Endpoint, reply: &Reply, parsed: &Parsed, tokens: Option<[Opt
             let allowed = if *refused {
                 endpoint.refusal_codes()
             } else {
-                &[ErrorCode::ServerError]
+                endpoint.unusable_codes()
             };
             assert!(
                 allowed.contains(&error.code),
@@ -378,6 +418,68 @@ fn check(endpoint: Endpoint, reply: &Reply, parsed: &Parsed, tokens: Option<[Opt
             }
             fits_in_one_frame(grant);
         }
+        Parsed::Discovered { token_url, idp } => {
+            assert!(reply.status.is_success() && endpoint.is_discovery());
+            discovered(endpoint, token_url, idp.as_ref());
+        }
+    }
+}
+
+/// What an accepted discovery document promises: a token endpoint regent
+/// would send a secret to (https://, or http:// to a loopback IP literal; no
+/// user name), and for Sentinel a realm and client id fit for messages.
+fn discovered(endpoint: Endpoint, token_url: &Url, idp: Option<&IdpConfig>) {
+    assert!(check_url(token_url).is_ok(), "{token_url}");
+    if token_url.scheme() == "http" {
+        assert!(
+            matches!(
+                token_url.host(),
+                Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))
+            ),
+            "plain http:// to a name: {token_url}"
+        );
+    }
+    assert!(token_url.username().is_empty() && token_url.password().is_none());
+    assert!(
+        token_url.as_str().len() <= 16 * 1024,
+        "{}",
+        token_url.as_str().len()
+    );
+    match (endpoint, idp) {
+        (Endpoint::SentinelDiscovery, Some(idp)) => {
+            assert_eq!(token_url, &idp.token_url);
+            for name in [&idp.realm, &idp.client_id] {
+                assert!(
+                    !name.is_empty() && name.len() <= 256 && !has_control(name),
+                    "{name:?}"
+                );
+            }
+            assert!(token_url.query().is_none() && token_url.fragment().is_none());
+            assert!(
+                token_url.path().ends_with("/protocol/openid-connect/token"),
+                "{token_url}"
+            );
+            // The refusal of a refresh at that endpoint names the client id:
+            // it stays a short, clean message.
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let refusal = Reply {
+                status: StatusCode::BAD_REQUEST,
+                headers,
+                body: Zeroizing::new(br#"{"error":"invalid_client"}"#.to_vec()),
+                received_at: received_at(),
+                server: SERVER.to_owned(),
+            };
+            let e = sentinel::refresh_outcome(&refusal, idp, &secret_of(REFRESH_TOKEN))
+                .err()
+                .unwrap();
+            check_message(&e.message);
+        }
+        (Endpoint::OAuth2Discovery, None) => {}
+        other => panic!("a discovery outcome for {other:?}"),
     }
 }
 
@@ -487,4 +589,85 @@ fn string_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter()
         .try_fold(value, |v, key| v.get(*key))
         .and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outcome of one committed seed of `fuzz/corpus/upstream_reply/`.
+    fn outcome(seed: &str) -> Parsed {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/upstream_reply")
+            .join(seed);
+        let data = std::fs::read(&path).unwrap();
+        let (endpoint, rest) = mode(&data, ENDPOINTS);
+        let endpoint = Endpoint::from_index(endpoint);
+        let reply = read_reply(rest);
+        let parsed = parse(endpoint, &reply);
+        check(endpoint, &reply, &parsed, None);
+        parsed
+    }
+
+    fn failed(seed: &str) -> Error {
+        match outcome(seed) {
+            Parsed::Failed { error, .. } => error,
+            other => panic!("{seed} was accepted: {}", other.redacted()),
+        }
+    }
+
+    /// The discovery documents go through the agent's own functions: the
+    /// emulator's answers are accepted, and what would send a secret to an
+    /// unclear place, or carry text unfit for a message, is refused.
+    #[test]
+    fn discovery_seeds_take_the_real_path() {
+        match outcome("emulator-sentinel-discovery-200") {
+            Parsed::Discovered {
+                token_url,
+                idp: Some(idp),
+            } => {
+                assert_eq!(idp.realm, "regent");
+                assert!(
+                    token_url
+                        .as_str()
+                        .ends_with("/auth/realms/regent/protocol/openid-connect/token"),
+                    "{token_url}"
+                );
+            }
+            other => panic!("{}", other.redacted()),
+        }
+        assert!(matches!(
+            outcome("emulator-oauth2-discovery-200"),
+            Parsed::Discovered { idp: None, .. }
+        ));
+        // Regression (issue 18, item 1): `localhost` was accepted as loopback.
+        for seed in ["discovery-sentinel-localhost", "discovery-oauth2-localhost"] {
+            let e = failed(seed);
+            assert_eq!(e.code, ErrorCode::Config, "{seed}: {}", e.message);
+            assert!(e.message.contains("use http://127.0.0.1:"), "{}", e.message);
+        }
+        for seed in [
+            "discovery-sentinel-plain-http",
+            "discovery-sentinel-userinfo",
+            "discovery-oauth2-plain-http",
+            "discovery-oauth2-userinfo",
+        ] {
+            let e = failed(seed);
+            assert_eq!(e.code, ErrorCode::Config, "{seed}: {}", e.message);
+            assert!(!e.message.contains("hunter22"), "{}", e.message);
+        }
+        // Found by the discovery target: a bidi character in the realm and a
+        // 5,000-byte client id were accepted; the client id then made every
+        // refusal message 5 KB long.
+        for seed in [
+            "discovery-sentinel-bidi-realm",
+            "discovery-sentinel-long-client",
+            "discovery-oauth2-long",
+        ] {
+            assert_eq!(failed(seed).code, ErrorCode::ServerError, "{seed}");
+        }
+        let e = failed("discovery-oauth2-rate-limited");
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(30)));
+    }
 }

@@ -1,16 +1,18 @@
 //! The HTTP client every profile shares: rustls, no redirects, bounded bodies,
-//! and transport failures mapped onto the code table.
+//! and transport failures mapped onto the code table. Where requests may go
+//! (URL rule, proxy, trust roots) is [`super::network`].
 
-use std::net::Ipv6Addr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use regent_proto::ErrorCode;
 use reqwest::RequestBuilder;
 use reqwest::StatusCode;
 use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
-use url::{Host, Url};
+use url::Url;
 use zeroize::Zeroizing;
 
+use super::network::{ProxySetting, read_ca_file, with_https_proxy};
 use crate::error::Error;
 
 /// Sent as `User-Agent` on every request.
@@ -20,8 +22,8 @@ pub const USER_AGENT: &str = concat!("regent/", env!("CARGO_PKG_VERSION"));
 /// again after this long rather than trusted to come back.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
-/// Timeouts and limits for talking to the license server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timeouts, limits, proxy and trust roots for talking to the license server.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Time allowed to open the TCP (and TLS) connection.
     pub connect_timeout: Duration,
@@ -29,6 +31,12 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Largest response body read; a bigger one is an error, not a truncation.
     pub max_body_bytes: usize,
+    /// Where `https://` requests go. Plain `http://` requests (loopback only)
+    /// never go through a proxy, whatever this says.
+    pub proxy: ProxySetting,
+    /// A PEM file of extra trust roots (a private CA, a TLS-inspecting proxy),
+    /// trusted besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
@@ -37,6 +45,8 @@ impl Default for HttpSettings {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
+            proxy: ProxySetting::Environment,
+            ca_file: None,
         }
     }
 }
@@ -46,6 +56,8 @@ impl Default for HttpSettings {
 pub struct Http {
     client: reqwest::Client,
     settings: HttpSettings,
+    /// `host:port` of the proxy `https://` requests go through, for messages.
+    proxy: Option<String>,
 }
 
 impl Http {
@@ -67,21 +79,29 @@ impl Http {
                 "the license server response size limit must be more than zero",
             ));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             // A redirect is reported, never followed: following one could carry a
             // credential to another host or downgrade to plain HTTP.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Internal,
-                    format!("cannot set up the HTTP client: {}", root_cause(&e)),
-                )
-            })?;
-        Ok(Http { client, settings })
+            .timeout(settings.request_timeout);
+        let (builder_with_proxy, proxy) = with_https_proxy(builder, &settings.proxy)?;
+        builder = builder_with_proxy;
+        if let Some(path) = &settings.ca_file {
+            builder = builder.tls_certs_merge(read_ca_file(path)?);
+        }
+        let client = builder.build().map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot set up the HTTP client: {}", root_cause(&e)),
+            )
+        })?;
+        Ok(Http {
+            client,
+            settings,
+            proxy,
+        })
     }
 
     /// The settings this client was built with.
@@ -148,6 +168,16 @@ impl Http {
 
     fn transport_error(&self, e: &reqwest::Error, server: &str) -> Error {
         tracing::debug!(server, timeout = e.is_timeout(), connect = e.is_connect(), cause = %root_cause(e), "request to the license server failed");
+        let proxied = e
+            .url()
+            .is_some_and(|u| u.scheme() == "https")
+            .then_some(self.proxy.as_deref())
+            .flatten();
+        let server = &match proxied {
+            Some(proxy) => format!("{server} (through the proxy at {proxy})"),
+            None => server.to_owned(),
+        };
+        let server = server.as_str();
         if e.is_timeout() {
             if e.is_connect() {
                 return Error::new(
@@ -170,12 +200,15 @@ impl Http {
             );
         }
         if e.is_connect() {
+            let cause = root_cause(e);
+            let hint = if cause.contains("certificate") {
+                "; if a private CA or a TLS-inspecting proxy signs its certificate, name that CA's PEM file in [server] ca_file"
+            } else {
+                ""
+            };
             return Error::new(
                 ErrorCode::Unavailable,
-                format!(
-                    "cannot reach the license server at {server}: {}",
-                    root_cause(e)
-                ),
+                format!("cannot reach the license server at {server}: {cause}{hint}"),
             );
         }
         Error::new(
@@ -269,67 +302,7 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     )
 }
 
-/// Refuses URLs that would send credentials in the clear or to an unclear place.
-///
-/// `https://` is accepted for any host; `http://` only when the host is a
-/// loopback IP (`127.0.0.0/8`, `::1`) or `localhost`, so tests and the emulator
-/// work and nothing else can downgrade.
-///
-/// # Errors
-/// `CONFIG` naming the URL's host and what to change.
-pub fn check_url(url: &Url) -> Result<(), Error> {
-    let host = url.host_str().unwrap_or("");
-    if host.is_empty() {
-        return Err(Error::new(
-            ErrorCode::Config,
-            format!("the license server URL {url} has no host; use https://HOST/…"),
-        ));
-    }
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(url) => {}
-        "http" => {
-            return Err(Error::new(
-                ErrorCode::Config,
-                format!(
-                    "refusing plain http:// to {host}: use https:// (plain HTTP is only allowed to loopback addresses)"
-                ),
-            ));
-        }
-        other => {
-            return Err(Error::new(
-                ErrorCode::Config,
-                format!("unsupported URL scheme {other}:// for {host}: use https://"),
-            ));
-        }
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        // reqwest would turn them into an Authorization header that fights ours,
-        // and they would end up in config files and logs.
-        return Err(Error::new(
-            ErrorCode::Config,
-            format!(
-                "the license server URL for {host} contains a user name or password; remove it (credentials are enrolled into the secret store)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => {
-            ip == Ipv6Addr::LOCALHOST || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        Some(Host::Domain(name)) => {
-            name.eq_ignore_ascii_case("localhost") || name.eq_ignore_ascii_case("localhost.")
-        }
-        None => false,
-    }
-}
-
-/// `host[:port]` of a URL, for messages and logs (never the path or query).
+/// `host[:port]` of a URL, for messages and logs (never the path, query or user).
 pub(crate) fn server_name(url: &Url) -> String {
     let host = url.host_str().unwrap_or("?");
     match url.port() {
@@ -340,7 +313,7 @@ pub(crate) fn server_name(url: &Url) -> String {
 
 /// The innermost cause of an error (e.g. "Connection refused (os error 111)").
 /// reqwest's own `Display` names the full URL; its sources do not.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause: &(dyn std::error::Error + 'static) = e;
     while let Some(next) = cause.source() {
         cause = next;
@@ -414,57 +387,6 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
-    }
-
-    #[test]
-    fn check_url_allows_https_anywhere_and_http_to_loopback_only() {
-        for ok in [
-            "http://127.0.0.1:8080/",
-            "http://127.1.2.3/",
-            "http://[::1]:9000/x",
-            "http://localhost/",
-            "http://LOCALHOST:1/",
-            "https://example.com/",
-            "https://10.0.0.1/",
-            "https://licenses.vendor.example:8443/base/",
-        ] {
-            assert!(check_url(&url(ok)).is_ok(), "{ok} should be allowed");
-        }
-        for refused in [
-            "http://10.0.0.1/",
-            "http://example.com/",
-            "http://localhost.example.com/",
-            "http://[::2]/",
-            "http://0.0.0.0/",
-        ] {
-            let e = check_url(&url(refused)).unwrap_err();
-            assert_eq!(e.code, ErrorCode::Config, "{refused}");
-            assert!(
-                e.message.starts_with("refusing plain http:// to "),
-                "{}",
-                e.message
-            );
-        }
-        let e = check_url(&url("http://example.com/path")).unwrap_err();
-        assert_eq!(
-            e.message,
-            "refusing plain http:// to example.com: use https:// (plain HTTP is only allowed to loopback addresses)"
-        );
-    }
-
-    #[test]
-    fn check_url_refuses_other_schemes_and_embedded_credentials() {
-        assert_eq!(
-            check_url(&url("ftp://example.com/")).unwrap_err().code,
-            ErrorCode::Config
-        );
-        assert_eq!(
-            check_url(&url("file:///etc/passwd")).unwrap_err().code,
-            ErrorCode::Config
-        );
-        let e = check_url(&url("https://admin:hunter22@example.com/")).unwrap_err();
-        assert_eq!(e.code, ErrorCode::Config);
-        assert!(!e.message.contains("hunter22"));
     }
 
     #[test]

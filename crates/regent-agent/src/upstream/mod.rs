@@ -1,7 +1,10 @@
 //! The only code in the agent that speaks HTTP: the license-server profiles.
 //!
-//! - [`http`]: the shared client (rustls, no redirects, bounded bodies) and
-//!   [`check_url`], which refuses plain HTTP except to loopback.
+//! - [`http`]: the shared client (rustls, no redirects, bounded bodies).
+//! - [`network`]: where requests may go: [`check_url`] refuses plain HTTP
+//!   except to loopback IP literals; plain HTTP never goes through a proxy,
+//!   `https://` through `[server] proxy` or `HTTPS_PROXY` (CONNECT, TLS end
+//!   to end); `[server] ca_file` adds trust roots.
 //! - [`sentinel`]: registration token → auth token → refresh cycle (DESIGN §3.1).
 //! - [`oauth2`]: client credentials and refresh tokens, Reltio style (DESIGN §3.2).
 //! - [`identity`]: the device facts sent with a Sentinel redemption.
@@ -14,6 +17,7 @@
 
 pub mod http;
 pub mod identity;
+pub mod network;
 pub mod oauth2;
 pub(crate) mod reply;
 pub mod sentinel;
@@ -21,8 +25,9 @@ pub mod token;
 
 use url::Url;
 
-pub use self::http::{Http, HttpSettings, MAX_RETRY_AFTER, check_url};
+pub use self::http::{Http, HttpSettings, MAX_RETRY_AFTER};
 pub use self::identity::DeviceIdentity;
+pub use self::network::{ProxySetting, check_url, with_https_proxy};
 pub use self::oauth2::{OAuth2, OAuth2Endpoint};
 pub use self::sentinel::{IdpConfig, Sentinel};
 pub use self::token::MAX_EXPIRES_IN;

@@ -8,8 +8,9 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::http::{Http, Reply, check_url, sanitize, server_name};
+use super::http::{Http, Reply, sanitize, server_name};
 use super::join_path;
+use super::network::check_url;
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
@@ -179,25 +180,15 @@ impl OAuth2 {
             .header(ACCEPT, "application/json")
             .form(form);
         tracing::debug!(server = %server_name(&url), client_id = %self.client_id, grant_type = grant_type.as_str(), "requesting a token");
-        // What the Basic header carries (base64 of this is redacted too): a
-        // server reflecting the request must not put the secret in a message.
-        let credentials = secret(format!(
-            "{}:{}",
-            self.client_id,
-            client_secret.expose_secret().trim()
-        ));
-        let mut all_sent = sent.to_vec();
-        all_sent.push(&credentials);
-        let redact = Redact::new(&all_sent);
         let result = match self.http.send(request, &url).await {
-            Ok(reply) if reply.status.is_success() => {
-                json_object_redacted(&reply, grant_type.what(), &redact)
-                    .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server))
+            Ok(reply) => self.token_outcome(&reply, grant_type, client_secret, sent),
+            Err(e) => {
+                let credentials = self.basic_credentials(client_secret);
+                let mut all_sent = sent.to_vec();
+                all_sent.push(&credentials);
+                Err(Redact::new(&all_sent).error(e))
             }
-            Ok(reply) => Err(self.refused(&reply, grant_type, &all_sent)),
-            Err(e) => Err(e),
-        }
-        .map_err(|e| redact.error(e));
+        };
         if let Err(e) = &result
             && matches!(
                 e.code,
@@ -207,6 +198,40 @@ impl OAuth2 {
             *self.discovered.lock().await = None;
         }
         result
+    }
+
+    /// What the Basic header carries, `client_id:secret` (base64 of this is
+    /// redacted too): a server reflecting the request must not put the secret
+    /// in a message.
+    fn basic_credentials(&self, client_secret: &SecretString) -> SecretString {
+        secret(format!(
+            "{}:{}",
+            self.client_id,
+            client_secret.expose_secret().trim()
+        ))
+    }
+
+    /// The outcome of a token answer (sync, so that the fuzz target runs this
+    /// very code): the grant, or the refusal, with nothing of `client_secret`
+    /// or `sent` shown.
+    pub(crate) fn token_outcome(
+        &self,
+        reply: &Reply,
+        grant_type: GrantType,
+        client_secret: &SecretString,
+        sent: &[&SecretString],
+    ) -> Result<Grant, Error> {
+        let credentials = self.basic_credentials(client_secret);
+        let mut all_sent = sent.to_vec();
+        all_sent.push(&credentials);
+        let redact = Redact::new(&all_sent);
+        if reply.status.is_success() {
+            json_object_redacted(reply, grant_type.what(), &redact)
+                .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server))
+        } else {
+            Err(self.refused(reply, grant_type, &all_sent))
+        }
+        .map_err(|e| redact.error(e))
     }
 
     pub(crate) fn refused(
@@ -285,45 +310,57 @@ impl OAuth2 {
         let url = join_path(&base, &[".well-known", "openid-configuration"]);
         let request = self.http.get(&url).header(ACCEPT, "application/json");
         let reply = self.http.send(request, &url).await?;
-        if !reply.status.is_success() {
-            let says = ServerSays::from_reply(&reply, &[]);
-            return Err(unexpected_status(&reply, &says, DISCOVERY));
-        }
-        let obj = json_object(&reply, DISCOVERY)?;
-        let server = &reply.server;
-        let endpoint = match obj.get("token_endpoint") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.trim(),
-            other => {
-                return Err(Error::new(
-                    ErrorCode::ServerError,
-                    format!(
-                        "the license server at {server} answered {DISCOVERY} without a usable token_endpoint (found {}); check the issuer URL",
-                        other.map_or("nothing", kind)
-                    ),
-                ));
-            }
-        };
-        let token_url = Url::parse(endpoint).map_err(|e| {
-            Error::new(
+        discovery_outcome(&reply)
+    }
+}
+
+/// Longest `token_endpoint` accepted from a discovery document.
+const MAX_ENDPOINT: usize = 2048;
+
+/// The outcome of an OpenID configuration answer: the token endpoint (sync,
+/// so that the fuzz target runs this very code).
+pub(crate) fn discovery_outcome(reply: &Reply) -> Result<Url, Error> {
+    if !reply.status.is_success() {
+        let says = ServerSays::from_reply(reply, &[]);
+        return Err(unexpected_status(reply, &says, DISCOVERY));
+    }
+    let obj = json_object(reply, DISCOVERY)?;
+    let server = &reply.server;
+    let endpoint = match obj.get("token_endpoint") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ENDPOINT => s.trim(),
+        other => {
+            return Err(Error::new(
                 ErrorCode::ServerError,
                 format!(
-                    "the license server at {server} named a token_endpoint that is not a URL ({e}): {}",
-                    sanitize(endpoint, 200)
+                    "the license server at {server} answered {DISCOVERY} without a usable token_endpoint (found {}); check the issuer URL",
+                    match other {
+                        Some(Value::String(_)) => "an empty or overlong string",
+                        other => other.map_or("nothing", kind),
+                    }
                 ),
-            )
-        })?;
-        check_url(&token_url).map_err(|e| {
-            Error::new(
-                e.code,
-                format!(
-                    "the issuer at {server} names a token endpoint regent refuses: {}",
-                    e.message
-                ),
-            )
-        })?;
-        tracing::debug!(issuer = %server, token_server = %server_name(&token_url), "discovered the token endpoint");
-        Ok(token_url)
-    }
+            ));
+        }
+    };
+    let token_url = Url::parse(endpoint).map_err(|e| {
+        Error::new(
+            ErrorCode::ServerError,
+            format!(
+                "the license server at {server} named a token_endpoint that is not a URL ({e}): {}",
+                sanitize(endpoint, 200)
+            ),
+        )
+    })?;
+    check_url(&token_url).map_err(|e| {
+        Error::new(
+            e.code,
+            format!(
+                "the issuer at {server} names a token endpoint regent refuses: {}",
+                e.message
+            ),
+        )
+    })?;
+    tracing::debug!(issuer = %server, token_server = %server_name(&token_url), "discovered the token endpoint");
+    Ok(token_url)
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use tokio::sync::Mutex;
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::http::{Http, Reply, check_url, is_format_char, sanitize, server_name};
+use super::http::{Http, Reply, is_format_char, sanitize, server_name};
 use super::identity::DeviceIdentity;
+use super::network::check_url;
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
@@ -30,6 +31,11 @@ const DISCOVERY: &str = "the idpConfigurations request";
 
 /// Longest auth-token id accepted from the server.
 const MAX_AUTH_TOKEN_ID: usize = 256;
+/// Longest `realm` and `clientId` accepted from `idpConfigurations` (both go
+/// into every refresh and into messages).
+const MAX_IDP_NAME: usize = 256;
+/// Longest `tokenEndpoint` accepted.
+const MAX_IDP_URL: usize = 2048;
 
 /// A Sentinel-style license server.
 #[derive(Debug)]
@@ -97,11 +103,7 @@ impl Sentinel {
             .header(ACCEPT, "application/json")
             .json(&body);
         let reply = self.http.send(request, &url).await?;
-        let redact = Redact::new(&[registration_token]);
-        if !reply.status.is_success() {
-            return Err(redact.error(redemption_refused(&reply, registration_token)));
-        }
-        parse_redemption_redacted(&reply, identity, &redact).map_err(|e| redact.error(e))
+        redemption_outcome(&reply, identity, registration_token)
     }
 
     /// Renews the access token with `refresh_token`. The answer may carry a
@@ -144,61 +146,7 @@ impl Sentinel {
         let url = join_path(&self.base_url, &["token", "api", "v5", "idpConfigurations"]);
         let request = self.http.get(&url).header(ACCEPT, "application/json");
         let reply = self.http.send(request, &url).await?;
-        if !reply.status.is_success() {
-            let says = ServerSays::from_reply(&reply, &[]);
-            return Err(unexpected_status(&reply, &says, DISCOVERY));
-        }
-        let obj = json_object(&reply, DISCOVERY)?;
-        let server = &reply.server;
-        let text = |key: &str| -> Result<String, Error> {
-            match obj.get(key) {
-                Some(Value::String(s))
-                    if !s.trim().is_empty() && !s.chars().any(char::is_control) =>
-                {
-                    Ok(s.trim().to_owned())
-                }
-                other => Err(Error::new(
-                    ErrorCode::ServerError,
-                    format!(
-                        "the license server at {server} answered {DISCOVERY} without a usable {key} (found {}); is the URL pointing at a Sentinel-style server?",
-                        other.map_or("nothing", kind)
-                    ),
-                )),
-            }
-        };
-        let realm = text("realm")?;
-        let client_id = text("clientId")?;
-        let endpoint = text("tokenEndpoint")?;
-        let mut endpoint = Url::parse(&endpoint).map_err(|e| {
-            Error::new(
-                ErrorCode::ServerError,
-                format!(
-                    "the license server at {server} named a tokenEndpoint that is not a URL ({e}): {}",
-                    sanitize(&endpoint, 200)
-                ),
-            )
-        })?;
-        check_url(&endpoint).map_err(|e| {
-            Error::new(
-                e.code,
-                format!(
-                    "the license server at {server} names a token endpoint regent refuses: {}",
-                    e.message
-                ),
-            )
-        })?;
-        endpoint.set_query(None);
-        endpoint.set_fragment(None);
-        let token_url = join_path(
-            &endpoint,
-            &["realms", &realm, "protocol", "openid-connect", "token"],
-        );
-        tracing::debug!(server = %server, realm, token_server = %server_name(&token_url), "discovered the token endpoint");
-        Ok(IdpConfig {
-            realm,
-            client_id,
-            token_url,
-        })
+        discovery_outcome(&reply)
     }
 
     async fn refresh_at(
@@ -217,14 +165,110 @@ impl Sentinel {
             .header(ACCEPT, "application/json")
             .form(&form);
         let reply = self.http.send(request, &idp.token_url).await?;
-        let redact = Redact::new(&[refresh_token]);
-        if !reply.status.is_success() {
-            return Err(redact.error(refresh_refused(&reply, idp, refresh_token)));
-        }
-        json_object_redacted(&reply, REFRESH, &redact)
-            .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server))
-            .map_err(|e| redact.error(e))
+        refresh_outcome(&reply, idp, refresh_token)
     }
+}
+
+// What an answer means, once it is read: sync, so that the fuzz target
+// (`crate::fuzzing::upstream`) runs exactly the code the agent runs.
+
+/// The outcome of a redemption answer: the auth token, or the refusal. Nothing
+/// the server echoes of `registration_token` shows in an error.
+pub(crate) fn redemption_outcome(
+    reply: &Reply,
+    identity: &DeviceIdentity,
+    registration_token: &SecretString,
+) -> Result<Redemption, Error> {
+    let redact = Redact::new(&[registration_token]);
+    if !reply.status.is_success() {
+        return Err(redact.error(redemption_refused(reply, registration_token)));
+    }
+    parse_redemption_redacted(reply, identity, &redact).map_err(|e| redact.error(e))
+}
+
+/// The outcome of a refresh answer: the grant, or the refusal (`REVOKED`…).
+pub(crate) fn refresh_outcome(
+    reply: &Reply,
+    idp: &IdpConfig,
+    refresh_token: &SecretString,
+) -> Result<Grant, Error> {
+    let redact = Redact::new(&[refresh_token]);
+    if !reply.status.is_success() {
+        return Err(redact.error(refresh_refused(reply, idp, refresh_token)));
+    }
+    json_object_redacted(reply, REFRESH, &redact)
+        .and_then(|mut obj| parse_grant(&mut obj, reply.received_at, &reply.server))
+        .map_err(|e| redact.error(e))
+}
+
+/// The outcome of an `idpConfigurations` answer: where refresh tokens are
+/// redeemed and as whom.
+pub(crate) fn discovery_outcome(reply: &Reply) -> Result<IdpConfig, Error> {
+    if !reply.status.is_success() {
+        let says = ServerSays::from_reply(reply, &[]);
+        return Err(unexpected_status(reply, &says, DISCOVERY));
+    }
+    let obj = json_object(reply, DISCOVERY)?;
+    let server = &reply.server;
+    let text = |key: &str, max: usize| -> Result<String, Error> {
+        match obj.get(key) {
+            // Sent with every refresh and shown in messages: short, and no
+            // control or bidi characters.
+            Some(Value::String(s))
+                if !s.trim().is_empty()
+                    && s.len() <= max
+                    && !s.chars().any(|c| c.is_control() || is_format_char(c)) =>
+            {
+                Ok(s.trim().to_owned())
+            }
+            Some(Value::String(_)) => Err(Error::new(
+                ErrorCode::ServerError,
+                format!(
+                    "the license server at {server} answered {DISCOVERY} with an unusable {key} (empty, longer than {max} bytes, or with control characters); is the URL pointing at a Sentinel-style server?"
+                ),
+            )),
+            other => Err(Error::new(
+                ErrorCode::ServerError,
+                format!(
+                    "the license server at {server} answered {DISCOVERY} without a usable {key} (found {}); is the URL pointing at a Sentinel-style server?",
+                    other.map_or("nothing", kind)
+                ),
+            )),
+        }
+    };
+    let realm = text("realm", MAX_IDP_NAME)?;
+    let client_id = text("clientId", MAX_IDP_NAME)?;
+    let endpoint = text("tokenEndpoint", MAX_IDP_URL)?;
+    let mut endpoint = Url::parse(&endpoint).map_err(|e| {
+        Error::new(
+            ErrorCode::ServerError,
+            format!(
+                "the license server at {server} named a tokenEndpoint that is not a URL ({e}): {}",
+                sanitize(&endpoint, 200)
+            ),
+        )
+    })?;
+    check_url(&endpoint).map_err(|e| {
+        Error::new(
+            e.code,
+            format!(
+                "the license server at {server} names a token endpoint regent refuses: {}",
+                e.message
+            ),
+        )
+    })?;
+    endpoint.set_query(None);
+    endpoint.set_fragment(None);
+    let token_url = join_path(
+        &endpoint,
+        &["realms", &realm, "protocol", "openid-connect", "token"],
+    );
+    tracing::debug!(server = %server, realm, token_server = %server_name(&token_url), "discovered the token endpoint");
+    Ok(IdpConfig {
+        realm,
+        client_id,
+        token_url,
+    })
 }
 
 /// `Basic <registration token>`: Sentinel sends the raw value, not base64(user:pass).
@@ -253,7 +297,7 @@ fn registration_authorization(token: &SecretString) -> Result<HeaderValue, Error
     Ok(header)
 }
 
-pub(crate) fn redemption_refused(reply: &Reply, token: &SecretString) -> Error {
+fn redemption_refused(reply: &Reply, token: &SecretString) -> Error {
     let says = ServerSays::from_reply(reply, &[token]);
     let server = &reply.server;
     let (code, message) = if says.is("registration_token_expired") {
@@ -293,11 +337,7 @@ pub(crate) fn redemption_refused(reply: &Reply, token: &SecretString) -> Error {
     with_retry_after(Error::new(code, message), reply)
 }
 
-pub(crate) fn refresh_refused(
-    reply: &Reply,
-    idp: &IdpConfig,
-    refresh_token: &SecretString,
-) -> Error {
+fn refresh_refused(reply: &Reply, idp: &IdpConfig, refresh_token: &SecretString) -> Error {
     let says = ServerSays::from_reply(reply, &[refresh_token]);
     let server = &reply.server;
     if says.is("invalid_grant") {
@@ -323,10 +363,8 @@ pub(crate) fn refresh_refused(
     unexpected_status(reply, &says, REFRESH)
 }
 
-pub(crate) fn parse_redemption(
-    reply: &Reply,
-    identity: &DeviceIdentity,
-) -> Result<Redemption, Error> {
+#[cfg(test)]
+fn parse_redemption(reply: &Reply, identity: &DeviceIdentity) -> Result<Redemption, Error> {
     parse_redemption_redacted(reply, identity, &Redact::default())
 }
 
