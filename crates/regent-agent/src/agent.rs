@@ -346,8 +346,9 @@ impl Agent {
             if credential.renewal_intent_ms.is_some() {
                 tracing::info!(
                     slot,
-                    "the agent stopped during a renewal of this slot; if the license server \
-                     rotated the refresh token then, the next renewal is refused (REVOKED)"
+                    "the last renewal attempt of this slot has no stored outcome (it failed, or \
+                     the agent stopped while it was in flight); if the license server rotated \
+                     the refresh token then, the next renewal is refused (REVOKED)"
                 );
             }
             tracing::info!(
