@@ -566,7 +566,9 @@ fn renewals_due_on_a_read_only_store_rotate_nothing_and_the_credential_survives_
         r#"{"nextStatus": {"status": 503, "count": 1000000}, "routes": ["realm_token"]}"#,
     );
     let before = failures(&home.slot0());
-    wait_slot(home, "a renewal the server refused", |s| failures(s) > before);
+    wait_slot(home, "a renewal the server refused", |s| {
+        failures(s) > before
+    });
     tmpfs.set_read_only(true);
     let after = failures(&home.slot0());
     // The second attempt to fail from here on began after the remount.
@@ -709,7 +711,10 @@ fn an_unreadable_slot_credential_stops_only_that_slot() {
         &secrets.display().to_string(),
         "regent unenroll",
     ] {
-        assert!(message.contains(needle), "{needle:?} missing from: {message}");
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from: {message}"
+        );
     }
     // Every instance gets a slot; only the one leased slot 1 is refused.
     let clients: Vec<_> = ["w", "x", "y", "z"]
@@ -730,8 +735,16 @@ fn an_unreadable_slot_credential_stops_only_that_slot() {
     assert_eq!(served, 3, "{refused:?}");
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].code, ErrorCode::StoreUnavailable);
-    assert!(refused[0].message.contains("slot 1"), "{}", refused[0].message);
-    assert!(!refused[0].message.contains("damaged"), "{}", refused[0].message);
+    assert!(
+        refused[0].message.contains("slot 1"),
+        "{}",
+        refused[0].message
+    );
+    assert!(
+        !refused[0].message.contains("damaged"),
+        "{}",
+        refused[0].message
+    );
     // The damaged entry was left for the administrator, not overwritten.
     let entries: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&secrets).unwrap()).unwrap();

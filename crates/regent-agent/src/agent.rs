@@ -250,22 +250,26 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Marks `slot` as holding a credential that cannot be read: its requests
-    /// and its status get `STORE_UNAVAILABLE` naming the slot, the entry and
-    /// the store's own fix.
-    fn slot_unreadable(&self, slot: u32, cause: &Error) {
-        let entry = credential_entry(slot);
-        let error = Error::new(
+    /// What `load_slot` reports when `entry` of `slot` cannot be read: the
+    /// slot, the entry, the store and the store's own fix.
+    fn unreadable_entry(&self, slot: u32, entry: &str, cause: Error) -> Error {
+        Error::new(
             ErrorCode::StoreUnavailable,
             format!(
-                "the stored credential of slot {slot} (entry {entry} in the {store}) cannot \
-                 be loaded, so this slot serves no token; the other slots are not affected. \
-                 The agent retries loading it. {cause}",
+                "slot {slot} cannot load its entry {entry} from the {store}, so this slot \
+                 serves no token; the other slots are not affected, and the agent retries \
+                 loading it. {cause}",
                 store = self.store.describe(),
                 cause = cause.message,
             ),
-        );
-        tracing::error!(slot, entry = %entry, error = %cause.message, "a slot's stored credential cannot be loaded");
+        )
+    }
+
+    /// Marks `slot` as holding a credential that cannot be read: its requests
+    /// and its status get `error` (from [`Agent::unreadable_entry`]).
+    fn slot_unreadable(&self, slot: u32, error: &Error) {
+        let error = error.clone();
+        tracing::error!(slot, error = %error.message, "a slot's stored secrets cannot be loaded");
         let slot_ref = self.slot(slot);
         *slot_ref
             .unreadable
@@ -339,8 +343,10 @@ impl Agent {
     /// Loads a slot's stored credential into its engine, or resumes its
     /// interrupted redemption.
     async fn load_slot(self: &Arc<Self>, slot: u32) -> Result<()> {
-        if let Some(value) = self.store.get(&credential_entry(slot)).await? {
-            let credential = StoredCredential::parse(&value)?;
+        let entry = credential_entry(slot);
+        let unreadable = |e| self.unreadable_entry(slot, &entry, e);
+        if let Some(value) = self.store.get(&entry).await.map_err(unreadable)? {
+            let credential = StoredCredential::parse(&value).map_err(unreadable)?;
             let grant = credential.cached_grant(SystemTime::now());
             self.ledger.load(slot, &credential.issued);
             if credential.renewal_intent_ms.is_some() {
@@ -374,7 +380,13 @@ impl Agent {
             self.remove_used_registration(slot).await;
             return Ok(());
         }
-        match self.store.get(&registration_entry(slot)).await? {
+        let registration = registration_entry(slot);
+        match self
+            .store
+            .get(&registration)
+            .await
+            .map_err(|e| self.unreadable_entry(slot, &registration, e))?
+        {
             Some(registration) => {
                 tracing::info!(
                     slot,

@@ -12,9 +12,9 @@
 //! | `before-redeem` | marker, identifier and registration token durable; nothing sent |
 //! | `after-redeem` | the server answered the redemption; nothing stored |
 //! | `after-store` | the credential is stored; the pending marker is not cleared |
-//! | `before-refresh` | a renewal is about to be sent; nothing changed at the server |
+//! | `before-refresh` | the write-ahead is stored and a renewal is about to be sent; nothing changed at the server |
 //! | `after-refresh` | the server answered a renewal (a refresh token may have rotated); not stored |
-//! | `mid-store-write` | an atomic file write (`state.json`, the file store): the temporary file is written and flushed, not yet renamed into place |
+//! | `mid-store-write` | an atomic file write (`state.json`, the file store): the temporary file is written and flushed, not yet renamed into place. A renewal makes two: the write-ahead, then the renewed credential |
 //! | `mid-chunk-write` | a chunked keychain value: chunk N of the new generation written, the head entry not yet switched |
 //!
 //! The variable is read once per process. With it unset a point costs one

@@ -332,7 +332,10 @@ impl SlotRenewer {
         match self.store.set(&self.entry, credential.to_secret()?).await {
             Ok(()) => {
                 self.unsaved.store(false, Ordering::Release);
-                tracing::info!(slot = self.slot, "the renewed credential held in memory is now stored");
+                tracing::info!(
+                    slot = self.slot,
+                    "the renewed credential held in memory is now stored"
+                );
                 Ok(())
             }
             Err(e) => Err(self.held_error(&e)),
@@ -413,7 +416,8 @@ mod tests {
         }
         /// The next `ok` writes succeed, every later one fails.
         fn fail_after(&self, ok: u64) {
-            self.fail_from.store(self.writes() + ok + 1, Ordering::SeqCst);
+            self.fail_from
+                .store(self.writes() + ok + 1, Ordering::SeqCst);
         }
         fn heal(&self) {
             self.fail_from.store(0, Ordering::SeqCst);
@@ -484,7 +488,10 @@ mod tests {
             .await
             .unwrap();
         let minted: serde_json::Value = http
-            .post(format!("{}/token/api/v5/registrationTokens", emulator.url()))
+            .post(format!(
+                "{}/token/api/v5/registrationTokens",
+                emulator.url()
+            ))
             .bearer_auth(login["access_token"].as_str().unwrap())
             .json(&serde_json::json!({"registrationToken": {"count": 1}}))
             .send()
@@ -559,8 +566,17 @@ mod tests {
         // Healthy: write-ahead, refresh, save.
         renewer.renew().await.unwrap();
         assert_eq!(refresh_requests(&emulator, &http).await, base + 1);
-        assert_eq!(store.writes(), 2, "a write ahead and the renewed credential");
-        assert!(store.stored("slot-0.credential").renewal_intent_ms.is_none());
+        assert_eq!(
+            store.writes(),
+            2,
+            "a write ahead and the renewed credential"
+        );
+        assert!(
+            store
+                .stored("slot-0.credential")
+                .renewal_intent_ms
+                .is_none()
+        );
 
         // The store refuses writes: nothing is sent, however often retried.
         store.fail_after(0);
@@ -580,7 +596,10 @@ mod tests {
         assert!(e.message.contains("held in memory"), "{}", e.message);
         assert_eq!(refresh_requests(&emulator, &http).await, base + 2);
         let stale = store.stored("slot-0.credential");
-        assert!(stale.renewal_intent_ms.is_some(), "the intent record is stored");
+        assert!(
+            stale.renewal_intent_ms.is_some(),
+            "the intent record is stored"
+        );
         for _ in 0..3 {
             let e = renewer.renew().await.unwrap_err();
             assert!(e.message.contains("held in memory"), "{}", e.message);
@@ -616,7 +635,11 @@ mod tests {
         assert_eq!(refresh_requests(&emulator, &http).await, base + 1);
         store.heal();
         let grant = renewer.renew().await.unwrap();
-        assert_eq!(refresh_requests(&emulator, &http).await, base + 1, "no call");
+        assert_eq!(
+            refresh_requests(&emulator, &http).await,
+            base + 1,
+            "no call"
+        );
         let saved = store.stored("slot-0.credential");
         let access = saved.cached_grant(SystemTime::now()).unwrap();
         assert!(grant.same_token_as(&access));
@@ -624,13 +647,17 @@ mod tests {
 
     #[test]
     fn an_unreadable_credential_is_reported_without_its_content() {
-        let e = StoredCredential::parse(&secret(r#"{"refresh_token": 987654, "x": "hunter2"}"#.into()))
-            .err()
-            .unwrap();
+        let e = StoredCredential::parse(&secret(
+            r#"{"refresh_token": 987654, "x": "hunter2"}"#.into(),
+        ))
+        .err()
+        .unwrap();
         assert_eq!(e.code, ErrorCode::StoreUnavailable);
         assert!(e.message.contains("line 1"), "{}", e.message);
         assert!(!e.message.contains("987654"), "{}", e.message);
-        let e = StoredCredential::parse(&secret("hunter2-not-json".into())).err().unwrap();
+        let e = StoredCredential::parse(&secret("hunter2-not-json".into()))
+            .err()
+            .unwrap();
         assert!(!e.message.contains("hunter2"), "{}", e.message);
     }
 

@@ -152,7 +152,11 @@ impl WriteOrder {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let written = entries.get(name).copied().unwrap_or_default();
         if written.tried > seq {
-            tracing::debug!(entry = name, seq, "an older write arrived after a newer one; dropped");
+            tracing::debug!(
+                entry = name,
+                seq,
+                "an older write arrived after a newer one; dropped"
+            );
             return if written.landed > seq {
                 Ok(())
             } else {
@@ -584,7 +588,9 @@ mod tests {
         // value's success (that value is in the store).
         order.apply("slot-0.credential", old, write("old")).unwrap();
         // Another entry is ordered on its own.
-        order.apply("slot-1.credential", other, write("other")).unwrap();
+        order
+            .apply("slot-1.credential", other, write("other"))
+            .unwrap();
         assert_eq!(*stored.lock().unwrap(), ["new", "other"]);
 
         // When the newer write failed, the late older one is not written
@@ -600,7 +606,9 @@ mod tests {
         assert_eq!(*stored.lock().unwrap(), ["new", "other"]);
         // In order, every write is applied.
         let next = order.next();
-        order.apply("slot-0.credential", next, write("next")).unwrap();
+        order
+            .apply("slot-0.credential", next, write("next"))
+            .unwrap();
         assert_eq!(*stored.lock().unwrap(), ["new", "other", "next"]);
     }
 
@@ -647,7 +655,10 @@ mod tests {
         drop(release);
         let deadline = Instant::now() + Duration::from_secs(10);
         while backend.values.lock().unwrap().len() < 2 {
-            assert!(Instant::now() < deadline, "the abandoned writes never ended");
+            assert!(
+                Instant::now() < deadline,
+                "the abandoned writes never ended"
+            );
             tokio::task::yield_now().await;
         }
         assert_eq!(*backend.values.lock().unwrap(), ["first", "second"]);
