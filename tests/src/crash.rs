@@ -289,12 +289,69 @@ impl Keyring {
             address,
             children: vec![keyring, bus],
         };
+        this.wait_for_service();
+        Some(this)
+    }
+
+    /// Locks the default collection (what a screen lock or `Lock` from a
+    /// desktop does): reads and writes of its items fail until it is unlocked.
+    pub fn lock(&self) {
+        let out = Command::new("dbus-send")
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .args([
+                "--session",
+                "--print-reply",
+                "--dest=org.freedesktop.secrets",
+                "/org/freedesktop/secrets",
+                "org.freedesktop.Secret.Service.Lock",
+                "array:objpath:/org/freedesktop/secrets/aliases/default",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "locking the keyring failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Restarts `gnome-keyring-daemon` on the same home with its password, so
+    /// the keyring is unlocked again and holds what was stored before (a
+    /// headless keyring cannot be unlocked without a prompt otherwise).
+    pub fn restart_unlocked(&mut self) {
+        let mut old = self.children.remove(0);
+        let _ = old.kill();
+        let _ = old.wait();
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("LANG", "C.UTF-8")
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .args(["--foreground", "--components=secrets", "--unlock"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gnome-keyring-daemon");
+        keyring
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"crash-matrix")
+            .unwrap();
+        self.children.insert(0, keyring);
+        self.wait_for_service();
+    }
+
+    fn wait_for_service(&self) {
         crate::wait_until(
             Duration::from_secs(20),
             "the Secret Service on the bus",
             || {
                 let out = Command::new("dbus-send")
-                    .env("DBUS_SESSION_BUS_ADDRESS", &this.address)
+                    .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
                     .args([
                         "--session",
                         "--print-reply",
@@ -308,7 +365,6 @@ impl Keyring {
                 String::from_utf8_lossy(&out.stdout).contains("boolean true")
             },
         );
-        Some(this)
     }
 
     /// What an agent using this Secret Service needs in its environment.

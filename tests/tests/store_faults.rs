@@ -530,3 +530,307 @@ fn oauth2_enrollment_on_a_full_disk_is_refused_and_can_be_rerun() {
     );
     assert!(agent.terminate().success());
 }
+
+/// How a store is broken and repaired for [`nothing_rotates_while_unsaveable`].
+struct StoreBreak<'a> {
+    /// Makes every write to the store fail.
+    break_it: Box<dyn FnMut() + 'a>,
+    /// Repairs it (the agent is stopped by then).
+    repair: Box<dyn FnMut() + 'a>,
+    /// What the agent's message must say: the OS error, the fix, the place.
+    fix: Vec<String>,
+}
+
+/// Renewals come due while the store cannot take a write; the agent is
+/// stopped before the store is repaired, then restarted. Nothing may reach the
+/// server meanwhile, clients get `STORE_UNAVAILABLE` with the fix once the
+/// cached token is gone, and the stored credential must still work.
+fn nothing_rotates_while_unsaveable(
+    emulator: &EmulatorProc,
+    token: &str,
+    home: &Home,
+    mut store: StoreBreak<'_>,
+) {
+    use regent_tests::procstat::UpstreamCounts;
+    emulator.set_rotation(true);
+    let agent = home.start(None);
+    let client = home.client();
+    client.enroll(token.to_owned(), false).unwrap();
+    client.token(Duration::from_secs(1)).unwrap(); // demand: renew ahead
+    wait_slot(home, "steady renewals", |s| {
+        s["renewals_ok"].as_u64().unwrap_or(0) >= 2
+    });
+    let failures = |s: &serde_json::Value| s["renewals_failed"].as_u64().unwrap_or(0);
+    let names_the_fix = |message: &str| {
+        for needle in &store.fix {
+            assert!(
+                message.contains(needle.as_str()),
+                "{needle:?} missing from: {message}"
+            );
+        }
+    };
+
+    // A fence: the server refuses every refresh while the store breaks, so no
+    // renewal begun before the break can rotate after it.
+    emulator.set_faults(
+        r#"{"nextStatus": {"status": 503, "count": 1000000}, "routes": ["realm_token"]}"#,
+    );
+    let before = failures(&home.slot0());
+    wait_slot(home, "a renewal the server refused", |s| {
+        failures(s) > before
+    });
+    (store.break_it)();
+    let after = failures(&home.slot0());
+    // The second attempt to fail from here on began after the break.
+    wait_slot(home, "two attempts on the broken store", |s| {
+        failures(s) >= after + 2
+    });
+    let at_fault = UpstreamCounts::fetch(&emulator.url);
+    emulator.set_faults("{}");
+
+    // Renewals keep coming due; none reaches the server.
+    let now = failures(&home.slot0());
+    let slot = wait_slot(home, "renewals held back by the store", |s| {
+        failures(s) >= now + 3 && s["last_error_code"] == "STORE_UNAVAILABLE"
+    });
+    let during = UpstreamCounts::fetch(&emulator.url);
+    assert_eq!(
+        during.all_requests("realm_token"),
+        at_fault.all_requests("realm_token"),
+        "renewals were sent while the store could not take their answer: {}",
+        during.raw
+    );
+    assert_eq!(during.refreshes(), at_fault.refreshes());
+    let message = slot["last_error"].as_str().unwrap();
+    names_the_fix(message);
+    assert!(message.contains("was not sent"), "{message}");
+    assert!(!message.contains(token), "a secret in: {message}");
+    println!("the slot's error while the store is broken: {message}");
+    // Once the cached token is gone, clients are told why and what to do.
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        match client.token(Duration::from_secs(1)) {
+            Err(e) if e.code == ErrorCode::StoreUnavailable => break e,
+            _ => {
+                assert!(Instant::now() < deadline, "no STORE_UNAVAILABLE reply");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    names_the_fix(&error.message);
+    assert!(error.retry_after.is_some(), "{error:?}");
+    let after_reply = UpstreamCounts::fetch(&emulator.url);
+    assert_eq!(
+        after_reply.all_requests("realm_token"),
+        at_fault.all_requests("realm_token"),
+        "{}",
+        after_reply.raw
+    );
+
+    // Stopped while the store is still broken; repaired; restarted.
+    assert!(agent.terminate().success());
+    (store.repair)();
+    let agent = home.start(None);
+    let client = home.client();
+    let token = client
+        .token(Duration::from_secs(1))
+        .expect("the stored credential still works after the restart");
+    assert_eq!(emulator.introspect(token.secret())["active"], true);
+    let slot = wait_slot(home, "renewals with the stored credential", |s| {
+        s["state"] == "active" && s["renewals_ok"].as_u64().unwrap_or(0) >= 2
+    });
+    assert!(slot["last_error_code"].is_null(), "{slot}");
+    assert_eq!(emulator.used_counts(), 1);
+    assert_eq!(emulator.counters()["activeSessions"], 1);
+    assert!(agent.terminate().success());
+}
+
+/// Regression (issue 18, item 2): with the state directory read-only, every
+/// renewal that came due rotated the refresh token at the server while the
+/// new one could not be stored (the engine's backoff retried, rotating again);
+/// after a restart the stored token was stale and the server answered
+/// `REVOKED` (reuse detected). Now a renewal is sent only after a write to the
+/// store succeeded: while the store is read-only nothing reaches the server,
+/// the cached token is served until it expires, clients then get
+/// `STORE_UNAVAILABLE` with the fix, and the credential still works after the
+/// agent was stopped on the read-only store and restarted on a restored one.
+#[test]
+fn renewals_due_on_a_read_only_store_rotate_nothing_and_the_credential_survives_a_restart() {
+    let Some(setup) = Setup::new(Kind::ReadOnly) else {
+        return;
+    };
+    let Fault::ReadOnly(tmpfs) = &setup.fault else {
+        unreachable!("a read-only fault needs a tmpfs")
+    };
+    let mut fix: Vec<String> = setup
+        .fault
+        .expected()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    fix.push(setup.secrets().display().to_string());
+    nothing_rotates_while_unsaveable(
+        &setup.emulator,
+        &setup.token,
+        &setup.home,
+        StoreBreak {
+            break_it: Box::new(|| tmpfs.set_read_only(true)),
+            repair: Box::new(|| tmpfs.set_read_only(false)),
+            fix,
+        },
+    );
+}
+
+/// The same with the OS keychain locked (a real Secret Service, locked over
+/// D-Bus as a desktop's screen lock does; a headless keyring can only be
+/// unlocked by restarting it with its password).
+#[test]
+fn renewals_due_on_a_locked_keychain_rotate_nothing_and_the_credential_survives_a_restart() {
+    let Some(keyring) = regent_tests::crash::Keyring::start() else {
+        eprintln!(
+            "!!! SKIPPED: no dbus-daemon or gnome-keyring-daemon here \
+             (apt-get install dbus gnome-keyring)"
+        );
+        return;
+    };
+    let keyring = std::cell::RefCell::new(keyring);
+    let emulator = EmulatorProc::start(LIFESPAN);
+    let token = emulator.mint(5);
+    let mut home = Home::new(
+        &emulator.url,
+        &Profile::Sentinel,
+        &StoreChoice::Keychain("regent-store-faults".into()),
+        None,
+        "",
+    );
+    home.env = keyring.borrow().env();
+    nothing_rotates_while_unsaveable(
+        &emulator,
+        &token,
+        &home,
+        StoreBreak {
+            break_it: Box::new(|| keyring.borrow().lock()),
+            repair: Box::new(|| keyring.borrow_mut().restart_unlocked()),
+            fix: vec![
+                "locked".into(),
+                "OS keychain (service regent-store-faults)".into(),
+            ],
+        },
+    );
+}
+
+/// A client of `home` that names itself instance `name` (per-instance mode).
+fn instance_client(home: &Home, name: &str) -> regent_client::blocking::Client {
+    regent_client::blocking::Client::connect(
+        regent_client::ClientOptions::new("store-faults")
+            .instance(name)
+            .socket(&home.socket)
+            .connect_timeout(Duration::from_secs(10))
+            .request_timeout(Duration::from_secs(30)),
+    )
+    .unwrap()
+}
+
+/// Regression (issue 18, item 14): in per-instance mode one slot's stored
+/// credential that cannot be read stopped the whole agent at start, so every
+/// instance lost its token. Now that slot alone answers `STORE_UNAVAILABLE`
+/// (naming the slot, the entry, the file and the fix) and the others serve.
+#[test]
+fn an_unreadable_slot_credential_stops_only_that_slot() {
+    let emulator = EmulatorProc::start(300);
+    let home = Home::new(
+        &emulator.url,
+        &Profile::Sentinel,
+        &StoreChoice::File,
+        None,
+        "[instances]\nmode = \"per-instance\"\nmax = 4\nlease_grace = 1\n",
+    );
+    let agent = home.start(None);
+    let admin = home.client();
+    admin.enroll(emulator.mint(5), false).unwrap();
+    let first: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let c = instance_client(&home, name);
+            c.token(Duration::from_secs(1)).unwrap();
+            c
+        })
+        .collect();
+    let status = admin.status().unwrap();
+    let active = |n: u64| {
+        status["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["slot"] == n && s["state"] == "active")
+    };
+    assert!(active(0) && active(1) && active(2), "{status}");
+    drop(first);
+    drop(admin);
+    assert!(agent.terminate().success());
+
+    // Slot 1's entry in the secrets file is damaged.
+    let secrets = home.state.join("secrets.json");
+    let mut entries: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&secrets).unwrap()).unwrap();
+    entries["slot-1.credential"] = serde_json::Value::from("{\"refresh_token\": [damaged");
+    std::fs::write(&secrets, serde_json::to_vec(&entries).unwrap()).unwrap();
+
+    let agent = home.start(None);
+    let status = home.client().status().unwrap();
+    let slot1 = status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slot"] == 1)
+        .cloned()
+        .unwrap();
+    assert_eq!(slot1["last_error_code"], "STORE_UNAVAILABLE", "{slot1}");
+    let message = slot1["last_error"].as_str().unwrap();
+    for needle in [
+        "slot 1",
+        "slot-1.credential",
+        &secrets.display().to_string(),
+        "regent unenroll",
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from: {message}"
+        );
+    }
+    // Every instance gets a slot; only the one leased slot 1 is refused.
+    let clients: Vec<_> = ["w", "x", "y", "z"]
+        .iter()
+        .map(|name| instance_client(&home, name))
+        .collect();
+    let mut refused = Vec::new();
+    let mut served = 0;
+    for c in &clients {
+        match c.token(Duration::from_secs(1)) {
+            Ok(token) => {
+                assert_eq!(emulator.introspect(token.secret())["active"], true);
+                served += 1;
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+    assert_eq!(served, 3, "{refused:?}");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].code, ErrorCode::StoreUnavailable);
+    assert!(
+        refused[0].message.contains("slot 1"),
+        "{}",
+        refused[0].message
+    );
+    assert!(
+        !refused[0].message.contains("damaged"),
+        "{}",
+        refused[0].message
+    );
+    // The damaged entry was left for the administrator, not overwritten.
+    let entries: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&secrets).unwrap()).unwrap();
+    assert_eq!(entries["slot-1.credential"], "{\"refresh_token\": [damaged");
+    drop(clients);
+    assert!(agent.terminate().success());
+}

@@ -16,8 +16,8 @@
 //! credentials (OAuth2). At most `instances.max` slots ever exist.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex as SyncMutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use regent_proto::ErrorCode;
@@ -179,6 +179,10 @@ struct Slot {
     /// The last refused redemption, so a refused slot does not ask again on
     /// every request.
     refused: SyncMutex<Option<(Instant, Error)>>,
+    /// Why the slot's stored credential could not be loaded; while set, the
+    /// slot is never activated afresh (that would overwrite or re-redeem it),
+    /// and loading is retried in the background.
+    unreadable: SyncMutex<Option<Error>>,
 }
 
 /// The agent as a library.
@@ -204,11 +208,14 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the agent: loads state, every slot's stored credential and cached
-    /// token, and resumes interrupted redemptions in the background.
+    /// token, and resumes interrupted redemptions in the background. A slot
+    /// whose credential cannot be read reports `STORE_UNAVAILABLE` (naming the
+    /// slot, the entry and the fix) and is retried in the background; the
+    /// other slots serve meanwhile.
     ///
     /// # Errors
     /// `CONFIG` for a bad server URL or state directory; `STORE_UNAVAILABLE`
-    /// when `state.json` or the secret store cannot be read.
+    /// when `state.json` cannot be read or written.
     pub async fn open(config: Config) -> Result<Arc<Agent>> {
         let state_dir = config.state_dir()?;
         crate::store::state_dir::create_state_dir(&state_dir)?;
@@ -222,7 +229,7 @@ impl Agent {
                     device_id: random_id(),
                     slots: BTreeMap::new(),
                 };
-                state_file.save(&state)?;
+                state_file.save_async(&state).await?;
                 state
             }
         };
@@ -244,9 +251,57 @@ impl Agent {
         });
         agent.slot(FIRST_SLOT);
         for slot in known {
-            agent.load_slot(slot).await?;
+            if let Err(e) = agent.load_slot(slot).await {
+                agent.slot_unreadable(slot, &e);
+                tokio::spawn(retry_unreadable(Arc::downgrade(&agent), slot));
+            }
         }
         Ok(agent)
+    }
+
+    /// What `load_slot` reports when `entry` of `slot` cannot be read: the
+    /// slot, the entry, the store and the store's own fix.
+    fn unreadable_entry(&self, slot: u32, entry: &str, cause: Error) -> Error {
+        Error::new(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "slot {slot} cannot load its entry {entry} from the {store}, so this slot \
+                 serves no token; the other slots are not affected, and the agent retries \
+                 loading it. {cause}",
+                store = self.store.describe(),
+                cause = cause.message,
+            ),
+        )
+    }
+
+    /// Marks `slot` as holding a credential that cannot be read: its requests
+    /// and its status get `error` (from [`Agent::unreadable_entry`]).
+    fn slot_unreadable(&self, slot: u32, error: &Error) {
+        let error = error.clone();
+        tracing::error!(slot, error = %error.message, "a slot's stored secrets cannot be loaded");
+        let slot_ref = self.slot(slot);
+        *slot_ref
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.clone());
+        slot_ref.engine.set_unreadable(Some(error));
+    }
+
+    /// Stores every renewed credential that is still held in memory because
+    /// the store refused it (called once at shutdown, after the schedulers
+    /// stopped); logs what could not be saved.
+    pub async fn save_unsaved(&self) {
+        for (slot, slot_ref) in self.existing_slots() {
+            if let Err(e) = slot_ref.engine.save_unsaved().await {
+                tracing::error!(
+                    slot,
+                    error = %e.message,
+                    "stopping with a renewed credential that could not be stored: the stored \
+                     refresh token is one rotation behind and the license server will refuse \
+                     it; fix the store and enroll this device again"
+                );
+            }
+        }
     }
 
     /// The slot's engine, created on first use.
@@ -267,6 +322,7 @@ impl Agent {
                 engine: Engine::start(settings),
                 activating: Mutex::new(()),
                 refused: SyncMutex::new(None),
+                unreadable: SyncMutex::new(None),
             })
         }))
     }
@@ -296,10 +352,20 @@ impl Agent {
     /// Loads a slot's stored credential into its engine, or resumes its
     /// interrupted redemption.
     async fn load_slot(self: &Arc<Self>, slot: u32) -> Result<()> {
-        if let Some(value) = self.store.get(&credential_entry(slot)).await? {
-            let credential = StoredCredential::parse(&value)?;
+        let entry = credential_entry(slot);
+        let unreadable = |e| self.unreadable_entry(slot, &entry, e);
+        if let Some(value) = self.store.get(&entry).await.map_err(unreadable)? {
+            let credential = StoredCredential::parse(&value).map_err(unreadable)?;
             let grant = credential.cached_grant(SystemTime::now());
             self.ledger.load(slot, &credential.issued);
+            if credential.renewal_intent_ms.is_some() {
+                tracing::info!(
+                    slot,
+                    "the last renewal attempt of this slot has no stored outcome (it failed, or \
+                     the agent stopped while it was in flight); if the license server rotated \
+                     the refresh token then, the next renewal is refused (REVOKED)"
+                );
+            }
             tracing::info!(
                 slot,
                 cached_token = grant.is_some(),
@@ -323,7 +389,13 @@ impl Agent {
             self.remove_used_registration(slot).await;
             return Ok(());
         }
-        match self.store.get(&registration_entry(slot)).await? {
+        let registration = registration_entry(slot);
+        match self
+            .store
+            .get(&registration)
+            .await
+            .map_err(|e| self.unreadable_entry(slot, &registration, e))?
+        {
             Some(registration) => {
                 tracing::info!(
                     slot,
@@ -507,7 +579,7 @@ impl Agent {
             });
             record.pending_since = Some(now_secs());
             let snapshot = state.clone();
-            if let Err(e) = self.state_file.save(&snapshot) {
+            if let Err(e) = self.state_file.save_async(&snapshot).await {
                 // Not durable: do not show a redemption as pending.
                 if let Some(record) = state.slots.get_mut(&slot) {
                     record.pending_since = None;
@@ -652,7 +724,7 @@ impl Agent {
                 }
             }
             let snapshot = state.clone();
-            if let Err(e) = self.state_file.save(&snapshot) {
+            if let Err(e) = self.state_file.save_async(&snapshot).await {
                 tracing::warn!(error = %e, "could not clear the pending-redemption marker");
             }
         }
@@ -735,7 +807,7 @@ impl Agent {
             },
         );
         let snapshot = state.clone();
-        self.state_file.save(&snapshot)?;
+        self.state_file.save_async(&snapshot).await?;
         Ok(identifier)
     }
 
@@ -757,6 +829,16 @@ impl Agent {
             && at.elapsed() < REFUSAL_HOLD
         {
             return Err(e.with_retry_after(REFUSAL_HOLD.saturating_sub(at.elapsed())));
+        }
+        if let Some(e) = slot
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            // Activating afresh would overwrite (or redeem again for) a
+            // credential that may still be good once the store answers.
+            return Err(e);
         }
         let Some(secret) = self.store.get(DEVICE_SECRET).await? else {
             return Err(Error::new(
@@ -838,7 +920,7 @@ impl Agent {
                 record.enrolled_at = None;
             }
             let snapshot = state.clone();
-            self.state_file.save(&snapshot)?;
+            self.state_file.save_async(&snapshot).await?;
         }
         self.leases.clear_reservations();
         drop(epoch);
@@ -1055,13 +1137,61 @@ impl Agent {
             request_timeout: Duration::from_secs(self.config.server.request_timeout),
             ledger: Arc::clone(&self.ledger),
             credential: Mutex::new(credential),
+            unsaved: AtomicBool::new(false),
         })
     }
 }
 
+/// Retries loading a slot whose stored credential could not be read, with
+/// backoff, until it loads, the entry is gone, or an enroll or unenroll
+/// settled the slot meanwhile.
+async fn retry_unreadable(agent: Weak<Agent>, slot: u32) {
+    let Some(config) = agent.upgrade().map(|a| a.config.clone()) else {
+        return;
+    };
+    let mut delays = backon_delays(&config);
+    loop {
+        let delay = delays.next().unwrap_or(Duration::from_secs(60));
+        tokio::time::sleep(delay).await;
+        let Some(agent) = agent.upgrade() else {
+            return;
+        };
+        let slot_ref = agent.slot(slot);
+        let _activating = slot_ref.activating.lock().await;
+        let still = slot_ref
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        if !still {
+            return;
+        }
+        if slot_ref.engine.status().state != SlotState::Unenrolled {
+            // Enrolled again meanwhile: the new credential is the slot's.
+            clear_refusal(&slot_ref);
+            return;
+        }
+        match agent.load_slot(slot).await {
+            Ok(()) => {
+                clear_refusal(&slot_ref);
+                slot_ref.engine.set_unreadable(None);
+                tracing::info!(slot, "the slot's stored credential could be loaded now");
+                return;
+            }
+            Err(e) => agent.slot_unreadable(slot, &e),
+        }
+    }
+}
+
+/// Forgets a slot's refused redemption and unreadable credential: an enroll
+/// or unenroll settles both.
 fn clear_refusal(slot: &Slot) {
     *slot
         .refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    *slot
+        .unreadable
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
 }

@@ -1,14 +1,24 @@
 //! A slot's stored credential, and the renewer that keeps it current.
 //!
-//! The credential is one secret-store entry (one write per renewal), so a
-//! rotated refresh token and the access token that came with it are stored
-//! together before the engine hands the new token out.
+//! The credential is one secret-store entry, so a rotated refresh token and the
+//! access token that came with it are stored together before the engine hands
+//! the new token out.
+//!
+//! Never rotate what cannot be saved (DESIGN §5): before every renewal the
+//! renewer writes the credential, with a renewal-intent time, to the very entry
+//! the renewed one will go to. When that write fails nothing is sent, and the
+//! engine keeps serving the cached token and retries with backoff. When the
+//! write after the renewal fails (the store broke meanwhile), the renewed
+//! credential is held in memory: every later attempt first retries that write
+//! and sends nothing until it succeeds, and the agent tries once more at
+//! shutdown ([`Renewer::save_unsaved`]).
 //!
 //! OAuth2 multi-token servers cap live tokens per client; the [`Ledger`] counts
 //! the tokens every slot of this agent may still hold, so the agent never asks
 //! for one more than `max_active_tokens`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +52,11 @@ pub(crate) struct StoredCredential {
     /// (fingerprint, expiry), so restarts never exceed the cap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issued: Vec<IssuedToken>,
+    /// Set (unix ms) by the write-ahead before a renewal is sent, cleared when
+    /// its outcome is stored: a credential loaded with it set was stored by an
+    /// agent that stopped while a renewal was in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_intent_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -61,12 +76,26 @@ pub(crate) struct IssuedToken {
 }
 
 impl StoredCredential {
+    /// Reads a credential stored as JSON.
+    ///
+    /// # Errors
+    /// `STORE_UNAVAILABLE` naming what is wrong (position and kind only:
+    /// serde_json's messages can quote the value, which may be a secret).
     pub fn parse(value: &SecretString) -> Result<StoredCredential> {
         serde_json::from_str(value.expose_secret()).map_err(|e| {
+            let kind = match e.classify() {
+                serde_json::error::Category::Eof => "unexpected end",
+                serde_json::error::Category::Syntax => "syntax error",
+                serde_json::error::Category::Data => "unexpected value",
+                serde_json::error::Category::Io => "read error",
+            };
             Error::new(
                 ErrorCode::StoreUnavailable,
                 format!(
-                    "the stored credential is unreadable ({e}); run `regent unenroll` and enroll again"
+                    "the stored credential is unreadable ({kind} at line {}, column {}); \
+                     run `regent unenroll` and enroll again",
+                    e.line(),
+                    e.column()
                 ),
             )
         })
@@ -224,12 +253,39 @@ pub(crate) struct SlotRenewer {
     pub request_timeout: Duration,
     pub ledger: Arc<Ledger>,
     pub credential: tokio::sync::Mutex<StoredCredential>,
+    /// The credential in memory was renewed but could not be stored: nothing
+    /// is sent upstream until it is. Changed only under `credential`'s lock.
+    pub unsaved: AtomicBool,
 }
 
 impl Renewer for SlotRenewer {
     fn renew(&self) -> BoxFuture<'_, Result<Grant>> {
         Box::pin(async move {
             let mut credential = self.credential.lock().await;
+            if self.unsaved.load(Ordering::Acquire) {
+                // The store refused the last renewed credential: save it first;
+                // the stored refresh token is stale until then, so sending
+                // anything would only rotate further away from it.
+                self.save_held(&credential).await?;
+                if let Some(grant) = credential.cached_grant(SystemTime::now()) {
+                    return Ok(grant);
+                }
+            }
+            // Write-ahead: the entry the renewed credential will go to takes a
+            // write now, or nothing is sent (DESIGN §5).
+            credential.renewal_intent_ms = Some(to_ms(SystemTime::now()));
+            if let Err(e) = self.store.set(&self.entry, credential.to_secret()?).await {
+                credential.renewal_intent_ms = None;
+                return Err(Error::new(
+                    ErrorCode::StoreUnavailable,
+                    format!(
+                        "the renewal of slot {} was not sent, because the store could not \
+                         take a write first and a rotated refresh token must never be \
+                         lost; the cached token is served until it expires. {}",
+                        self.slot, e.message
+                    ),
+                ));
+            }
             crash_point("before-refresh");
             let grant = match self.upstream.as_ref() {
                 Upstream::Sentinel(sentinel) => {
@@ -246,15 +302,58 @@ impl Renewer for SlotRenewer {
             crash_point("after-refresh");
             // The rotated refresh token is durable before anyone uses the new
             // access token. If the store fails, the new credential stays in
-            // memory (the session is not lost) and the engine retries.
+            // memory (the session is not lost) and is saved before anything
+            // else is sent.
             credential.set_grant(&grant);
-            self.store.set(&self.entry, credential.to_secret()?).await?;
+            credential.renewal_intent_ms = None;
+            if let Err(e) = self.store.set(&self.entry, credential.to_secret()?).await {
+                self.unsaved.store(true, Ordering::Release);
+                return Err(self.held_error(&e));
+            }
             Ok(grant)
+        })
+    }
+
+    fn save_unsaved(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let credential = self.credential.lock().await;
+            if self.unsaved.load(Ordering::Acquire) {
+                self.save_held(&credential).await?;
+            }
+            Ok(())
         })
     }
 }
 
 impl SlotRenewer {
+    /// Stores the renewed credential held in memory; the caller holds the
+    /// credential lock.
+    async fn save_held(&self, credential: &StoredCredential) -> Result<()> {
+        match self.store.set(&self.entry, credential.to_secret()?).await {
+            Ok(()) => {
+                self.unsaved.store(false, Ordering::Release);
+                tracing::info!(
+                    slot = self.slot,
+                    "the renewed credential held in memory is now stored"
+                );
+                Ok(())
+            }
+            Err(e) => Err(self.held_error(&e)),
+        }
+    }
+
+    fn held_error(&self, e: &Error) -> Error {
+        Error::new(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "the renewed credential of slot {} could not be stored, so it is held in \
+                 memory and nothing more is sent to the license server until it is (retried \
+                 with backoff, and once more when the agent stops). {}",
+                self.slot, e.message
+            ),
+        )
+    }
+
     async fn oauth2_renew(
         &self,
         oauth2: &OAuth2,
@@ -300,6 +399,266 @@ mod tests {
             refresh_expires_at: None,
             scope: None,
         }
+    }
+
+    /// A secret store in memory whose writes fail from a chosen one on.
+    #[derive(Default)]
+    struct FlakyStore {
+        entries: Mutex<BTreeMap<String, String>>,
+        writes: std::sync::atomic::AtomicU64,
+        /// Writes numbered from this one on fail (0: none fail).
+        fail_from: std::sync::atomic::AtomicU64,
+    }
+
+    impl FlakyStore {
+        fn writes(&self) -> u64 {
+            self.writes.load(Ordering::SeqCst)
+        }
+        /// The next `ok` writes succeed, every later one fails.
+        fn fail_after(&self, ok: u64) {
+            self.fail_from
+                .store(self.writes() + ok + 1, Ordering::SeqCst);
+        }
+        fn heal(&self) {
+            self.fail_from.store(0, Ordering::SeqCst);
+        }
+        fn stored(&self, name: &str) -> StoredCredential {
+            let value = self.entries.lock().unwrap()[name].clone();
+            StoredCredential::parse(&secret(value)).unwrap()
+        }
+    }
+
+    impl crate::store::SecretBackend for FlakyStore {
+        fn get(&self, name: &str) -> Result<Option<SecretString>> {
+            Ok(self.entries.lock().unwrap().get(name).cloned().map(secret))
+        }
+        fn set(&self, name: &str, value: &SecretString) -> Result<()> {
+            let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+            let from = self.fail_from.load(Ordering::SeqCst);
+            if from != 0 && n >= from {
+                return Err(Error::new(
+                    ErrorCode::StoreUnavailable,
+                    "cannot save test store: Read-only file system",
+                ));
+            }
+            self.entries
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), value.expose_secret().to_owned());
+            Ok(())
+        }
+        fn delete(&self, name: &str) -> Result<()> {
+            self.entries.lock().unwrap().remove(name);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "test store".into()
+        }
+    }
+
+    /// A real emulator (rotating refresh tokens), a slot redeemed there, and
+    /// its renewer writing to `store`.
+    async fn redeemed_renewer(
+        store: &Arc<FlakyStore>,
+    ) -> (regent_emulator::Emulator, reqwest::Client, SlotRenewer) {
+        use crate::upstream::DeviceIdentity;
+        use crate::upstream::http::{Http, HttpSettings};
+        use crate::upstream::sentinel::Sentinel;
+        let config = regent_emulator::EmulatorConfig::default();
+        let emulator = regent_emulator::Emulator::start(config.clone())
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let login: serde_json::Value = http
+            .post(format!(
+                "{}/auth/realms/{}/protocol/openid-connect/token",
+                emulator.url(),
+                config.realm
+            ))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", config.admin_username.as_str()),
+                ("password", config.admin_password.as_str()),
+                ("client_id", config.client_id.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let minted: serde_json::Value = http
+            .post(format!(
+                "{}/token/api/v5/registrationTokens",
+                emulator.url()
+            ))
+            .bearer_auth(login["access_token"].as_str().unwrap())
+            .json(&serde_json::json!({"registrationToken": {"count": 1}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = minted["registrationToken"]["token"].as_str().unwrap();
+        let sentinel = Sentinel::new(
+            Http::new(HttpSettings::default()).unwrap(),
+            emulator.url().parse().unwrap(),
+        )
+        .unwrap();
+        let redemption = sentinel
+            .redeem(
+                &secret(token.to_owned()),
+                &DeviceIdentity::detect("unit-slot-0".into()),
+            )
+            .await
+            .unwrap();
+        let mut credential = StoredCredential::default();
+        credential.auth_token_id = Some(redemption.auth_token_id.clone());
+        credential.set_grant(&redemption.grant);
+        let renewer = SlotRenewer {
+            slot: 0,
+            upstream: Arc::new(Upstream::Sentinel(sentinel)),
+            store: SecretStore::from_backend(
+                Arc::clone(store) as Arc<dyn crate::store::SecretBackend>,
+                Duration::from_secs(5),
+            ),
+            entry: "slot-0.credential".into(),
+            max_active_tokens: None,
+            request_timeout: Duration::from_secs(5),
+            ledger: Arc::new(Ledger::default()),
+            credential: tokio::sync::Mutex::new(credential),
+            unsaved: AtomicBool::new(false),
+        };
+        (emulator, http, renewer)
+    }
+
+    /// Refresh requests the emulator received, whatever their outcome.
+    async fn refresh_requests(emulator: &regent_emulator::Emulator, http: &reqwest::Client) -> u64 {
+        let counters: serde_json::Value = http
+            .get(format!("{}/_emulator/counters", emulator.url()))
+            .header("X-Emulator-Key", emulator.admin_key())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        counters["requests"]["realm_token"]
+            .as_object()
+            .map(|o| o.values().filter_map(serde_json::Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    /// Regression (issue 18, item 2): a renewal the store cannot take was sent
+    /// anyway, rotating the refresh token at the server while the stored one
+    /// went stale; the engine's retries rotated it again and again. Now the
+    /// write-ahead fails first and nothing is sent; a credential renewed just
+    /// before the store broke is held, saved before anything else is sent,
+    /// and offered once more at shutdown.
+    #[tokio::test]
+    async fn nothing_is_sent_while_the_store_cannot_take_the_answer() {
+        let store = Arc::new(FlakyStore::default());
+        let (emulator, http, renewer) = redeemed_renewer(&store).await;
+        // The redemption's own token request is counted too.
+        let base = refresh_requests(&emulator, &http).await;
+
+        // Healthy: write-ahead, refresh, save.
+        renewer.renew().await.unwrap();
+        assert_eq!(refresh_requests(&emulator, &http).await, base + 1);
+        assert_eq!(
+            store.writes(),
+            2,
+            "a write ahead and the renewed credential"
+        );
+        assert!(
+            store
+                .stored("slot-0.credential")
+                .renewal_intent_ms
+                .is_none()
+        );
+
+        // The store refuses writes: nothing is sent, however often retried.
+        store.fail_after(0);
+        for _ in 0..3 {
+            let e = renewer.renew().await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::StoreUnavailable);
+            assert!(e.message.contains("was not sent"), "{}", e.message);
+            assert!(e.message.contains("Read-only file system"), "{}", e.message);
+        }
+        assert_eq!(refresh_requests(&emulator, &http).await, base + 1);
+
+        // The store breaks between the write-ahead and the save: the renewed
+        // credential is held, and nothing more is sent until it is stored.
+        store.heal();
+        store.fail_after(1);
+        let e = renewer.renew().await.unwrap_err();
+        assert!(e.message.contains("held in memory"), "{}", e.message);
+        assert_eq!(refresh_requests(&emulator, &http).await, base + 2);
+        let stale = store.stored("slot-0.credential");
+        assert!(
+            stale.renewal_intent_ms.is_some(),
+            "the intent record is stored"
+        );
+        for _ in 0..3 {
+            let e = renewer.renew().await.unwrap_err();
+            assert!(e.message.contains("held in memory"), "{}", e.message);
+        }
+        assert!(renewer.save_unsaved().await.is_err());
+        assert_eq!(refresh_requests(&emulator, &http).await, base + 2);
+
+        // The store answers again: the held credential is saved (at shutdown
+        // here) and is the live one; the next renewal works with it.
+        store.heal();
+        renewer.save_unsaved().await.unwrap();
+        assert_eq!(refresh_requests(&emulator, &http).await, base + 2);
+        let saved = store.stored("slot-0.credential");
+        assert_eq!(
+            saved.refresh_token,
+            renewer.credential.lock().await.refresh_token
+        );
+        assert_ne!(saved.refresh_token, stale.refresh_token);
+        renewer.renew().await.unwrap();
+        assert_eq!(refresh_requests(&emulator, &http).await, base + 3);
+    }
+
+    /// The held credential is saved by the next renewal attempt too, which
+    /// then hands out its (still valid) token without calling the server.
+    #[tokio::test]
+    async fn a_held_credential_is_saved_before_anything_is_sent() {
+        let store = Arc::new(FlakyStore::default());
+        let (emulator, http, renewer) = redeemed_renewer(&store).await;
+        // The redemption's own token request is counted too.
+        let base = refresh_requests(&emulator, &http).await;
+        store.fail_after(1);
+        assert!(renewer.renew().await.is_err());
+        assert_eq!(refresh_requests(&emulator, &http).await, base + 1);
+        store.heal();
+        let grant = renewer.renew().await.unwrap();
+        assert_eq!(
+            refresh_requests(&emulator, &http).await,
+            base + 1,
+            "no call"
+        );
+        let saved = store.stored("slot-0.credential");
+        let access = saved.cached_grant(SystemTime::now()).unwrap();
+        assert!(grant.same_token_as(&access));
+    }
+
+    #[test]
+    fn an_unreadable_credential_is_reported_without_its_content() {
+        let e = StoredCredential::parse(&secret(
+            r#"{"refresh_token": 987654, "x": "hunter2"}"#.into(),
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(e.code, ErrorCode::StoreUnavailable);
+        assert!(e.message.contains("line 1"), "{}", e.message);
+        assert!(!e.message.contains("987654"), "{}", e.message);
+        let e = StoredCredential::parse(&secret("hunter2-not-json".into()))
+            .err()
+            .unwrap();
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
     }
 
     #[test]

@@ -118,7 +118,11 @@ pub async fn run_with(
         shutdown.await;
         notify_stop.stopping();
     };
-    ipc::serve(agent, listener, settings, stats, shutdown).await
+    let result = ipc::serve(Arc::clone(&agent), listener, settings, stats, shutdown).await;
+    // Once more before exiting: a renewed credential the store refused is
+    // still only in memory (DESIGN §5).
+    agent.save_unsaved().await;
+    result
 }
 
 /// Keeps the agent's memory — where tokens live — away from other processes

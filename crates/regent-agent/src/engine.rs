@@ -46,6 +46,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Renewer: Send + Sync + 'static {
     /// One upstream renewal.
     fn renew(&self) -> BoxFuture<'_, Result<Grant>>;
+
+    /// Stores a renewed credential that the store refused earlier and that is
+    /// still held in memory (called at shutdown); `Ok` when there is none.
+    fn save_unsaved(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A slot's lifecycle state.
@@ -332,6 +338,20 @@ impl Engine {
         self.shared.wake.notify_one();
     }
 
+    /// Waits for a renewal in flight, then lets the renewer store what it
+    /// still holds unsaved (at shutdown, after [`Engine::shutdown`]).
+    ///
+    /// # Errors
+    /// `STORE_UNAVAILABLE` when a renewed credential could not be stored.
+    pub async fn save_unsaved(&self) -> Result<()> {
+        let _flight = self.shared.renew_lock.lock().await;
+        let renewer = self.shared.lock().renewer.clone();
+        match renewer {
+            Some(renewer) => renewer.save_unsaved().await,
+            None => Ok(()),
+        }
+    }
+
     /// Replaces the timing settings (live config reload).
     pub fn set_settings(&self, settings: EngineSettings) {
         let mut inner = self.shared.lock();
@@ -405,6 +425,20 @@ impl Engine {
             });
         }
         self.shared.wake.notify_one();
+    }
+
+    /// The slot's stored credential cannot be loaded (`Some`, the error
+    /// requests then get), or no longer needs reporting (`None`). Ignored once
+    /// a credential is active.
+    pub fn set_unreadable(&self, error: Option<Error>) {
+        {
+            let mut inner = self.shared.lock();
+            if inner.renewer.is_some() {
+                return;
+            }
+            inner.last_error.clone_from(&error);
+        }
+        self.set_state(SlotState::Unenrolled, error);
     }
 
     /// Forgets the credential (unenroll).

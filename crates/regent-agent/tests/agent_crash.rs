@@ -2,10 +2,13 @@
 //! redemption but before anything was stored; the restarted agent recovers the
 //! same auth token and no second count is consumed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Crash points exist only in debug builds (see `regent_agent::crash`).
+#![cfg(debug_assertions)]
 
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -113,4 +116,74 @@ async fn killed_before_redemption_was_sent_resumes_it() {
 #[tokio::test]
 async fn killed_after_store_keeps_the_credential() {
     crash_at("after-store").await;
+}
+
+const SAVE_CHILD_ENV: &str = "REGENT_TEST_STATE_SAVE_CHILD";
+
+/// Runs only as the child of the test below: opens an agent on a fresh state
+/// directory (its first atomic write is `state.json`) on a one-thread
+/// runtime that also runs a ticker.
+#[tokio::test(flavor = "current_thread")]
+async fn state_save_child() {
+    let Ok(dir) = std::env::var(SAVE_CHILD_ENV) else {
+        return; // Not the child: nothing to do.
+    };
+    tokio::spawn(async {
+        for n in 1u64.. {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            eprintln!("runtime tick {n}");
+        }
+    });
+    let config = sentinel_config("http://127.0.0.1:9", Path::new(&dir), "");
+    let result = Agent::open(config).await;
+    panic!("the crash point should have stopped the state save, got {result:?}");
+}
+
+/// Regression (issue 18, left from the reliability round): `state.json` was
+/// saved (with fsyncs) on the async runtime's own threads, so a slow or
+/// stuck disk stalled every task of that thread. A save stopped mid-write
+/// (the `mid-store-write` crash point parks its thread for good) now leaves
+/// the runtime running.
+#[tokio::test]
+async fn a_stalled_state_save_leaves_the_runtime_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "state_save_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SAVE_CHILD_ENV, dir.path())
+        .env(CRASH_POINT_ENV, "mid-store-write")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let ticked_after_the_stall = tokio::task::spawn_blocking(move || {
+        let mut stalled = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("regent: crash point mid-store-write reached") {
+                stalled = true;
+            } else if stalled && line.contains("runtime tick") {
+                return Ok(());
+            }
+        }
+        Err(if stalled {
+            "the runtime stopped with the state save"
+        } else {
+            "the child exited before the state save"
+        })
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(30), ticked_after_the_stall).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    match outcome {
+        Ok(result) => result.unwrap().unwrap(),
+        Err(_) => {
+            panic!("no runtime tick after the state save stalled (saved on the runtime thread)")
+        }
+    }
 }

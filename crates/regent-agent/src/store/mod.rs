@@ -18,10 +18,11 @@ pub mod keychain;
 pub mod state;
 pub mod state_dir;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
@@ -102,12 +103,81 @@ const MAX_ABANDONED_CALLS: usize = 8;
 /// keychain stuck behind a password prompt yields `STORE_UNAVAILABLE` instead of
 /// a hang. A plain thread is used rather than `spawn_blocking` because the
 /// runtime waits for blocking tasks at shutdown, and a stuck call never ends.
+///
+/// Writes (`set`, `delete`) carry sequence numbers taken when they are called
+/// ([`WriteOrder`]): an abandoned write that reaches the backend after a later
+/// write of the same entry is dropped, so an older credential never lands
+/// after a newer one.
 #[derive(Clone)]
 pub struct SecretStore {
     backend: Arc<dyn SecretBackend>,
     timeout: Duration,
     /// Calls that timed out and whose thread is still running.
     abandoned: Arc<AtomicUsize>,
+    order: Arc<WriteOrder>,
+}
+
+/// Applies writes in the order they were asked for, whatever order their
+/// threads reach the backend in (a mutex does not queue fairly, and a timed-out
+/// write may still be running when the next one starts).
+#[derive(Debug, Default)]
+pub(crate) struct WriteOrder {
+    /// The last sequence number handed out.
+    issued: AtomicU64,
+    /// Per entry: the latest write that reached the backend, and the latest
+    /// that succeeded. Held while a write runs.
+    entries: Mutex<HashMap<String, Written>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Written {
+    tried: u64,
+    landed: u64,
+}
+
+impl WriteOrder {
+    /// The sequence number of a write asked for now.
+    pub(crate) fn next(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Runs `write` (write number `seq` of `name`) unless a later write of
+    /// `name` already reached the store. A write superseded that way succeeds
+    /// when the later one did (its value is the newer one) and fails otherwise.
+    pub(crate) fn apply(
+        &self,
+        name: &str,
+        seq: u64,
+        write: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = entries.get(name).copied().unwrap_or_default();
+        if written.tried > seq {
+            tracing::debug!(
+                entry = name,
+                seq,
+                "an older write arrived after a newer one; dropped"
+            );
+            return if written.landed > seq {
+                Ok(())
+            } else {
+                Err(Error::new(
+                    ErrorCode::StoreUnavailable,
+                    format!(
+                        "the write of {name} was superseded by a later write that failed; \
+                         the older value was not written"
+                    ),
+                ))
+            };
+        }
+        let result = write();
+        let entry = entries.entry(name.to_owned()).or_default();
+        entry.tried = seq;
+        if result.is_ok() {
+            entry.landed = seq;
+        }
+        result
+    }
 }
 
 impl fmt::Debug for SecretStore {
@@ -152,6 +222,7 @@ impl SecretStore {
             backend,
             timeout,
             abandoned: Arc::new(AtomicUsize::new(0)),
+            order: Arc::new(WriteOrder::default()),
         }
     }
 
@@ -175,7 +246,10 @@ impl SecretStore {
     /// complete later.
     pub async fn set(&self, name: &str, value: SecretString) -> Result<(), Error> {
         let name = name.to_owned();
-        self.run(move |backend| backend.set(&name, &value)).await
+        let seq = self.order.next();
+        let order = Arc::clone(&self.order);
+        self.run(move |backend| order.apply(&name, seq, || backend.set(&name, &value)))
+            .await
     }
 
     /// Removes the secret called `name`; removing a missing secret succeeds.
@@ -186,7 +260,10 @@ impl SecretStore {
     /// not answer within the timeout.
     pub async fn delete(&self, name: &str) -> Result<(), Error> {
         let name = name.to_owned();
-        self.run(move |backend| backend.delete(&name)).await
+        let seq = self.order.next();
+        let order = Arc::clone(&self.order);
+        self.run(move |backend| order.apply(&name, seq, || backend.delete(&name)))
+            .await
     }
 
     /// What and where the store is (see [`SecretBackend::describe`]).
@@ -486,6 +563,106 @@ mod tests {
             format!("{store:?}"),
             "SecretStore { backend: \"test store\", timeout: 5s }"
         );
+    }
+
+    /// Regression (issue 18, item 2): writes abandoned after a timeout raced
+    /// later writes of the same entry for the backend's (unfair) lock, so an
+    /// older credential could land after a newer one. A write that reaches the
+    /// store after a later one of the same entry is now dropped.
+    #[test]
+    fn an_older_write_never_lands_after_a_newer_one() {
+        let order = WriteOrder::default();
+        let stored = Mutex::new(Vec::new());
+        let write = |value: &'static str| {
+            let stored = &stored;
+            move || {
+                stored.lock().unwrap().push(value);
+                Ok(())
+            }
+        };
+        let old = order.next();
+        let new = order.next();
+        let other = order.next();
+        // The newer write's thread gets there first.
+        order.apply("slot-0.credential", new, write("new")).unwrap();
+        // The older one arrives late: dropped, and it reports the newer
+        // value's success (that value is in the store).
+        order.apply("slot-0.credential", old, write("old")).unwrap();
+        // Another entry is ordered on its own.
+        order
+            .apply("slot-1.credential", other, write("other"))
+            .unwrap();
+        assert_eq!(*stored.lock().unwrap(), ["new", "other"]);
+
+        // When the newer write failed, the late older one is not written
+        // either, and says so.
+        let old = order.next();
+        let new = order.next();
+        let failed = order.apply("slot-0.credential", new, || {
+            Err(Error::new(ErrorCode::StoreUnavailable, "read-only"))
+        });
+        assert!(failed.is_err());
+        let late = order.apply("slot-0.credential", old, write("late"));
+        assert_eq!(late.unwrap_err().code, ErrorCode::StoreUnavailable);
+        assert_eq!(*stored.lock().unwrap(), ["new", "other"]);
+        // In order, every write is applied.
+        let next = order.next();
+        order
+            .apply("slot-0.credential", next, write("next"))
+            .unwrap();
+        assert_eq!(*stored.lock().unwrap(), ["new", "other", "next"]);
+    }
+
+    /// Through the store: a write that timed out and completes later is
+    /// overtaken by nothing older, and a later write is applied after it.
+    #[tokio::test]
+    async fn a_timed_out_write_and_a_later_one_land_in_order() {
+        struct Recording {
+            gate: Mutex<mpsc::Receiver<()>>,
+            values: Mutex<Vec<String>>,
+        }
+        impl SecretBackend for Recording {
+            fn get(&self, _: &str) -> Result<Option<SecretString>, Error> {
+                Ok(None)
+            }
+            fn set(&self, _: &str, value: &SecretString) -> Result<(), Error> {
+                if value.expose_secret() == "first" {
+                    let _ = self.gate.lock().unwrap().recv();
+                }
+                self.values
+                    .lock()
+                    .unwrap()
+                    .push(value.expose_secret().to_owned());
+                Ok(())
+            }
+            fn delete(&self, _: &str) -> Result<(), Error> {
+                Ok(())
+            }
+            fn describe(&self) -> String {
+                "test store".into()
+            }
+        }
+        let (release, gate) = mpsc::channel();
+        let backend = Arc::new(Recording {
+            gate: Mutex::new(gate),
+            values: Mutex::new(Vec::new()),
+        });
+        let store = SecretStore::from_backend(
+            Arc::clone(&backend) as Arc<dyn SecretBackend>,
+            Duration::from_millis(100),
+        );
+        assert!(store.set("x", secret("first".into())).await.is_err());
+        assert!(store.set("x", secret("second".into())).await.is_err());
+        drop(release);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while backend.values.lock().unwrap().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the abandoned writes never ended"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*backend.values.lock().unwrap(), ["first", "second"]);
     }
 
     #[test]

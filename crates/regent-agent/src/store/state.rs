@@ -2,30 +2,43 @@
 //! markers, expiries. It must survive crashes whole (DESIGN §5), and a damaged
 //! file must stop the agent with a clear message rather than be replaced by an
 //! empty state, which would forget a redemption in progress.
+//!
+//! The agent saves through [`StateFile::save_async`], which writes and flushes
+//! on a blocking thread, never on the async runtime's. Saves carry sequence
+//! numbers taken when they are asked for, so an older state never lands after
+//! a newer one whatever order their threads run in.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regent_proto::ErrorCode;
 
 use crate::error::Error;
 use crate::store::atomic::{dir_of, remove_stale_temp_files, write_atomic, write_fix_hint};
-use crate::store::ensure_private_dir;
+use crate::store::{WriteOrder, ensure_private_dir};
 
 /// Mode of the state file: it names the device and its slots, so owner only.
 const STATE_FILE_MODE: u32 = 0o600;
 
 /// A JSON file holding the agent's non-secret state, replaced atomically on save.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StateFile {
     path: PathBuf,
+    order: Arc<WriteOrder>,
 }
+
+/// The name saves are ordered under (one file, one name).
+const ORDER_NAME: &str = "state.json";
 
 impl StateFile {
     /// A state file at `path`. Nothing is read or created until [`load`](Self::load)
     /// or [`save`](Self::save).
     pub fn new(path: PathBuf) -> Self {
-        StateFile { path }
+        StateFile {
+            path,
+            order: Arc::new(WriteOrder::default()),
+        }
     }
 
     /// Where the state lives.
@@ -78,6 +91,40 @@ impl StateFile {
     /// be written (full disk, read-only directory, …); the message carries the
     /// OS error and the path, and the old file is left intact.
     pub fn save<T: serde::Serialize>(&self, value: &T) -> Result<(), Error> {
+        let bytes = self.encode(value)?;
+        let seq = self.order.next();
+        self.order
+            .apply(ORDER_NAME, seq, || write_bytes(&self.path, &bytes))
+    }
+
+    /// [`save`](Self::save) with the write and its flushes on a blocking
+    /// thread, off the async runtime. The save takes its place in the order
+    /// when first polled; it completes even if the caller stops waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`save`](Self::save).
+    pub async fn save_async<T: serde::Serialize>(&self, value: &T) -> Result<(), Error> {
+        let bytes = self.encode(value)?;
+        let seq = self.order.next();
+        let order = Arc::clone(&self.order);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            order.apply(ORDER_NAME, seq, || write_bytes(&path, &bytes))
+        })
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::StoreUnavailable,
+                format!(
+                    "the save of the state file {} stopped unexpectedly: {e}",
+                    self.path.display()
+                ),
+            )
+        })?
+    }
+
+    fn encode<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, Error> {
         let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| {
             Error::new(
                 ErrorCode::StoreUnavailable,
@@ -85,18 +132,23 @@ impl StateFile {
             )
         })?;
         bytes.push(b'\n');
-        ensure_private_dir(&self.path)?;
-        write_atomic(&self.path, &bytes, STATE_FILE_MODE).map_err(|e| {
-            Error::new(
-                ErrorCode::StoreUnavailable,
-                format!(
-                    "cannot save the state file {}: {e}; the previous state was kept{}",
-                    self.path.display(),
-                    write_fix_hint(&e, &dir_of(&self.path))
-                ),
-            )
-        })
+        Ok(bytes)
     }
+}
+
+/// Replaces the state file at `path` with `bytes`.
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    ensure_private_dir(path)?;
+    write_atomic(path, bytes, STATE_FILE_MODE).map_err(|e| {
+        Error::new(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "cannot save the state file {}: {e}; the previous state was kept{}",
+                path.display(),
+                write_fix_hint(&e, &dir_of(path))
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
