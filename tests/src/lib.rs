@@ -450,3 +450,23 @@ pub fn long_run() -> bool {
 pub fn scale(quick: usize, long: usize) -> usize {
     if long_run() { long } else { quick }
 }
+
+/// The exit status `regent` gives for `code` (the error number).
+pub fn exit(code: regent_proto::ErrorCode) -> i32 {
+    i32::from(code.number())
+}
+
+/// Whether this test may run processes as other uids (it runs as root). CI
+/// must: there a non-root run fails instead of skipping.
+#[cfg(unix)]
+pub fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test as root"
+    );
+    eprintln!("skipped: needs root to run processes as other uids");
+    false
+}

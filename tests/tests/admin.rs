@@ -9,12 +9,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, regent, text, wait_until};
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, exit, regent, text, wait_until};
 use serde_json::Value;
-
-fn exit(c: ErrorCode) -> i32 {
-    i32::from(c.number())
-}
 
 fn admin(emulator: &EmulatorProc, args: &[&str]) -> Output {
     let mut all = vec!["admin"];

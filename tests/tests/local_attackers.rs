@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use regent_proto::ErrorCode;
 use regent_tests::{
-    AgentHome, AgentProc, EmulatorProc, code, regent_bin, regent_bin_for_any_user, save_by_rename,
-    text, wait_timeout, wait_until,
+    AgentHome, AgentProc, EmulatorProc, code, exit, is_root, regent_bin, regent_bin_for_any_user,
+    save_by_rename, text, wait_timeout, wait_until,
 };
 
 /// The uid the agent runs as in these tests (`nobody`).
@@ -35,22 +35,6 @@ const AGENT_UID: u32 = 65534;
 /// Another unprivileged uid.
 const OTHER_UID: u32 = 65533;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn exit(c: ErrorCode) -> i32 {
-    i32::from(c.number())
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run this test as root"
-    );
-    eprintln!("skipped: needs root to run processes as other uids");
-    false
-}
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();

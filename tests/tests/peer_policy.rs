@@ -26,8 +26,8 @@ use std::time::Duration;
 use regent_proto::ErrorCode;
 use regent_tests::other_user::{RawClient, Received, as_user, socket_group};
 use regent_tests::{
-    AgentHome, AgentProc, EmulatorProc, code, regent_bin_for_any_user, save_by_rename, text,
-    wait_timeout, wait_until,
+    AgentHome, AgentProc, EmulatorProc, code, exit, is_root, regent_bin_for_any_user,
+    save_by_rename, text, wait_timeout, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -40,22 +40,6 @@ const SOCKET_GID: u32 = 65530;
 /// A group listed in `allow_groups`.
 const ALLOWED_GID: u32 = 65531;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn exit(c: ErrorCode) -> i32 {
-    i32::from(c.number())
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run this test as root"
-    );
-    eprintln!("skipped: needs root to run processes as other uids");
-    false
-}
 
 /// A root agent whose socket (mode 0660) belongs to [`SOCKET_GID`].
 fn root_agent_home(url: &str, ipc: &str) -> AgentHome {

@@ -8,15 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, save_by_rename, text};
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, exit, save_by_rename, text};
 
 const WAIT: Duration = Duration::from_secs(15);
 /// A uid other than ours and root's: `nobody`.
 const OTHER_UID: u32 = 65534;
-
-fn exit(c: ErrorCode) -> i32 {
-    i32::from(c.number())
-}
 
 fn config_text(home: &AgentHome, url: &str, level: &str, allow: &str, extra: &str) -> String {
     format!(

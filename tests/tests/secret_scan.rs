@@ -28,14 +28,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, regent, regent_bin, scale, text};
+use regent_tests::{
+    AgentHome, AgentProc, EmulatorProc, code, exit, regent, regent_bin, scale, text,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn exit(c: ErrorCode) -> i32 {
-    i32::from(c.number())
-}
 
 // ---------------------------------------------------------------------------
 // A recording HTTP proxy between the agent and the emulator.

@@ -9,13 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, regent_bin, text, wait_for_socket};
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, exit, regent_bin, text, wait_for_socket};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn exit(c: ErrorCode) -> i32 {
-    i32::from(c.number())
-}
 
 #[test]
 fn a_second_agent_on_the_same_state_directory_stops_and_names_the_first() {

@@ -105,7 +105,7 @@ const MAX_ABANDONED_CALLS: usize = 8;
 /// runtime waits for blocking tasks at shutdown, and a stuck call never ends.
 ///
 /// Writes (`set`, `delete`) carry sequence numbers taken when they are called
-/// ([`WriteOrder`]): an abandoned write that reaches the backend after a later
+/// (a private write-order ticket): an abandoned write that reaches the backend after a later
 /// write of the same entry is dropped, so an older credential never lands
 /// after a newer one.
 #[derive(Clone)]
