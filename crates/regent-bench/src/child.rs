@@ -3,6 +3,7 @@
 //! profiling an agent from outside.
 
 use std::path::Path;
+#[cfg(unix)]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

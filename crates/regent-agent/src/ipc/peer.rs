@@ -266,6 +266,7 @@ pub fn file_id(path: &Path) -> Option<FileId> {
 }
 
 /// A mount namespace link's text, e.g. `mnt:[4026531841]`.
+#[cfg(not(target_os = "macos"))]
 fn mount_namespace(link: &str) -> Option<String> {
     std::fs::read_link(link)
         .ok()
