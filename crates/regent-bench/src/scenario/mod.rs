@@ -53,3 +53,28 @@ pub fn table() -> [(&'static str, Availability); 6] {
         ("fleet", Ok(fleet::run)),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_is_listed_once_and_unavailable_ones_say_why() {
+        let table = table();
+        let mut names: Vec<&str> = table.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), table.len());
+        for (name, availability) in &table {
+            match availability {
+                Ok(_) => assert!(cfg!(unix) || *name == "fleet", "{name} runs here"),
+                Err(why) => {
+                    let unix = cfg!(unix);
+                    assert!(!unix, "{name} is unavailable on Unix: {why}");
+                    assert!(why.contains("not available on this platform"), "{why}");
+                }
+            }
+        }
+        assert!(table.iter().any(|(n, a)| *n == "fleet" && a.is_ok()));
+    }
+}
