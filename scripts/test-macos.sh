@@ -115,6 +115,8 @@ print(f"{path}: Mach-O 64-bit dylib, cputype {want:#x}")
 EOF
 }
 
+# rustc warns that `xcrun` cannot find MacOSX.sdk: expected, there is none
+# here; libregent needs only libSystem, which zig provides.
 link_dylib() {
   local target=$1 cpu=$2
   cargo zigbuild -p regent-ffi --lib --locked --target "$target" &&

@@ -1,4 +1,4 @@
-//! The scenarios of issue 8, each a function from the [`Lab`](crate::lab::Lab)
+//! The scenarios of issue 8, each a function from the [`Lab`]
 //! to result rows, and which of them this platform can run ([`table`]).
 
 use anyhow::Result;
