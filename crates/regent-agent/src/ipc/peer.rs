@@ -92,7 +92,7 @@ impl Peer {
         };
         if !cfg!(target_os = "linux") {
             return ExeLookup::Unknown(
-                "this platform has no /proc/PID/exe; allow_executables works on Linux only".into(),
+                "this platform cannot name a peer's program; allow_executables works on Linux and macOS only".into(),
             );
         }
         let alive = || pidfd.is_none_or(|p| p.is_still(pid));
