@@ -87,6 +87,13 @@ if [ -n "${REGENT_LONG:-}" ]; then
 fi
 log "regent-bench smoke run (--quick: the scenarios run; targets are not judged)" && cargo run -p regent-bench --locked --quiet -- all --quick
 
+# macOS from Linux: clippy for both Apple targets, libregent.dylib linked,
+# regent-bench linted for Windows (it installs zig and cargo-zigbuild).
+log "scripts/test-macos.sh (macOS cross-check)"
+macos_status=0
+scripts/test-macos.sh || macos_status=$?
+
 # One closing line with the totals of every test binary above (the last line
 # cargo prints is a doc-test block that may well hold no test).
 awk '/^test result: /{p+=$4; f+=$6} END {printf "tests: %d passed, %d failed\n", p, f}' "$test_log"
+exit "$macos_status"

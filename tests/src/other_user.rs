@@ -20,7 +20,7 @@ use crate::AgentHome;
 /// and `Command::groups` is unstable, so this sets all three itself.)
 #[allow(unsafe_code)]
 pub fn as_user<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) -> &'a mut Command {
-    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    use nix::unistd::{Gid, Uid, setgid, setuid};
     let groups: Vec<Gid> = groups.iter().copied().map(Gid::from_raw).collect();
     // SAFETY: between fork and exec the closure makes only system calls
     // (setgroups, setgid, setuid) on data prepared before the fork; it
@@ -33,6 +33,21 @@ pub fn as_user<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) -> 
             Ok(())
         })
     }
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn setgroups(groups: &[nix::unistd::Gid]) -> nix::Result<()> {
+    nix::unistd::setgroups(groups)
+}
+
+/// `nix` has no `setgroups` for Apple targets (their count is an `int`).
+#[cfg(target_vendor = "apple")]
+#[allow(unsafe_code)]
+fn setgroups(groups: &[nix::unistd::Gid]) -> nix::Result<()> {
+    let count = nix::libc::c_int::try_from(groups.len()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: `Gid` is a transparent `gid_t`; the slice holds `count` of them.
+    let rc = unsafe { nix::libc::setgroups(count, groups.as_ptr().cast()) };
+    nix::errno::Errno::result(rc).map(drop)
 }
 
 /// Prepares `home`'s socket directory so that the socket the agent creates

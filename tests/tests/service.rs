@@ -156,6 +156,65 @@ print("ok")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    // Every key is one launchd.plist(5) documents, with a value of its type.
+    let out = check_plist(&plist);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `packaging/launchd/check_plist.py` with the committed list of launchd's
+/// documented keys.
+fn check_plist(plist: &Path) -> std::process::Output {
+    let dir = repo_root().join("packaging/launchd");
+    Command::new("python3")
+        .arg(dir.join("check_plist.py"))
+        .arg(dir.join("launchd-keys.txt"))
+        .arg(plist)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_plist_check_refuses_unknown_keys_wrong_types_and_values() {
+    if !have_tool("python3") {
+        return;
+    }
+    let original =
+        std::fs::read_to_string(repo_root().join("packaging/launchd/com.regent.agent.plist"))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // (edit, what the check must name)
+    let cases = [
+        (
+            ("<key>RunAtLoad</key>", "<key>RunAtLaod</key>"),
+            "RunAtLaod: not a key launchd.plist(5) documents at the top level",
+        ),
+        (
+            ("<key>SuccessfulExit</key>", "<key>SuccesfulExit</key>"),
+            "KeepAlive.SuccesfulExit: not a key launchd.plist(5) documents in KeepAlive",
+        ),
+        (
+            ("<integer>10</integer>", "<string>10</string>"),
+            "ThrottleInterval: a str where launchd expects integer",
+        ),
+        (
+            ("<string>Background</string>", "<string>Lazy</string>"),
+            "ProcessType: 'Lazy' is not one of",
+        ),
+        (("<key>Label</key>", "<key>Name</key>"), "Label: missing"),
+        (
+            ("</dict>\n</plist>", "</dict>"),
+            "not a valid property list",
+        ),
+    ];
+    for ((from, to), named) in cases {
+        assert!(original.contains(from), "the plist no longer has {from:?}");
+        let path = dir.path().join("edited.plist");
+        std::fs::write(&path, original.replacen(from, to, 1)).unwrap();
+        let out = check_plist(&path);
+        assert!(!out.status.success(), "{from:?} → {to:?} passed");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(named), "{from:?} → {to:?}: {said}");
+    }
 }
 
 /// A small checker for the Prometheus text exposition format (0.0.4): every

@@ -3,6 +3,7 @@
 //! profiling an agent from outside.
 
 use std::path::Path;
+#[cfg(unix)]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use anyhow::{Context, Result};
 use regent_agent::config::Config;
 use regent_agent::daemon::DaemonOptions;
 
+#[cfg(unix)]
 use crate::raw;
 use crate::stats::Latency;
 
@@ -46,6 +48,7 @@ pub fn agent(config_path: &Path) -> Result<()> {
 ///
 /// # Errors
 /// Runtime or bind failures.
+#[cfg(unix)]
 pub fn echo(socket: &Path, reply_bytes: usize) -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     rt.block_on(async {
@@ -59,6 +62,19 @@ pub fn echo(socket: &Path, reply_bytes: usize) -> Result<()> {
         let _ = std::fs::remove_file(socket);
         Ok(())
     })
+}
+
+/// The raw baseline server needs Unix sockets.
+///
+/// # Errors
+/// Always, naming the platform's limit.
+#[cfg(not(unix))]
+pub fn echo(socket: &Path, reply_bytes: usize) -> Result<()> {
+    let _ = reply_bytes;
+    anyhow::bail!(
+        "the raw echo baseline ({}) needs Unix sockets, which this platform's bench does not use",
+        socket.display()
+    )
 }
 
 /// `regent-bench drive --socket PATH --requests N`: N sequential cached-token
@@ -117,6 +133,7 @@ pub fn emulator() -> Result<()> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
+#[cfg(unix)]
 async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
@@ -131,5 +148,14 @@ async fn terminated() {
         }
         // Without handlers the parent's SIGKILL still ends us.
         _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves on Ctrl-C (Ctrl-Break and console close end the process).
+#[cfg(not(unix))]
+async fn terminated() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // Without a handler the parent's kill still ends us.
+        std::future::pending::<()>().await;
     }
 }

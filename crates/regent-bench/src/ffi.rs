@@ -9,7 +9,6 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 use std::ptr;
 use std::time::Duration;
@@ -32,6 +31,22 @@ impl std::fmt::Display for CallFailed {
 }
 
 impl std::error::Error for CallFailed {}
+
+/// A path as the C library takes it: its bytes (Unix).
+#[cfg(unix)]
+fn c_path(path: &Path) -> Result<CString, String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())
+}
+
+/// A path as the C library takes it: UTF-8 (Windows).
+#[cfg(not(unix))]
+fn c_path(path: &Path) -> Result<CString, String> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| format!("{} is not valid UTF-8", path.display()))?;
+    CString::new(text).map_err(|e| e.to_string())
+}
 
 /// A `regent_client *` from the C library, freed on drop.
 #[derive(Debug)]
@@ -62,7 +77,7 @@ impl CClient {
     /// # Errors
     /// The library's error, as text.
     pub fn connect(socket: &Path) -> Result<CClient, String> {
-        let socket = CString::new(socket.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        let socket = c_path(socket)?;
         let mut options: *mut regent_client_options = ptr::null_mut();
         // SAFETY: `options` is a valid place for the out-parameter.
         check("regent_client_options_new", unsafe {

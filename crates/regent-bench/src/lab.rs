@@ -199,7 +199,22 @@ impl Lab {
     /// it starts; returns its standard output.
     ///
     /// # Errors
+    /// When the affinity cannot be set or the child fails; always on
+    /// platforms other than Linux (no `sched_setaffinity`).
+    #[cfg(not(target_os = "linux"))]
+    pub fn run_pinned(&self, args: &[&str]) -> Result<String> {
+        bail!(
+            "pinning a run ({args:?}) to one CPU needs Linux's sched_setaffinity; not available on this platform"
+        )
+    }
+
+    /// Runs this binary with `args` (plus `--pinned`, `--quick` and
+    /// `--agent-bin` as in this run) pinned to one CPU, it and every process
+    /// it starts; returns its standard output.
+    ///
+    /// # Errors
     /// When the affinity cannot be set or the child fails.
+    #[cfg(target_os = "linux")]
     pub fn run_pinned(&self, args: &[&str]) -> Result<String> {
         use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
         let me = std::env::current_exe().context("cannot find this executable's path")?;
@@ -311,7 +326,7 @@ impl ChildProc {
     pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if accepts(&self.socket) {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
@@ -338,9 +353,15 @@ impl ChildProc {
     /// # Errors
     /// When the process cannot be signalled or waited for.
     pub fn terminate(mut self) -> Result<()> {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32)
-            .ok_or_else(|| anyhow!("the {} has no valid pid", self.what))?;
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        #[cfg(unix)]
+        {
+            let pid = rustix::process::Pid::from_raw(self.child.id() as i32)
+                .ok_or_else(|| anyhow!("the {} has no valid pid", self.what))?;
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        // No SIGTERM here: the process is killed (no graceful stop measured).
+        #[cfg(not(unix))]
+        self.child.kill()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if self.child.try_wait()?.is_some() {
@@ -354,6 +375,23 @@ impl ChildProc {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Whether something accepts connections on `socket` (a Unix socket).
+#[cfg(unix)]
+fn accepts(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// Whether a server instance of the named pipe `socket` is waiting
+/// (opening the pipe connects to it).
+#[cfg(not(unix))]
+fn accepts(socket: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(socket)
+        .is_ok()
 }
 
 impl Drop for ChildProc {

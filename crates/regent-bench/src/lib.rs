@@ -8,7 +8,8 @@
 //!   start-up, fleet — each returns [`report::Row`]s.
 //! - [`lab`]: fixtures: the emulator, agents and the echo baseline as child
 //!   processes, enrolled homes.
-//! - [`raw`]: the raw Unix-socket baseline (echo server and clients).
+//! - [`raw`]: the raw Unix-socket baseline (echo server and clients; Unix
+//!   only).
 //! - [`child`]: what runs in the child processes (agent, echo, load driver).
 //! - [`ffi`]: the C library's handout, for the latency comparison.
 //! - [`report`]: the table and the stable JSON lines.
@@ -16,12 +17,19 @@
 //!
 //! Every load loop is bounded by a request count or a deadline, and every
 //! target is a loopback address or a Unix socket in a temporary directory.
+//!
+//! The bench builds on every platform regent supports. Scenarios that talk
+//! to the agent over a Unix socket run on Linux and macOS; on Windows only
+//! `fleet` runs and the others say why
+//! ([`scenario::table`]). The latency scenario's CPU-pinned half needs
+//! Linux (`sched_setaffinity`); elsewhere it reports the unpinned spread.
 
 pub mod child;
 pub mod cli;
 pub mod ffi;
 pub mod lab;
 pub mod machine;
+#[cfg(unix)]
 pub mod raw;
 pub mod report;
 pub mod scenario;

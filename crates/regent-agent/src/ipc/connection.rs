@@ -101,7 +101,9 @@ impl Drop for Connection<'_> {
 
 #[cfg(target_os = "linux")]
 type PeerPidfd = std::os::fd::OwnedFd;
-#[cfg(not(target_os = "linux"))]
+#[cfg(target_os = "macos")]
+type PeerPidfd = super::macos::Stamp;
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 type PeerPidfd = ();
 
 /// A peer that passed the policy, ready for [`handle`].
@@ -144,7 +146,22 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
                 }
                 (peer, super::creds::peer_pidfd(fd))
             }
-            #[cfg(not(target_os = "linux"))]
+            #[cfg(target_os = "macos")]
+            {
+                use std::os::fd::AsFd;
+                let mut peer = peer;
+                if creds.groups_truncated() {
+                    tracing::warn!(
+                        uid = peer.uid,
+                        "the peer belongs to more groups than macOS reports (16); a group beyond those does not count for [ipc] allow_groups: allow its uid instead"
+                    );
+                }
+                let Stream::UdSocket(socket) = stream;
+                let (pid, stamp) = super::macos::identify(socket.as_fd(), peer.uid);
+                peer.pid = pid;
+                (peer, stamp)
+            }
+            #[cfg(not(any(target_os = "linux", target_os = "macos")))]
             (peer, None)
         }
         #[cfg(not(unix))]
@@ -173,7 +190,9 @@ fn decide(
         use std::os::fd::AsFd;
         pidfd.map(|fd| super::peer::PinnedProcess::new(fd.as_fd()))
     };
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    let pinned = pidfd.map(|stamp| super::peer::PinnedProcess::stamped(*stamp));
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     let pinned: Option<super::peer::PinnedProcess<'_>> = {
         let _ = pidfd;
         None

@@ -16,6 +16,8 @@ pub mod connection;
 #[cfg(target_os = "linux")]
 pub mod creds;
 pub mod fd_limit;
+#[cfg(target_os = "macos")]
+pub mod macos;
 pub mod peer;
 #[cfg(unix)]
 pub mod socket_dir;
@@ -191,7 +193,7 @@ pub fn policy_with_warnings(config: &Config) -> Result<(Policy, Vec<String>)> {
     let gids = peer::resolve_groups(&config.ipc.allow_groups)
         .map_err(|m| Error::new(ErrorCode::Config, m))?;
     let (exes, mut warnings) = peer::resolve_executables(&config.ipc.allow_executables);
-    if !exes.is_empty() && !cfg!(target_os = "linux") {
+    if !exes.is_empty() && !cfg!(any(target_os = "linux", target_os = "macos")) {
         warnings.push(
             "[ipc] allow_executables is set, but this platform cannot tell which program a peer runs: every connection except root's is refused".to_owned(),
         );

@@ -35,8 +35,16 @@
 //!   refused: its binary was deleted or replaced since it started (`/proc`
 //!   shows `… (deleted)`), `/proc/PID/exe` is unreadable (a non-root agent can
 //!   read it only for processes of its own uid; the kernel denies it for other
-//!   uids and for non-dumpable processes), or the platform has no `/proc`
-//!   (macOS, Windows: the list then refuses every peer but root).
+//!   uids and for non-dumpable processes), or the platform cannot name a
+//!   peer's program (Windows: the list then refuses every peer but root).
+//!
+//! **macOS** has no `/proc`: the pid comes from `LOCAL_PEERPID`, the program
+//! from `proc_pidpath`, and the process is pinned by its start time and uid
+//! read when the connection is accepted (`ipc/macos.rs`). There is no
+//! mount namespace to compare, and the file identity is that of the file at
+//! the path `proc_pidpath` names *now*, so a program whose file was replaced
+//! after it started is not told apart. This code is compiled and linted for
+//! macOS in CI but has never run on a Mac.
 //!
 //! This identifies programs, not scripts: listing an interpreter admits every
 //! script it runs. It is a guard against the wrong program of an allowed user
@@ -67,6 +75,7 @@ pub struct Peer {
 impl Peer {
     /// The peer's executable as `/proc/PID/exe` names it, for audit lines
     /// when `allow_executables` is not set (nothing is checked then).
+    #[cfg(not(target_os = "macos"))]
     pub fn executable(&self) -> Option<PathBuf> {
         let pid = self.pid?;
         std::fs::read_link(format!("/proc/{pid}/exe")).ok()
@@ -76,13 +85,14 @@ impl Peer {
     /// its file's identity, and whether it shares the agent's mount
     /// namespace. With a `pidfd` (Linux ≥ 6.5) the process must be the same
     /// one before and after `/proc/PID` is read.
+    #[cfg(not(target_os = "macos"))]
     pub fn lookup_executable(&self, pidfd: Option<PinnedProcess<'_>>) -> ExeLookup {
         let Some(pid) = self.pid else {
             return ExeLookup::Unknown("the kernel reported no process id".into());
         };
         if !cfg!(target_os = "linux") {
             return ExeLookup::Unknown(
-                "this platform has no /proc/PID/exe; allow_executables works on Linux only".into(),
+                "this platform cannot name a peer's program; allow_executables works on Linux and macOS only".into(),
             );
         }
         let alive = || pidfd.is_none_or(|p| p.is_still(pid));
@@ -130,13 +140,16 @@ impl Peer {
     }
 }
 
-/// A peer's process pinned by a pidfd (Linux ≥ 6.5).
+/// A peer's process pinned by a pidfd (Linux ≥ 6.5), or by the stamp read
+/// when its connection was accepted (macOS).
 #[derive(Debug, Clone, Copy)]
 pub struct PinnedProcess<'a> {
     #[cfg(target_os = "linux")]
     fd: BorrowedFd<'a>,
     #[cfg(not(target_os = "linux"))]
     fd: std::marker::PhantomData<&'a ()>,
+    #[cfg(target_os = "macos")]
+    stamp: super::macos::Stamp,
 }
 
 impl<'a> PinnedProcess<'a> {
@@ -146,13 +159,26 @@ impl<'a> PinnedProcess<'a> {
         PinnedProcess { fd }
     }
 
+    /// The process that had `stamp` when its connection was accepted (macOS).
+    #[cfg(target_os = "macos")]
+    pub fn stamped(stamp: super::macos::Stamp) -> PinnedProcess<'static> {
+        PinnedProcess {
+            fd: std::marker::PhantomData,
+            stamp,
+        }
+    }
+
     /// Whether the pinned process is alive and still has `pid`.
-    fn is_still(self, pid: u32) -> bool {
+    pub(crate) fn is_still(self, pid: u32) -> bool {
         #[cfg(target_os = "linux")]
         {
             super::creds::pidfd_pid(self.fd) == Some(pid)
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(target_os = "macos")]
+        {
+            super::macos::stamp(pid) == Some(self.stamp)
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "macos")))]
         {
             let _ = (self, pid);
             true
@@ -188,6 +214,7 @@ pub fn file_id(path: &Path) -> Option<FileId> {
 }
 
 /// A mount namespace link's text, e.g. `mnt:[4026531841]`.
+#[cfg(not(target_os = "macos"))]
 fn mount_namespace(link: &str) -> Option<String> {
     std::fs::read_link(link)
         .ok()

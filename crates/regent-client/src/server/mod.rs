@@ -17,7 +17,9 @@
 //!   user) without configuration, and never a squatter in `/tmp`.
 //!
 //! Anything else is refused with `AGENT_UNREACHABLE`: the agent is not what
-//! answers there.
+//! answers there. On macOS the uid comes from `LOCAL_PEERCRED` (the call
+//! `getpeereid` makes); that path is compiled for macOS in CI
+//! (`scripts/test-macos.sh`) but has not run on a Mac.
 //!
 //! On Windows the named pipe's owner (the account whose process created it;
 //! only that account, or one that may take ownership, can set it) must be
