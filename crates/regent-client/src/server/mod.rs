@@ -24,8 +24,10 @@
 //! this process's user, LocalSystem, the Administrators group (an elevated
 //! creator), or the account `$REGENT_AGENT_SID` names. The owner is read
 //! from the connected pipe itself: reading a LocalSystem service's process
-//! token would be refused to a standard user. This code only type-checks
-//! here (`cargo check --target x86_64-pc-windows-gnu`); it has not run.
+//! token would be refused to a standard user. Where the pipe names no owner
+//! (Wine's pipes carry none) the server process's user stands in. Under Wine
+//! (`scripts/test-windows.sh`) this runs with one account on both ends; a
+//! refusal of another account's pipe needs a real Windows and has not run.
 
 use std::path::Path;
 

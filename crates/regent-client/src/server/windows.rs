@@ -1,5 +1,6 @@
-//! The named pipe's owner and this process's user, as string SIDs
-//! (`S-1-5-…`). Type-checked for `x86_64-pc-windows-gnu`; not run.
+//! Who runs the server of a connected named pipe, and this process's user,
+//! as string SIDs (`S-1-5-…`). Runs under Wine in `scripts/test-windows.sh`
+//! (same account on both ends); the other accounts need a real Windows.
 // The Win32 security calls have no safe wrapper among the dependencies; each
 // call below says what it relies on, and nothing here outlives its function.
 #![allow(unsafe_code)]
@@ -13,13 +14,38 @@ use windows_sys::Win32::Security::Authorization::{
     ConvertSidToStringSidW, GetSecurityInfo, SE_KERNEL_OBJECT,
 };
 use windows_sys::Win32::Security::{
-    GetTokenInformation, OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, TOKEN_QUERY,
-    TOKEN_USER, TokenUser,
+    GetTokenInformation, IsValidSid, OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID,
+    TOKEN_QUERY, TOKEN_USER, TokenUser,
 };
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+use windows_sys::Win32::System::Pipes::GetNamedPipeServerProcessId;
+use windows_sys::Win32::System::Threading::{
+    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+};
 
-/// The owner of the kernel object behind `handle` (the connected pipe).
+/// The account behind the server end of the pipe `handle`: the pipe's owner
+/// (only the account whose process created it, or one that may take
+/// ownership, can set it), read from the pipe itself, since a standard user
+/// may not read a LocalSystem service's process token. Where the pipe's
+/// descriptor names no owner (Wine keeps none), the user of the server
+/// process (`GetNamedPipeServerProcessId`, then its token).
 pub(super) fn pipe_owner(handle: BorrowedHandle<'_>) -> io::Result<String> {
+    match descriptor_owner(handle) {
+        Ok(Some(owner)) => Ok(owner),
+        Ok(None) => server_process_user(handle).map_err(|e| {
+            io::Error::other(format!(
+                "the pipe names no owner, and its server process: {e}"
+            ))
+        }),
+        Err(owner_error) => server_process_user(handle).map_err(|e| {
+            io::Error::other(format!(
+                "the pipe's owner: {owner_error}; its server process: {e}"
+            ))
+        }),
+    }
+}
+
+/// The owner SID in the pipe's security descriptor; `None` when it has none.
+fn descriptor_owner(handle: BorrowedHandle<'_>) -> io::Result<Option<String>> {
     let mut owner: PSID = null_mut();
     let mut descriptor: PSECURITY_DESCRIPTOR = null_mut();
     // SAFETY: `handle` is open for the call (borrowed); the out-pointers are
@@ -40,11 +66,43 @@ pub(super) fn pipe_owner(handle: BorrowedHandle<'_>) -> io::Result<String> {
     if status != ERROR_SUCCESS {
         return Err(io::Error::from_raw_os_error(status as i32));
     }
-    let sid = sid_string(owner);
+    // SAFETY: `owner` is NULL or points into `descriptor`, alive here.
+    let sid = if owner.is_null() || unsafe { IsValidSid(owner) } == 0 {
+        Ok(None)
+    } else {
+        sid_string(owner).map(Some)
+    };
     // SAFETY: `descriptor` came from GetSecurityInfo, which says to free it
     // with LocalFree; `owner` is not used after this.
     unsafe { LocalFree(descriptor) };
     sid
+}
+
+/// The user of the process serving the pipe `handle`.
+fn server_process_user(handle: BorrowedHandle<'_>) -> io::Result<String> {
+    let mut pid = 0u32;
+    // SAFETY: `handle` is a connected client pipe; `pid` is a valid out-pointer.
+    if unsafe { GetNamedPipeServerProcessId(handle.as_raw_handle() as HANDLE, &mut pid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain call; the handle returned is closed below.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut token: HANDLE = null_mut();
+    // SAFETY: `process` is open; `token` is a valid out-pointer.
+    let opened = unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) };
+    let error = io::Error::last_os_error();
+    // SAFETY: opened above, closed once.
+    unsafe { CloseHandle(process) };
+    if opened == 0 {
+        return Err(error);
+    }
+    let user = token_user(token);
+    // SAFETY: opened above, closed once.
+    unsafe { CloseHandle(token) };
+    user
 }
 
 /// The user this process runs as.
