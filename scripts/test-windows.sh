@@ -91,9 +91,14 @@ else
 fi
 
 log "cargo clippy --target $TARGET (-D warnings)"
-if cargo clippy --locked --quiet --target "$TARGET" \
-  -p regent-proto -p regent-client -p regent-agent -p regent-cli -p regent-ffi \
-  --lib --bins --tests -- -D warnings; then
+# Every library and binary, and the tests that run below; the other test
+# files (Unix-only helpers: the agent's integration tests, regent-ffi's
+# scripted Unix-socket agent) wait for their port.
+clippy() { cargo clippy --locked --quiet --target "$TARGET" "$@" -- -D warnings; }
+if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
+  clippy -p regent-agent -p regent-ffi --lib --bins &&
+  clippy -p regent-agent --lib --profile test &&
+  clippy -p regent-agent --test fuzz_corpus; then
   pass "clippy for $TARGET"
 else
   fail "clippy for $TARGET"
@@ -114,7 +119,21 @@ run_tests() {
 : >"$test_log"
 run_tests "regent-proto, regent-client (lib, platform_ipc)" \
   -p regent-proto -p regent-client --lib --test platform_ipc
-run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --lib --test fuzz_corpus
+# Skipped, with the reason: these unit tests hold Unix meanings (programs
+# listed as /usr/bin/…, groups by name, a peer's executable read from /proc).
+# The Windows per-peer checks (issue 13, item 2) bring their Windows forms.
+agent_skips=(
+  ipc::peer::tests::a_listed_executable_is_served_others_are_refused_by_name
+  ipc::peer::tests::a_listed_path_must_be_the_very_file_the_process_runs
+  ipc::peer::tests::deleted_unknown_or_foreign_executables_fail_closed
+  ipc::peer::tests::groups_resolve_by_number_and_name
+  ipc::peer::tests::the_agents_own_executable_administers_but_fetches_no_tokens
+  config::tests::allow_executables_must_be_absolute_paths
+  reload::tests::a_file_cut_before_allow_executables_is_refused
+  reload::tests::restart_sections_are_named
+)
+run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --lib --test fuzz_corpus \
+  -- "${agent_skips[@]/#/--skip=}"
 run_tests "regent-cli (unit tests)" -p regent-cli --bins
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,8 +52,8 @@ enum Peer {
 
 /// Listens at `path` and serves one connection as `peer` says; returns once
 /// the listener exists, so the client can connect at once.
-fn serve_one(path: &PathBuf, peer: Peer) -> std::thread::JoinHandle<()> {
-    let name = path.as_path().to_fs_name::<GenericFilePath>().unwrap();
+fn serve_one(path: &Path, peer: Peer) -> std::thread::JoinHandle<()> {
+    let name = path.to_fs_name::<GenericFilePath>().unwrap();
     let listener = ListenerOptions::new()
         .name(name.into_owned())
         .create_sync()
@@ -109,7 +109,7 @@ fn unix_ms_in(lifetime: Duration) -> u64 {
         .as_millis() as u64
 }
 
-fn options(path: &PathBuf) -> ClientOptions {
+fn options(path: &Path) -> ClientOptions {
     ClientOptions::new("platform-ipc-test")
         .socket(path)
         .connect_timeout(Duration::from_millis(500))

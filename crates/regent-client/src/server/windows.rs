@@ -22,25 +22,51 @@ use windows_sys::Win32::System::Threading::{
     GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
 };
 
-/// The account behind the server end of the pipe `handle`: the pipe's owner
-/// (only the account whose process created it, or one that may take
-/// ownership, can set it), read from the pipe itself, since a standard user
-/// may not read a LocalSystem service's process token. Where the pipe's
-/// descriptor names no owner (Wine keeps none), the user of the server
-/// process (`GetNamedPipeServerProcessId`, then its token).
-pub(super) fn pipe_owner(handle: BorrowedHandle<'_>) -> io::Result<String> {
-    match descriptor_owner(handle) {
-        Ok(Some(owner)) => Ok(owner),
-        Ok(None) => server_process_user(handle).map_err(|e| {
-            io::Error::other(format!(
-                "the pipe names no owner, and its server process: {e}"
-            ))
-        }),
-        Err(owner_error) => server_process_user(handle).map_err(|e| {
-            io::Error::other(format!(
-                "the pipe's owner: {owner_error}; its server process: {e}"
-            ))
-        }),
+/// Who runs the server end of a pipe, as far as this process may read it.
+#[derive(Debug)]
+pub(crate) struct ServerAccounts {
+    /// The pipe's owner SID (only the account whose process created the
+    /// pipe, or one that may take ownership, can set it), read from the pipe
+    /// itself; `None` when the pipe names no owner.
+    pub owner: io::Result<Option<String>>,
+    /// The user of the server process (`GetNamedPipeServerProcessId`, then
+    /// its token); a standard user may not read a LocalSystem service's.
+    pub process_user: io::Result<String>,
+}
+
+impl ServerAccounts {
+    /// The SIDs read, owner first.
+    pub(crate) fn known(&self) -> Vec<&str> {
+        let owner = self.owner.as_ref().ok().and_then(Option::as_deref);
+        let user = self.process_user.as_ref().ok().map(String::as_str);
+        let mut known: Vec<&str> = owner.into_iter().chain(user).collect();
+        known.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        known
+    }
+
+    /// Why neither could be read.
+    pub(crate) fn unknown_because(&self) -> String {
+        let owner = match &self.owner {
+            Ok(_) => "the pipe names no owner".to_owned(),
+            Err(e) => format!("the pipe's owner: {e}"),
+        };
+        let user = match &self.process_user {
+            Ok(_) => String::new(),
+            Err(e) => format!("; its server process: {e}"),
+        };
+        format!("{owner}{user}")
+    }
+}
+
+/// The accounts behind the server end of the pipe `handle`. Both are read:
+/// under Wine a pipe created with a descriptor that names no owner gets the
+/// creator's primary group as owner (S-1-5-21-…-513), and one created
+/// without a descriptor none at all, while the server process's user is
+/// right there.
+pub(super) fn server_accounts(handle: BorrowedHandle<'_>) -> ServerAccounts {
+    ServerAccounts {
+        owner: descriptor_owner(handle),
+        process_user: server_process_user(handle),
     }
 }
 
