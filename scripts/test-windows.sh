@@ -285,23 +285,34 @@ fi
 demo() { timeout 120 "$WINE_DIR/wine64" "$regent" demo --token-lifetime 3 --renewals 1 >"$e2e/demo.log" 2>&1; }
 check "regent demo" demo || tail -n 20 "$e2e/demo.log" >&2
 
-# The service: created, started, answering, stopped, deleted through the
-# service control manager.
+# The service `regent` (the name install.ps1 registers): created, started,
+# answering, stopped, deleted through the service control manager.
 pipe='\\.\pipe\regent-e2e-service-'$$
-sed -e "s|^socket = .*|socket = '$pipe'|" \
-  -e "s|^dir = .*|dir = '$(winpath "$e2e/service-state")'|" \
-  -e 's|^kind = .*|kind = "file"|' -e '/^service = /d' "$e2e/credman.toml" >"$e2e/service.toml"
+cat >"$e2e/service.toml" <<EOF
+[server]
+profile = "sentinel"
+url = "$url"
+
+[store]
+kind = "file"
+
+[state]
+dir = '$(winpath "$e2e/service-state")'
+
+[ipc]
+socket = '$pipe'
+EOF
 service_create() {
-  timeout 60 "$WINE_DIR/wine64" sc create regent-e2e \
+  timeout 60 "$WINE_DIR/wine64" sc create regent \
     binPath= "$(winpath "$regent") agent --windows-service --no-watch --config $(winpath "$e2e/service.toml")" >"$e2e/sc-create.log" 2>&1
 }
 check "sc create" service_create
-check "net start" timeout 60 "$WINE_DIR/wine64" net start regent-e2e
+check "net start" timeout 60 "$WINE_DIR/wine64" net start regent
 check "the service answers on its pipe" wait_until 60 answers "$pipe"
-check "net stop" timeout 60 "$WINE_DIR/wine64" net stop regent-e2e
+check "net stop" timeout 60 "$WINE_DIR/wine64" net stop regent
 not_answering() { ! answers "$pipe"; }
 check "the pipe is gone after the stop" wait_until 30 not_answering
-check "sc delete" timeout 60 "$WINE_DIR/wine64" sc delete regent-e2e
+check "sc delete" timeout 60 "$WINE_DIR/wine64" sc delete regent
 
 summary
 [ "$failed" -eq 0 ]
