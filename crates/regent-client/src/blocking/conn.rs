@@ -3,7 +3,7 @@
 //!
 //! Deadlines: on Unix the socket's send and receive timeouts; on Windows,
 //! where named pipes have none, overlapped I/O that is cancelled when the
-//! time is up ([`super::pipe`]).
+//! time is up (`blocking/pipe.rs`).
 
 use std::io;
 use std::path::{Path, PathBuf};
