@@ -93,7 +93,17 @@ log "scripts/test-macos.sh (macOS cross-check)"
 macos_status=0
 scripts/test-macos.sh || macos_status=$?
 
+# The Windows job: cross-build, clippy, tests and an end-to-end run under Wine
+# (scripts/test-windows.sh; REGENT_SKIP_WINDOWS=1 skips it). It prints its own
+# `windows: N passed, N failed` line; a failure fails this script at the end.
+windows_status=0
+if [ -z "${REGENT_SKIP_WINDOWS:-}" ]; then
+  log "scripts/test-windows.sh"
+  scripts/test-windows.sh || windows_status=$?
+fi
+
 # One closing line with the totals of every test binary above (the last line
 # cargo prints is a doc-test block that may well hold no test).
 awk '/^test result: /{p+=$4; f+=$6} END {printf "tests: %d passed, %d failed\n", p, f}' "$test_log"
+if [ "$windows_status" -ne 0 ]; then exit "$windows_status"; fi
 exit "$macos_status"

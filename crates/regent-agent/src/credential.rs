@@ -20,9 +20,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use regent_proto::ErrorCode;
+use regent_proto::time::from_unix_ms;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -127,30 +128,48 @@ impl StoredCredential {
     }
 
     /// The cached access token, if it has not expired.
+    ///
+    /// Stored times past [`regent_proto::time::LATEST_UNIX_MS`] (year 9999) are damage, never
+    /// dates: the access token then counts as expired, so the next renewal
+    /// replaces it, and a refresh-token expiry as unknown. Either is logged.
     pub fn cached_grant(&self, now: SystemTime) -> Option<Grant> {
         let access = self.access.as_ref()?;
-        let expires_at = from_ms(access.expires_at_ms);
+        let (Some(received_at), Some(expires_at)) = (
+            from_unix_ms(access.received_at_ms),
+            from_unix_ms(access.expires_at_ms),
+        ) else {
+            tracing::warn!(
+                received_at_ms = access.received_at_ms,
+                expires_at_ms = access.expires_at_ms,
+                "the stored access token's times lie past the year 9999, so the stored \
+                 credential is damaged; the token is treated as expired and renewed"
+            );
+            return None;
+        };
+        let refresh_expires_at = self.refresh_expires_at_ms.and_then(|ms| {
+            let at = from_unix_ms(ms);
+            if at.is_none() {
+                tracing::warn!(
+                    refresh_expires_at_ms = ms,
+                    "the stored refresh-token expiry lies past the year 9999, so the stored \
+                     credential is damaged; the expiry is treated as unknown"
+                );
+            }
+            at
+        });
         (expires_at > now).then(|| Grant {
             access_token: secret(access.token.clone()),
             token_type: access.token_type.clone(),
-            received_at: from_ms(access.received_at_ms),
+            received_at,
             expires_at,
             refresh_token: None,
-            refresh_expires_at: self.refresh_expires_at_ms.map(from_ms),
+            refresh_expires_at,
             scope: access.scope.clone(),
         })
     }
 }
 
-pub(crate) fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-pub(crate) fn from_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
+pub(crate) use regent_proto::time::to_unix_ms as to_ms;
 
 /// A non-reversible 64-bit fingerprint of a high-entropy token, to recognise a
 /// re-issued token without storing it twice.
@@ -212,7 +231,8 @@ impl Ledger {
         // slots renewing at once cannot both take the last place.
         all.entry(slot).or_default().push(IssuedToken {
             fingerprint: IN_FLIGHT,
-            expires_at_ms: to_ms(SystemTime::now() + request_timeout),
+            expires_at_ms: to_ms(SystemTime::now())
+                .saturating_add(u64::try_from(request_timeout.as_millis()).unwrap_or(u64::MAX)),
         });
         Ok(())
     }
@@ -643,6 +663,46 @@ mod tests {
         let saved = store.stored("slot-0.credential");
         let access = saved.cached_grant(SystemTime::now()).unwrap();
         assert!(grant.same_token_as(&access));
+    }
+
+    /// Issue 13, bug 3: `UNIX_EPOCH + ms` panicked the Windows agent on such
+    /// a store (and on Linux read it as a token valid for millennia).
+    #[test]
+    fn a_stored_expiry_past_the_year_9999_counts_as_expired() {
+        let stored = |received: u64, expires: u64, refresh: u64| {
+            StoredCredential::parse(&secret(format!(
+                r#"{{"refresh_token": "r", "refresh_expires_at_ms": {refresh},
+                    "access": {{"token": "a", "token_type": "Bearer",
+                    "received_at_ms": {received}, "expires_at_ms": {expires}}}}}"#
+            )))
+            .unwrap()
+        };
+        let now = SystemTime::now();
+        let now_ms = to_ms(now);
+        for expires in [u64::MAX, 1 << 62, regent_proto::time::LATEST_UNIX_MS + 1] {
+            assert!(
+                stored(now_ms, expires, now_ms).cached_grant(now).is_none(),
+                "{expires}"
+            );
+            assert!(
+                stored(u64::MAX, expires, now_ms)
+                    .cached_grant(now)
+                    .is_none()
+            );
+        }
+        assert!(
+            stored(u64::MAX, now_ms + 60_000, now_ms)
+                .cached_grant(now)
+                .is_none()
+        );
+        let grant = stored(now_ms, now_ms + 60_000, u64::MAX)
+            .cached_grant(now)
+            .unwrap();
+        assert_eq!(
+            grant.refresh_expires_at, None,
+            "an impossible expiry is unknown"
+        );
+        assert!(grant.remaining(now) <= Duration::from_secs(60));
     }
 
     #[test]

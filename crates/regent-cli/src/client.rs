@@ -228,12 +228,13 @@ pub fn summarize(status: &Value) -> String {
     let when = |v: &Value| -> String {
         v.as_u64().map_or_else(
             || "-".to_owned(),
-            |secs| {
-                let t = UNIX_EPOCH + Duration::from_secs(secs);
-                match t.duration_since(now) {
+            |secs| match regent_proto::time::from_unix_secs(secs) {
+                // Past the year 9999: not a date the agent could mean.
+                None => format!("at an impossible time ({secs} s after 1970)"),
+                Some(t) => match t.duration_since(now) {
                     Ok(d) => format!("in {}s", d.as_secs()),
                     Err(e) => format!("{}s ago", e.duration().as_secs()),
-                }
+                },
             },
         )
     };

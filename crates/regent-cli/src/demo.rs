@@ -2,7 +2,7 @@
 //! embedded emulator, an agent with a temporary state directory, enrollment,
 //! app instances fetching and subscribing, renewals, then revocation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
         .prefix("regent-demo-")
         .tempdir()
         .map_err(|e| internal("cannot create a temporary directory", e))?;
-    let socket = dir.path().join("agent.sock");
+    let socket = demo_socket(dir.path());
     let config = demo_config(&url, dir.path(), &socket, args.keychain)?;
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(regent_agent::daemon::run(config, async {
@@ -103,6 +103,8 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
             "running with {} at {}",
             if args.keychain {
                 "the OS keychain"
+            } else if cfg!(windows) {
+                "a file store readable by this account only"
             } else {
                 "a 0600 file store"
             },
@@ -252,26 +254,79 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Where the demo's agent listens: a socket in the demo's directory, or on
+/// Windows a named pipe of this process's own (a path is not a pipe name).
+fn demo_socket(dir: &Path) -> PathBuf {
+    if cfg!(windows) {
+        PathBuf::from(format!(r"\\.\pipe\regent-demo-{}", std::process::id()))
+    } else {
+        dir.join("agent.sock")
+    }
+}
+
+/// The agent's configuration, serialized by `toml` so that any path (a
+/// Windows one, with its `\u…` and `\U…`, quotes, non-ASCII) reaches the
+/// agent as it is.
 fn demo_config(
     url: &str,
     dir: &Path,
     socket: &Path,
     keychain: bool,
 ) -> Result<regent_agent::config::Config, Failure> {
-    let store = if keychain {
-        "kind = \"keychain\"\nservice = \"regent-demo\""
-    } else {
-        "kind = \"file\""
-    };
-    let text = format!(
-        "[server]\nprofile = \"sentinel\"\nurl = \"{url}\"\n\n[store]\n{store}\n\n[state]\ndir = \"{}\"\n\n[ipc]\nsocket = \"{}\"\n\n[refresh]\nbackoff_max = 5\n",
-        dir.display(),
-        socket.display()
-    );
+    let text = demo_config_text(url, dir, socket, keychain)?;
     Ok(regent_agent::config::Config::parse(
         &text,
         Path::new("<demo>"),
     )?)
+}
+
+fn demo_config_text(
+    url: &str,
+    dir: &Path,
+    socket: &Path,
+    keychain: bool,
+) -> Result<String, Failure> {
+    use toml::{Table, Value};
+    let path = |p: &Path| {
+        p.to_str().map(|s| Value::String(s.to_owned())).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::Config,
+                format!(
+                    "the demo's path {} is not valid Unicode, so it cannot go into a configuration; \
+                     set TMPDIR (TEMP on Windows) to a plain directory",
+                    p.display()
+                ),
+            )
+        })
+    };
+    let table = |entries: Vec<(&str, Value)>| {
+        Value::Table(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<Table>(),
+        )
+    };
+    let text = |s: &str| Value::String(s.to_owned());
+    let store = if keychain {
+        vec![("kind", text("keychain")), ("service", text("regent-demo"))]
+    } else {
+        vec![("kind", text("file"))]
+    };
+    let config: Table = [
+        (
+            "server",
+            table(vec![("profile", text("sentinel")), ("url", text(url))]),
+        ),
+        ("store", table(store)),
+        ("state", table(vec![("dir", path(dir)?)])),
+        ("ipc", table(vec![("socket", path(socket)?)])),
+        ("refresh", table(vec![("backoff_max", Value::Integer(5))])),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    toml::to_string(&config).map_err(|e| internal("cannot write the demo agent's configuration", e))
 }
 
 async fn connect_when_ready(socket: &Path) -> Result<Client, Failure> {
@@ -289,4 +344,36 @@ async fn app_client(socket: &Path, name: &str) -> Result<Arc<Client>, Failure> {
     Ok(Arc::new(
         Client::connect(ClientOptions::new(name).socket(socket)).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Issue 13, bug 2: Windows paths pasted into TOML strings (`\u` in
+    /// `C:\users` is an escape) made `regent demo` fail on Windows.
+    #[test]
+    fn windows_paths_and_pipe_names_reach_the_agent_unchanged() {
+        let dir = Path::new(r#"C:\users\Ünal\AppData\Local\Temp\regent-demo-\x\"q\"#);
+        let pipe = Path::new(r"\\.\pipe\regent-demo-4242");
+        for keychain in [false, true] {
+            let config = demo_config("http://127.0.0.1:8080", dir, pipe, keychain).unwrap();
+            assert_eq!(config.state.dir.as_deref(), Some(dir));
+            assert_eq!(config.ipc.socket.as_deref(), Some(pipe));
+        }
+    }
+
+    #[test]
+    fn the_demo_listens_on_a_pipe_of_its_own_on_windows() {
+        let socket = demo_socket(Path::new("/tmp/regent-demo-x"));
+        if cfg!(windows) {
+            let name = socket.to_string_lossy().into_owned();
+            assert!(name.starts_with(r"\\.\pipe\regent-demo-"), "{name}");
+            assert!(name.ends_with(&std::process::id().to_string()), "{name}");
+        } else {
+            assert_eq!(socket, Path::new("/tmp/regent-demo-x/agent.sock"));
+        }
+    }
 }

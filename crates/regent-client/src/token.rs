@@ -121,11 +121,10 @@ impl SubscriptionEvent {
 }
 
 /// A wire expiry (unix milliseconds) as a wall-clock instant; an expiry past
-/// what `SystemTime` can hold reads as already expired rather than eternal.
+/// the year 9999 ([`regent_proto::time::LATEST_UNIX_MS`]) reads as already
+/// expired rather than eternal, on every platform.
 pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH
-        .checked_add(Duration::from_millis(ms))
-        .unwrap_or(UNIX_EPOCH)
+    regent_proto::time::from_unix_ms(ms).unwrap_or(UNIX_EPOCH)
 }
 
 #[cfg(test)]

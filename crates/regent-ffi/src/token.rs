@@ -2,7 +2,9 @@
 //! buffer zeroized when the token is freed.
 
 use std::ffi::{CString, c_char};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use regent_proto::time::to_unix_ms as unix_ms;
 
 use ::regent_client::{Error, ErrorCode, Token};
 use zeroize::Zeroizing;
@@ -77,12 +79,6 @@ impl regent_token {
         self.expires_at_ms
             .saturating_sub(unix_ms(SystemTime::now()))
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// The bearer value (NUL-terminated; for an `Authorization: Bearer …` header).

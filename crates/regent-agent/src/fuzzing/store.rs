@@ -223,6 +223,15 @@ fn credential(value: &str) {
             for at in [SystemTime::UNIX_EPOCH, now] {
                 if let Some(grant) = c.cached_grant(at) {
                     assert!(grant.expires_at > at);
+                    // Stored times past the year 9999 never become instants
+                    // (`UNIX_EPOCH + ms` panicked on Windows: issue 13).
+                    let latest = regent_proto::time::LATEST_UNIX_MS;
+                    assert!(regent_proto::time::to_unix_ms(grant.expires_at) <= latest);
+                    assert!(
+                        grant
+                            .refresh_expires_at
+                            .is_none_or(|t| regent_proto::time::to_unix_ms(t) <= latest)
+                    );
                     let _ = (grant.lifetime(), grant.remaining(at));
                 }
             }

@@ -266,6 +266,7 @@ pub fn create_dir_with_mode(dir: &Path, mode: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use crate::store::test_support::{running_as_root, skip};
 
     #[test]

@@ -83,6 +83,13 @@ impl FileBackend {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entries::default()),
+            // Windows refuses to open a directory ("Access denied"): say what is wrong.
+            Err(_) if self.path.is_dir() => {
+                return Err(self.error(format!(
+                    "{} is a directory, not a regular file; point store.path at a file",
+                    self.path.display()
+                )));
+            }
             Err(e) => return Err(self.error(format!("cannot open {}: {e}", self.path.display()))),
         };
         let meta = file
@@ -258,6 +265,7 @@ impl<'de> Deserialize<'de> for Entries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use crate::store::test_support::{running_as_root, skip};
 
     fn store_in(dir: &Path) -> FileBackend {

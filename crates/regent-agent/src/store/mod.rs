@@ -384,7 +384,8 @@ pub(crate) fn ensure_private_dir(file: &Path) -> Result<(), Error> {
     })
 }
 
-#[cfg(test)]
+// The permission tests that use these are Unix-only.
+#[cfg(all(test, unix))]
 pub(crate) mod test_support {
     //! Helpers for the store's unit tests.
 

@@ -154,6 +154,7 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use crate::store::test_support::{running_as_root, skip};
     use serde::{Deserialize, Serialize};
 

@@ -41,6 +41,7 @@ pub fn create_state_dir(dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         super::atomic::create_dir_with_mode(parent, 0o700).map_err(fail)?;
     }
+    #[cfg_attr(not(unix), expect(unused_mut, reason = "the mode is set on Unix only"))]
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
     {

@@ -1,11 +1,16 @@
 //! One blocking connection to the agent: connect, `hello`, send frames, read
 //! responses with a deadline. Standard library and `interprocess` only.
+//!
+//! Deadlines: on Unix the socket's send and receive timeouts; on Windows,
+//! where named pipes have none, overlapped I/O that is cancelled when the
+//! time is up (`blocking/pipe.rs`).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use interprocess::ConnectWaitMode;
+#[cfg(unix)]
 use interprocess::local_socket::traits::Stream as _;
 use interprocess::local_socket::{ConnectOptions, GenericFilePath, Stream, ToFsName};
 use regent_proto::message::{Op, Response};
@@ -20,8 +25,14 @@ pub(crate) struct Connection {
     frames: FrameBuffer,
     socket: PathBuf,
     next_id: u64,
+    /// How long one frame may take to go out.
+    #[cfg(windows)]
+    send_timeout: Duration,
     /// The receive timeout last set on the socket, to skip redundant syscalls.
+    #[cfg(unix)]
     recv_timeout: Option<Duration>,
+    #[cfg(windows)]
+    io: super::pipe::PipeIo,
     /// The stream can no longer be used (closed, desynchronised, half-written frame).
     broken: bool,
     pub(crate) agent: AgentInfo,
@@ -41,15 +52,22 @@ impl Connection {
             .map_err(|e| error::connect_failed(socket, &e))?;
         server::check_server(socket, stream.server_id(), opts)?;
         no_sigpipe(&stream).map_err(|e| error::connect_failed(socket, &e))?;
+        let send_timeout = opts.request_timeout.max(Duration::from_millis(1));
+        #[cfg(unix)]
         stream
-            .set_send_timeout(Some(opts.request_timeout.max(Duration::from_millis(1))))
+            .set_send_timeout(Some(send_timeout))
             .map_err(|e| error::connect_failed(socket, &e))?;
         let mut conn = Connection {
             stream,
             frames: FrameBuffer::new(),
             socket: socket.to_owned(),
             next_id: 1,
+            #[cfg(windows)]
+            send_timeout,
+            #[cfg(unix)]
             recv_timeout: None,
+            #[cfg(windows)]
+            io: super::pipe::PipeIo::new().map_err(|e| error::connect_failed(socket, &e))?,
             broken: false,
             agent: AgentInfo {
                 protocol: 0,
@@ -78,7 +96,7 @@ impl Connection {
         self.next_id += 1;
         let name = op.name();
         let frame = wire::encode_request(id, op).map_err(Failure::Other)?;
-        if let Err(e) = write_all(&self.stream, &frame) {
+        if let Err(e) = self.write_all(&frame) {
             // Part of the frame may be out: nothing more can go on this stream.
             self.broken = true;
             return Err(if is_timeout(&e) {
@@ -133,8 +151,7 @@ impl Connection {
                 },
                 None => None,
             };
-            self.set_recv_timeout(timeout)?;
-            match self.frames.read_from(&self.stream) {
+            match self.read_within(timeout)? {
                 Ok(0) => {
                     self.broken = true;
                     return Err(Failure::Lost(error::connection_lost(
@@ -153,7 +170,9 @@ impl Connection {
         }
     }
 
-    fn set_recv_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Failure> {
+    /// Reads once into the frame buffer, waiting at most `timeout`.
+    #[cfg(unix)]
+    fn read_within(&mut self, timeout: Option<Duration>) -> Result<io::Result<usize>, Failure> {
         if self.recv_timeout != timeout {
             self.stream.set_recv_timeout(timeout).map_err(|e| {
                 self.broken = true;
@@ -161,7 +180,52 @@ impl Connection {
             })?;
             self.recv_timeout = timeout;
         }
-        Ok(())
+        Ok(self.frames.read_from(&self.stream))
+    }
+
+    /// Reads once into the frame buffer, waiting at most `timeout`.
+    #[cfg(windows)]
+    fn read_within(&mut self, timeout: Option<Duration>) -> Result<io::Result<usize>, Failure> {
+        let reader = PipeReader {
+            io: &self.io,
+            pipe: pipe_handle(&self.stream),
+            timeout,
+        };
+        Ok(self.frames.read_from(reader))
+    }
+
+    #[cfg(unix)]
+    fn write_all(&self, frame: &[u8]) -> io::Result<()> {
+        // The socket's send timeout (set at open) bounds the write.
+        write_all(&self.stream, frame)
+    }
+
+    #[cfg(windows)]
+    fn write_all(&self, frame: &[u8]) -> io::Result<()> {
+        self.io
+            .write_all(pipe_handle(&self.stream), frame, self.send_timeout)
+    }
+}
+
+#[cfg(windows)]
+fn pipe_handle(stream: &Stream) -> std::os::windows::io::BorrowedHandle<'_> {
+    use std::os::windows::io::AsHandle;
+    let Stream::NamedPipe(pipe) = stream;
+    pipe.inner().as_handle()
+}
+
+/// One read with a deadline, in the shape [`FrameBuffer::read_from`] takes.
+#[cfg(windows)]
+struct PipeReader<'a> {
+    io: &'a super::pipe::PipeIo,
+    pipe: std::os::windows::io::BorrowedHandle<'a>,
+    timeout: Option<Duration>,
+}
+
+#[cfg(windows)]
+impl io::Read for PipeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read(self.pipe, buf, self.timeout)
     }
 }
 
@@ -191,10 +255,10 @@ fn write_all(stream: &Stream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(not(all(
+#[cfg(all(
     unix,
-    not(any(target_vendor = "apple", target_os = "redox", target_os = "vita"))
-)))]
+    any(target_vendor = "apple", target_os = "redox", target_os = "vita")
+))]
 fn write_all(stream: &Stream, buf: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut writer = stream;

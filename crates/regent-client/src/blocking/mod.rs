@@ -17,6 +17,8 @@
 //! ```
 
 mod conn;
+#[cfg(windows)]
+mod pipe;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

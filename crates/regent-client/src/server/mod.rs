@@ -21,13 +21,17 @@
 //! `getpeereid` makes); that path is compiled for macOS in CI
 //! (`scripts/test-macos.sh`) but has not run on a Mac.
 //!
-//! On Windows the named pipe's owner (the account whose process created it;
-//! only that account, or one that may take ownership, can set it) must be
-//! this process's user, LocalSystem, the Administrators group (an elevated
-//! creator), or the account `$REGENT_AGENT_SID` names. The owner is read
-//! from the connected pipe itself: reading a LocalSystem service's process
-//! token would be refused to a standard user. This code only type-checks
-//! here (`cargo check --target x86_64-pc-windows-gnu`); it has not run.
+//! On Windows the server is accepted when the named pipe's owner (the
+//! account whose process created it; only that account, or one that may take
+//! ownership, can set it) or the user of the server process
+//! (`GetNamedPipeServerProcessId`, then its token) is this process's user,
+//! LocalSystem, the Administrators group (an elevated creator), or the
+//! account `$REGENT_AGENT_SID` names. The owner is read from the connected
+//! pipe itself, since a standard user may not read a LocalSystem service's
+//! process token; the process's user counts too because Wine gives pipes no
+//! owner or the creator's primary group. Under Wine (`scripts/test-windows.sh`)
+//! this runs with one account on both ends; the refusal of another account's
+//! pipe needs a real Windows and has not run.
 
 use std::path::Path;
 
@@ -49,11 +53,11 @@ pub const AGENT_UID_ENV: &str = "REGENT_AGENT_UID";
 pub const AGENT_SID_ENV: &str = "REGENT_AGENT_SID";
 
 /// Who the platform says listens on the other end: the peer credentials
-/// (Unix) or the named pipe's owner SID (Windows).
+/// (Unix) or the named pipe's owner and server process's user (Windows).
 #[cfg(unix)]
 pub(crate) type ServerId = interprocess::local_socket::PeerCreds;
 #[cfg(windows)]
-pub(crate) type ServerId = String;
+pub(crate) type ServerId = windows::ServerAccounts;
 
 /// A connected stream that can say who listens on its other end.
 pub(crate) trait Server {
@@ -79,7 +83,7 @@ impl Server for interprocess::local_socket::Stream {
     fn server_id(&self) -> std::io::Result<ServerId> {
         use std::os::windows::io::AsHandle;
         let Self::NamedPipe(pipe) = self;
-        windows::pipe_owner(pipe.inner().as_handle())
+        Ok(windows::server_accounts(pipe.inner().as_handle()))
     }
 }
 
@@ -88,7 +92,7 @@ impl Server for interprocess::local_socket::tokio::Stream {
     fn server_id(&self) -> std::io::Result<ServerId> {
         use std::os::windows::io::AsHandle;
         let Self::NamedPipe(pipe) = self;
-        windows::pipe_owner(pipe.inner().as_handle())
+        Ok(windows::server_accounts(pipe.inner().as_handle()))
     }
 }
 
@@ -119,37 +123,48 @@ pub(crate) fn check_server(
     Err(refused(socket, found, own, configured))
 }
 
-/// Checks the owner of the named pipe on `socket` (Windows).
+/// Checks who runs the server of the named pipe on `socket` (Windows).
 ///
 /// # Errors
-/// `AGENT_UNREACHABLE` naming the pipe, the owner found and the fix.
+/// `AGENT_UNREACHABLE` naming the pipe, the account found and the fix.
 #[cfg(windows)]
 pub(crate) fn check_server(
     socket: &Path,
-    owner: std::io::Result<ServerId>,
+    accounts: std::io::Result<ServerId>,
     _opts: &ClientOptions,
 ) -> Result<()> {
     /// LocalSystem and the Administrators group: the "root" of Windows.
     const TRUSTED: [&str; 2] = ["S-1-5-18", "S-1-5-32-544"];
-    let found = owner.map_err(|e| unknown_server(socket, &e))?;
+    let accounts = accounts.map_err(|e| unknown_server(socket, &e))?;
+    let known = accounts.known();
+    if known.is_empty() {
+        return Err(unknown_server(socket, &accounts.unknown_because()));
+    }
     let own = windows::own_user().map_err(|e| unknown_server(socket, &e))?;
     let configured = std::env::var(AGENT_SID_ENV)
         .ok()
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
-    let trusted = found.eq_ignore_ascii_case(&own)
-        || TRUSTED.iter().any(|t| found.eq_ignore_ascii_case(t))
-        || configured.is_some_and(|c| found.eq_ignore_ascii_case(&c));
-    if trusted {
+    let trusted = |sid: &str| {
+        sid.eq_ignore_ascii_case(&own)
+            || TRUSTED.iter().any(|t| sid.eq_ignore_ascii_case(t))
+            || configured
+                .as_deref()
+                .is_some_and(|c| sid.eq_ignore_ascii_case(c))
+    };
+    if known.iter().any(|sid| trusted(sid)) {
         return Ok(());
     }
+    // The server process's account when it could be read, else the owner.
+    let runs_as = known.last().copied().unwrap_or_default();
+    let found = known.join(", its server process runs as ");
     Err(Error::new(
         ErrorCode::AgentUnreachable,
         format!(
             "refusing the server at {socket}: its pipe belongs to {found} — not this process's account ({own}), \
              not LocalSystem or the Administrators, and not the account {AGENT_SID_ENV} names — so another user may \
              have taken the pipe's name while the agent was down; nothing was sent to it. If the regent agent really \
-             runs as {found}, set {AGENT_SID_ENV}={found}; otherwise stop that process and start the agent",
+             runs as {runs_as}, set {AGENT_SID_ENV}={runs_as}; otherwise stop that process and start the agent",
             socket = socket.display()
         ),
     ))

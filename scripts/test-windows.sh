@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# The Windows job (issue 13), called by scripts/test.sh and runnable alone:
+# cross-builds for x86_64-pc-windows-gnu, runs clippy for that target, the
+# unit and IPC tests under Wine, and an end-to-end run under Wine: the
+# emulator, the agent on a named pipe with the file store, enroll / token /
+# status from separate processes, the C example against libregent
+# (regent.dll), the agent with the Credential Manager store surviving a
+# restart, `regent demo`, and the service through sc / net.
+#
+# What Wine cannot show (one user only, so no multi-user pipe ACLs or
+# per-peer refusals; two servers may share a pipe name; no `sc config` /
+# `sc qc`; a stub PowerShell) needs a real Windows: docs/operations.md.
+#
+# On a fresh Debian machine, as root, it installs what is missing (wine64,
+# gcc-mingw-w64-x86-64, the rustup target). Ends with one line:
+# `windows: N passed, N failed`; exits non-zero when anything failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=x86_64-pc-windows-gnu
+WINE_DIR=/usr/lib/wine # Debian's wine64 is not on PATH
+log() { printf '\n==> [windows] %s\n' "$*"; }
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); printf 'ok     %s\n' "$*"; }
+fail() { failed=$((failed + 1)); printf 'FAILED %s\n' "$*" >&2; }
+summary() { printf 'windows: %d passed, %d failed\n' "$passed" "$failed"; }
+
+# --- toolchain (only what is missing) ------------------------------------------
+missing=()
+[ -x "$WINE_DIR/wine64" ] || missing+=(wine64)
+command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || missing+=(gcc-mingw-w64-x86-64)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+  else
+    echo "missing packages: ${missing[*]}" >&2
+    echo "install them with: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+if ! rustup target list --installed | grep -qx "$TARGET"; then
+  log "installing the rustup target $TARGET"
+  rustup target add "$TARGET"
+fi
+
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$WINE_DIR/wine64"
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+out="$target_dir/$TARGET/debug"
+work="$target_dir/wine"
+
+# --- a private Wine prefix, new each run ----------------------------------------
+# WINEDEBUG=-all: no fixme noise; no Mono / Gecko (never needed, slow to set up).
+export WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
+export WINEPREFIX="$work/prefix"
+wineserver() { "$WINE_DIR/wineserver" "$@"; }
+wine() { "$WINE_DIR/wine64" "$@"; }
+cleanup() {
+  # Every Windows process of this prefix (agent, emulator, service) and the
+  # wineserver itself, whatever happened above.
+  wineserver -k 2>/dev/null || true
+}
+trap cleanup EXIT
+log "Wine prefix $WINEPREFIX"
+wineserver -k 2>/dev/null || true
+rm -rf "$work"
+mkdir -p "$work"
+timeout 120 "$WINE_DIR/wine64" wineboot --init >"$work/wineboot.log" 2>&1
+# Rust >= 1.78 programs import ProcessPrng from bcryptprimitives.dll, which
+# Wine only has from 8.13 (Debian 12: 8.0): a forwarding DLL stands in.
+x86_64-w64-mingw32-gcc -Wall -Wextra -Werror -O2 -shared \
+  -o "$work/bcryptprimitives.dll" scripts/wine/bcryptprimitives.c scripts/wine/bcryptprimitives.def -ladvapi32
+cp "$work/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/"
+pass "wine prefix with the bcryptprimitives forwarder"
+
+# --- build, clippy ----------------------------------------------------------------
+# Debug builds of what runs on Windows: the CLI (agent, emulator, demo) and
+# libregent (regent.dll).
+log "cargo build --target $TARGET (regent.exe, regent.dll)"
+if cargo build --locked --quiet --target "$TARGET" -p regent-cli -p regent-ffi; then
+  pass "cross-build"
+else
+  fail "cross-build"
+  summary
+  exit 1
+fi
+
+log "cargo clippy --target $TARGET (-D warnings)"
+# Every library and binary, and the tests that run below; the other test
+# files (Unix-only helpers: the agent's integration tests, regent-ffi's
+# scripted Unix-socket agent) wait for their port.
+clippy() { cargo clippy --locked --quiet --target "$TARGET" "$@" -- -D warnings; }
+if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
+  clippy -p regent-agent -p regent-ffi --lib --bins &&
+  clippy -p regent-agent --lib --profile test &&
+  clippy -p regent-agent --test fuzz_corpus; then
+  pass "clippy for $TARGET"
+else
+  fail "clippy for $TARGET"
+fi
+
+# --- unit and IPC tests under Wine -----------------------------------------------
+test_log="$work/cargo-test.log"
+run_tests() {
+  local what=$1
+  shift
+  log "cargo test --target $TARGET $what (under Wine)"
+  if cargo test --locked --no-fail-fast --target "$TARGET" "$@" 2>&1 | tee -a "$test_log"; then
+    pass "tests: $what"
+  else
+    fail "tests: $what"
+  fi
+}
+: >"$test_log"
+run_tests "regent-proto, regent-client (lib, platform_ipc)" \
+  -p regent-proto -p regent-client --lib --test platform_ipc
+# Skipped, with the reason: these unit tests hold Unix meanings (programs
+# listed as /usr/bin/…, groups by name, a peer's executable read from /proc).
+# The Windows per-peer checks (issue 13, item 2) bring their Windows forms.
+agent_skips=(
+  ipc::peer::tests::a_listed_executable_is_served_others_are_refused_by_name
+  ipc::peer::tests::a_listed_path_must_be_the_very_file_the_process_runs
+  ipc::peer::tests::deleted_unknown_or_foreign_executables_fail_closed
+  ipc::peer::tests::groups_resolve_by_number_and_name
+  ipc::peer::tests::the_agents_own_executable_administers_but_fetches_no_tokens
+  config::tests::allow_executables_must_be_absolute_paths
+  reload::tests::a_file_cut_before_allow_executables_is_refused
+  reload::tests::restart_sections_are_named
+)
+run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --lib --test fuzz_corpus \
+  -- "${agent_skips[@]/#/--skip=}"
+run_tests "regent-cli (unit tests)" -p regent-cli --bins
+read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
+printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"
+passed=$((passed + unit_passed))
+failed=$((failed + unit_failed))
+
+# --- end to end under Wine -----------------------------------------------------------
+e2e="$work/e2e"
+mkdir -p "$e2e"
+regent="$out/regent.exe"
+# A Linux path as Wine sees it (drive Z: is /).
+winpath() { printf 'Z:%s' "$(realpath -m "$1" | sed 's|/|\\|g')"; }
+# Runs the Windows `regent` with a bound, so a hang fails instead of stalling CI.
+run() { timeout 60 "$WINE_DIR/wine64" "$regent" "$@"; }
+# Waits (at most $1 seconds) until the command after it succeeds.
+wait_until() {
+  local limit=$1 start=$SECONDS
+  shift
+  until "$@" >/dev/null 2>&1; do
+    if [ $((SECONDS - start)) -ge "$limit" ]; then
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+# The agent answers on the pipe: any exit status but AGENT_UNREACHABLE (14).
+answers() {
+  local rc=0
+  run status --socket "$1" >/dev/null 2>&1 || rc=$?
+  [ "$rc" -ne 14 ] && [ "$rc" -ne 124 ]
+}
+check() {
+  local name=$1
+  shift
+  if "$@"; then pass "$name"; else fail "$name"; fi
+}
+# Starts the agent with config $1 in the background, logging to $2; waits
+# until it answers on pipe $3.
+start_agent() {
+  "$WINE_DIR/wine64" "$regent" agent --no-watch --config "$(winpath "$1")" >"$2" 2>&1 &
+  agent_pid=$!
+  wait_until 60 answers "$3"
+}
+# Stops the agent with Ctrl-C (SIGINT reaches it as CTRL_C_EVENT) and waits
+# for it to exit; its status must be 0.
+stop_agent() {
+  kill -INT "$agent_pid" 2>/dev/null || return 1
+  local rc=0 waited=0
+  while kill -0 "$agent_pid" 2>/dev/null; do
+    if [ "$waited" -ge 150 ]; then
+      kill -KILL "$agent_pid" 2>/dev/null || true
+      return 1
+    fi
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+  wait "$agent_pid" || rc=$?
+  [ "$rc" -eq 0 ]
+}
+
+log "end to end under Wine"
+"$WINE_DIR/wine64" "$regent" emulator --listen 127.0.0.1:0 >"$e2e/emulator.log" 2>&1 &
+emulator_ready() { grep -q 'listening on http://' "$e2e/emulator.log"; }
+if wait_until 60 emulator_ready; then
+  url=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$e2e/emulator.log" | head -n1 | tr -d '\r')
+  pass "emulator listening at $url"
+else
+  fail "emulator did not start: $(cat "$e2e/emulator.log")"
+  summary
+  exit 1
+fi
+mint() { run emulator mint --url "$url" --count "$1" | tr -d '\r'; }
+
+# Agent 1: the file store on a pipe of its own.
+pipe='\\.\pipe\regent-e2e-file-'$$
+# Single-quoted TOML strings: a Windows path is taken as written.
+cat >"$e2e/file.toml" <<EOF
+[server]
+profile = "sentinel"
+url = "$url"
+
+[store]
+kind = "file"
+
+[state]
+dir = '$(winpath "$e2e/file-state")'
+
+[ipc]
+socket = '$pipe'
+EOF
+if start_agent "$e2e/file.toml" "$e2e/agent-file.log" "$pipe"; then
+  pass "agent (file store) answers on $pipe"
+  enroll_file() { mint 1 | run enroll --socket "$pipe"; }
+  check "enroll over the pipe (file store)" enroll_file
+  token_file() { [ -n "$(run token --socket "$pipe" | tr -d '\r')" ]; }
+  check "token over the pipe" token_file
+  check "status: active" run status --socket "$pipe"
+
+  # The C example, built with mingw against regent.dll's import library.
+  cp "$out/regent.dll" "$e2e/"
+  c_example() {
+    x86_64-w64-mingw32-gcc -Wall -Wextra -Wpedantic -Werror bindings/c/examples/get_token.c \
+      -Ibindings/c/include -L"$out" -lregent -o "$e2e/get_token.exe" &&
+      REGENT_SOCKET="$pipe" timeout 60 "$WINE_DIR/wine64" "$e2e/get_token.exe" 60 3 >"$e2e/get_token.log" 2>&1
+  }
+  check "the C example gets tokens through libregent (regent.dll)" c_example
+  check "agent stops on Ctrl-C with status 0" stop_agent
+else
+  fail "agent (file store) did not answer: $(tail -n 20 "$e2e/agent-file.log")"
+  kill -KILL "$agent_pid" 2>/dev/null || true
+fi
+
+# Agent 2: the Credential Manager store, enrolled once, then restarted.
+pipe='\\.\pipe\regent-e2e-credman-'$$
+cat >"$e2e/credman.toml" <<EOF
+[server]
+profile = "sentinel"
+url = "$url"
+
+[store]
+kind = "keychain"
+service = "regent-e2e"
+
+[state]
+dir = '$(winpath "$e2e/credman-state")'
+
+[ipc]
+socket = '$pipe'
+EOF
+if start_agent "$e2e/credman.toml" "$e2e/agent-credman.log" "$pipe"; then
+  enroll_credman() { mint 1 | run enroll --socket "$pipe"; }
+  check "enroll with the Credential Manager store" enroll_credman
+  check "agent (Credential Manager) stops on Ctrl-C" stop_agent
+  if start_agent "$e2e/credman.toml" "$e2e/agent-credman-2.log" "$pipe"; then
+    # Enrolled after the restart: the credential came back from the store.
+    check "the credential survives a restart (status active)" run status --socket "$pipe"
+    token_credman() { [ -n "$(run token --socket "$pipe" | tr -d '\r')" ]; }
+    check "token after the restart" token_credman
+    check "agent (Credential Manager) stops again" stop_agent
+  else
+    fail "agent (Credential Manager) did not come back: $(tail -n 20 "$e2e/agent-credman-2.log")"
+  fi
+else
+  fail "agent (Credential Manager) did not answer: $(tail -n 20 "$e2e/agent-credman.log")"
+  kill -KILL "$agent_pid" 2>/dev/null || true
+fi
+
+# regent demo: the embedded emulator and agent on a pipe of the demo's own.
+demo() { timeout 120 "$WINE_DIR/wine64" "$regent" demo --token-lifetime 3 --renewals 1 >"$e2e/demo.log" 2>&1; }
+check "regent demo" demo || tail -n 20 "$e2e/demo.log" >&2
+
+# The service `regent` (the name install.ps1 registers): created, started,
+# answering, stopped, deleted through the service control manager.
+pipe='\\.\pipe\regent-e2e-service-'$$
+cat >"$e2e/service.toml" <<EOF
+[server]
+profile = "sentinel"
+url = "$url"
+
+[store]
+kind = "file"
+
+[state]
+dir = '$(winpath "$e2e/service-state")'
+
+[ipc]
+socket = '$pipe'
+EOF
+service_create() {
+  timeout 60 "$WINE_DIR/wine64" sc create regent \
+    binPath= "$(winpath "$regent") agent --windows-service --no-watch --config $(winpath "$e2e/service.toml")" >"$e2e/sc-create.log" 2>&1
+}
+check "sc create" service_create
+check "net start" timeout 60 "$WINE_DIR/wine64" net start regent
+check "the service answers on its pipe" wait_until 60 answers "$pipe"
+check "net stop" timeout 60 "$WINE_DIR/wine64" net stop regent
+not_answering() { ! answers "$pipe"; }
+check "the pipe is gone after the stop" wait_until 30 not_answering
+check "sc delete" timeout 60 "$WINE_DIR/wine64" sc delete regent
+
+summary
+[ "$failed" -eq 0 ]
