@@ -5,15 +5,19 @@
 # emulator, the agent on a named pipe with the file store, enroll / token /
 # status from separate processes, the C example against libregent
 # (regent.dll), the agent with the Credential Manager store surviving a
-# restart, `regent demo`, and the service through sc / net.
+# restart, `regent demo`, the service through sc / net, and the MSI
+# (packaging/windows/regent.wxs, built by scripts/msi.sh with wixl)
+# installed and removed with msiexec.
 #
 # What Wine cannot show (one user only, so no multi-user pipe ACLs or
 # per-peer refusals; two servers may share a pipe name; no `sc config` /
 # `sc qc`; a stub PowerShell) needs a real Windows: docs/operations.md.
 #
 # On a fresh Debian machine, as root, it installs what is missing (wine64,
-# gcc-mingw-w64-x86-64, the rustup target). Ends with one line:
-# `windows: N passed, N failed`; exits non-zero when anything failed.
+# gcc-mingw-w64-x86-64, wixl, msitools, the rustup target). Ends with one
+# line: `windows: N passed, N failed`; exits non-zero when anything failed.
+# REGENT_WINDOWS_E2E_ONLY=1 (for working on the end-to-end part only) skips
+# clippy and the unit tests; CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +35,8 @@ summary() { printf 'windows: %d passed, %d failed\n' "$passed" "$failed"; }
 missing=()
 [ -x "$WINE_DIR/wine64" ] || missing+=(wine64)
 command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || missing+=(gcc-mingw-w64-x86-64)
+command -v wixl >/dev/null 2>&1 || missing+=(wixl)
+command -v msibuild >/dev/null 2>&1 || missing+=(msitools)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     log "installing ${missing[*]}"
@@ -90,6 +96,10 @@ else
   exit 1
 fi
 
+e2e_only=${REGENT_WINDOWS_E2E_ONLY:-}
+if [ -n "$e2e_only" ]; then
+  log "REGENT_WINDOWS_E2E_ONLY: no clippy, no unit tests"
+else
 log "cargo clippy --target $TARGET (-D warnings)"
 # Every library and binary, and the tests that run below; the other test
 # files (Unix-only helpers: the agent's integration tests, regent-ffi's
@@ -103,12 +113,14 @@ if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
 else
   fail "clippy for $TARGET"
 fi
+fi
 
 # --- unit and IPC tests under Wine -----------------------------------------------
 test_log="$work/cargo-test.log"
 run_tests() {
   local what=$1
   shift
+  if [ -n "$e2e_only" ]; then return 0; fi
   log "cargo test --target $TARGET $what (under Wine)"
   if cargo test --locked --no-fail-fast --target "$TARGET" "$@" 2>&1 | tee -a "$test_log"; then
     pass "tests: $what"
@@ -313,6 +325,89 @@ check "net stop" timeout 60 "$WINE_DIR/wine64" net stop regent
 not_answering() { ! answers "$pipe"; }
 check "the pipe is gone after the stop" wait_until 30 not_answering
 check "sc delete" timeout 60 "$WINE_DIR/wine64" sc delete regent
+
+# The MSI: built from this run's binaries by scripts/msi.sh, its tables
+# checked, then installed with msiexec /i /qn (the service `regent` as
+# LocalSystem, its config in C:\ProgramData\regent, the default pipe) and
+# removed with msiexec /x. Wine 8.0's msiexec cannot finish the install in a
+# fresh prefix: StartServices cannot open the service InstallServices has just
+# created (OpenService: 1060) and the install rolls back. That known failure
+# is reported as skipped, not passed; any other outcome is checked in full.
+log "the MSI (wixl) under msiexec"
+msi_start=$SECONDS
+msi_dir="$work/msi"
+drive_c="$WINEPREFIX/drive_c"
+program="$drive_c/Program Files/regent"
+data="$drive_c/ProgramData/regent"
+default_pipe='\\.\pipe\regent-agent'
+msi=""
+build_msi() { msi=$(scripts/msi.sh "$out" "$msi_dir" | tail -n1) && [ -f "$msi" ]; }
+# One row of an MSI table, tab-separated, found by its first column (an
+# export starts with three header lines: names, types, the table's name).
+msi_row() { msiinfo export "$msi" "$1" | tr -d '\r' | awk -F'\t' -v k="$2" '$1 == k'; }
+tab=$'\t'
+msi_tables() {
+  # The service: `regent`, own process (16), automatic start (2), normal
+  # errors (1), no account (LocalSystem), install.ps1's command line.
+  [ "$(msi_row ServiceInstall RegentService | cut -f2,4,5,6,9,11)" = \
+    "regent${tab}16${tab}2${tab}1${tab}${tab}agent --windows-service --config \"[CommonAppDataFolder]regent\\regent.toml\"" ] &&
+    # Start at install (1), stop at install and uninstall (2 + 32), delete
+    # at uninstall (128), waiting for each.
+    [ "$(msi_row ServiceControl RegentServiceControl | cut -f2,3,5)" = "regent${tab}163${tab}1" ] &&
+    # The config: 64-bit (256), Permanent (16), NeverOverwrite (128).
+    [ "$(msi_row Component Config | cut -f4)" = 400 ] &&
+    [ "$(msiinfo export "$msi" File | tr -d '\r' | tail -n +4 | cut -f1 | sort | tr '\n' ' ')" = "RegentDll RegentExe RegentH RegentToml " ]
+}
+msiexec() { timeout 180 "$WINE_DIR/wine64" msiexec "$@"; }
+service_state() { timeout 60 "$WINE_DIR/wine64" sc query regent 2>/dev/null | tr -d '\r' | awk '$1 == "STATE" {print $4}'; }
+service_running() { [ "$(service_state)" = RUNNING ]; }
+service_gone() { ! timeout 60 "$WINE_DIR/wine64" sc query regent >/dev/null 2>&1; }
+installed_files() {
+  [ -f "$program/regent.exe" ] && [ -f "$program/regent.dll" ] && [ -f "$program/include/regent.h" ] &&
+    [ -f "$data/regent.toml" ] && [ -d "$data/state" ] && [ -d "$data/provisioning" ]
+}
+program_files_gone() { [ ! -e "$program" ]; }
+# Edited by the admin while installed: the uninstall keeps the file as it is.
+marker="# edited after the install ($$)"
+config_kept() { [ -d "$data/state" ] && [ -f "$data/regent.toml" ] && grep -qxF "$marker" "$data/regent.toml"; }
+not_answering_default() { ! answers "$default_pipe"; }
+# Like check, and returns the command's status, to gate the steps after it.
+gate() {
+  local name=$1
+  shift
+  if "$@"; then pass "$name"; else
+    fail "$name"
+    return 1
+  fi
+}
+wine_msi_bug() {
+  tr -d '\0' <"$e2e/msi-install.log" | grep -q 'StartServices. Return value 0' &&
+    grep -q 'ITERATE_StartService failed to open service L"regent" (1060)' "$e2e/msiexec-install.err"
+}
+if gate "MSI built with wixl (scripts/msi.sh)" build_msi; then
+  check "MSI tables: service regent (auto, LocalSystem, install.ps1's command), start/stop/delete, config Permanent+NeverOverwrite" msi_tables
+  msi_win=$(winpath "$msi")
+  install_rc=0
+  WINEDEBUG=err+msi msiexec /i "$msi_win" /qn /l*v "$(winpath "$e2e/msi-install.log")" 2>"$e2e/msiexec-install.err" || install_rc=$?
+  if [ "$install_rc" -eq 0 ]; then
+    pass "msiexec /i /qn"
+    check "the MSI installed regent.exe, regent.dll, regent.h, regent.toml, state, provisioning" installed_files
+    check "the MSI's service is RUNNING" wait_until 60 service_running
+    check "the MSI's service answers on $default_pipe (regent status)" wait_until 60 answers "$default_pipe"
+    printf '%s\n' "$marker" >>"$data/regent.toml"
+    check "msiexec /x /qn" msiexec /x "$msi_win" /qn /l*v "$(winpath "$e2e/msi-remove.log")"
+    check "the service is deleted after the uninstall" service_gone
+    check "nothing answers on $default_pipe after the uninstall" wait_until 30 not_answering_default
+    check "Program Files\\regent is gone after the uninstall" program_files_gone
+    check "the edited config and the state directory are kept" config_kept
+  elif wine_msi_bug; then
+    printf 'SKIPPED msiexec /i under Wine (exit %d): Wine 8.0 StartServices cannot open the service it has just created (1060) and rolls back; the install, start and uninstall need a real Windows\n' "$install_rc"
+  else
+    fail "msiexec /i /qn (exit $install_rc)"
+    tr -d '\0' <"$e2e/msi-install.log" | grep -E 'Return value [03]' >&2 || true
+  fi
+fi
+printf 'MSI step (build, tables, msiexec): %d s\n' "$((SECONDS - msi_start))"
 
 summary
 [ "$failed" -eq 0 ]

@@ -66,7 +66,14 @@ fn status(state: ServiceState, accept: ServiceControlAccept, exit: u32) -> Servi
         service_type: ServiceType::OWN_PROCESS,
         current_state: state,
         controls_accepted: accept,
-        exit_code: ServiceExitCode::ServiceSpecific(exit),
+        // NO_ERROR unless stopping on a failure: a running service that
+        // reports ERROR_SERVICE_SPECIFIC_ERROR is taken as failed by callers
+        // that read the exit code (Wine's msiexec StartServices did).
+        exit_code: if exit == 0 {
+            ServiceExitCode::NO_ERROR
+        } else {
+            ServiceExitCode::ServiceSpecific(exit)
+        },
         checkpoint: 0,
         wait_hint: Duration::from_secs(15),
         process_id: None,
