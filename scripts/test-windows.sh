@@ -329,10 +329,11 @@ check "sc delete" timeout 60 "$WINE_DIR/wine64" sc delete regent
 # The MSI: built from this run's binaries by scripts/msi.sh, its tables
 # checked, then installed with msiexec /i /qn (the service `regent` as
 # LocalSystem, its config in C:\ProgramData\regent, the default pipe) and
-# removed with msiexec /x. Wine 8.0's msiexec cannot finish the install in a
-# fresh prefix: StartServices cannot open the service InstallServices has just
-# created (OpenService: 1060) and the install rolls back. That known failure
-# is reported as skipped, not passed; any other outcome is checked in full.
+# removed with msiexec /x. In a prefix used within a minute or so of
+# `wineboot --init` (REGENT_WINDOWS_E2E_ONLY runs), Wine 8.0's service manager
+# could not open a service it had just created (OpenService: 1060), so
+# StartServices fails and the install rolls back: that exact outcome is
+# reported as skipped, never passed; every other outcome is checked in full.
 log "the MSI (wixl) under msiexec"
 msi_start=$SECONDS
 msi_dir="$work/msi"
@@ -401,7 +402,7 @@ if gate "MSI built with wixl (scripts/msi.sh)" build_msi; then
     check "Program Files\\regent is gone after the uninstall" program_files_gone
     check "the edited config and the state directory are kept" config_kept
   elif wine_msi_bug; then
-    printf 'SKIPPED msiexec /i under Wine (exit %d): Wine 8.0 StartServices cannot open the service it has just created (1060) and rolls back; the install, start and uninstall need a real Windows\n' "$install_rc"
+    printf 'SKIPPED msiexec /i under Wine (exit %d): Wine 8.0 StartServices could not open the service it had just created (1060) and rolled back; see docs/operations.md\n' "$install_rc"
   else
     fail "msiexec /i /qn (exit $install_rc)"
     tr -d '\0' <"$e2e/msi-install.log" | grep -E 'Return value [03]' >&2 || true
