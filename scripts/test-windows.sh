@@ -329,8 +329,8 @@ check "sc delete" timeout 60 "$WINE_DIR/wine64" sc delete regent
 # The MSI: built from this run's binaries by scripts/msi.sh, its tables
 # checked, then installed with msiexec /i /qn (the service `regent` as
 # LocalSystem, its config in C:\ProgramData\regent, the default pipe) and
-# removed with msiexec /x. In a prefix used within a minute or so of
-# `wineboot --init` (REGENT_WINDOWS_E2E_ONLY runs), Wine 8.0's service manager
+# removed with msiexec /x. When nothing had run in the new prefix before this
+# part (REGENT_WINDOWS_E2E_ONLY runs; cause not found), Wine 8.0's service manager
 # could not open a service it had just created (OpenService: 1060), so
 # StartServices fails and the install rolls back: that exact outcome is
 # reported as skipped, never passed; every other outcome is checked in full.
