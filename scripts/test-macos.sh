@@ -24,6 +24,8 @@
 # Ends with one line: `macos: N passed, N failed` (steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 ZIGLANG_VERSION=0.15.2
 CARGO_ZIGBUILD_VERSION=0.24.1
@@ -43,15 +45,7 @@ started=$(date +%s)
 apt_missing=()
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_missing+=(python3-venv)
 command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || apt_missing+=(gcc-mingw-w64-x86-64)
-if [ "${#apt_missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    die "missing packages: ${apt_missing[*]}; install them with: sudo apt-get install -y --no-install-recommends ${apt_missing[*]}"
-  fi
-  log "installing ${apt_missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${apt_missing[@]}"
-fi
+apt_install ${apt_missing[@]+"${apt_missing[@]}"}
 
 if ! "$venv/bin/python3" -m ziglang version 2>/dev/null | grep -qx "$ZIGLANG_VERSION"; then
   log "installing ziglang $ZIGLANG_VERSION (PyPI) into $venv"

@@ -20,6 +20,8 @@
 # clippy and the unit tests; CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 TARGET=x86_64-pc-windows-gnu
 WINE_DIR=/usr/lib/wine # Debian's wine64 is not on PATH
@@ -37,18 +39,7 @@ missing=()
 command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || missing+=(gcc-mingw-w64-x86-64)
 command -v wixl >/dev/null 2>&1 || missing+=(wixl)
 command -v msibuild >/dev/null 2>&1 || missing+=(msitools)
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-  else
-    echo "missing packages: ${missing[*]}" >&2
-    echo "install them with: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
-    exit 1
-  fi
-fi
+apt_install ${missing[@]+"${missing[@]}"}
 if ! rustup target list --installed | grep -qx "$TARGET"; then
   log "installing the rustup target $TARGET"
   rustup target add "$TARGET"

@@ -470,3 +470,19 @@ pub fn is_root() -> bool {
     eprintln!("skipped: needs root to run processes as other uids");
     false
 }
+
+/// stderr of a finished command, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The command was refused with `PERMISSION_DENIED`.
+#[track_caller]
+pub fn assert_denied(out: &Output) {
+    assert_eq!(
+        code(out),
+        exit(regent_proto::ErrorCode::PermissionDenied),
+        "{}",
+        text(out)
+    );
+}

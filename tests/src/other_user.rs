@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::AgentHome;
+use crate::{AgentHome, AgentProc};
 
 /// Makes `cmd` run as `uid` with primary group `gid` and exactly the
 /// supplementary `groups`. (`Command::uid` drops every supplementary group
@@ -214,4 +214,59 @@ impl Drop for RawClient {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Gives `path` to `uid` (and the group of the same number).
+pub fn chown_to(path: &Path, uid: u32) {
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+    )
+    .unwrap();
+}
+
+/// Spawns `cmd`, retrying while the kernel says "text file busy": the binary
+/// was just copied, and a process another test forked meanwhile may still
+/// hold the copy's write descriptor until it execs.
+pub fn spawn_retrying(cmd: &mut Command) -> Child {
+    for _ in 0..250 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.unwrap(),
+        }
+    }
+    panic!("the binary stayed busy for 5 s");
+}
+
+/// Starts `bin agent` as `uid` (group the same number) with debug logs,
+/// `home` owned by `uid` and reachable by everyone; waits for the socket.
+pub fn start_agent_as(bin: &Path, uid: u32, home: &AgentHome) -> AgentProc {
+    let run = home.socket.parent().expect("the socket has a directory");
+    std::fs::create_dir_all(run).unwrap();
+    for path in [home.dir.path(), run] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_to(path, uid);
+    }
+    chown_to(&home.config, uid);
+    let log = home.dir.path().join(format!("agent-as-{uid}.log"));
+    let mut cmd = Command::new(bin);
+    cmd.args(["agent", "--config"])
+        .arg(&home.config)
+        .env("RUST_LOG", "regent_agent=debug,info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    as_user(&mut cmd, uid, uid, &[]);
+    let child = spawn_retrying(&mut cmd);
+    let mut agent = AgentProc { child, log };
+    crate::wait_until(Duration::from_secs(20), "the agent's socket", || {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            panic!("the agent exited ({status}):\n{}", agent.log_text());
+        }
+        std::os::unix::net::UnixStream::connect(&home.socket).is_ok()
+    });
+    agent
 }

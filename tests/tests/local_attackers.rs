@@ -25,9 +25,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
+use regent_tests::other_user::{chown_to, spawn_retrying, start_agent_as};
 use regent_tests::{
-    AgentHome, AgentProc, EmulatorProc, code, exit, is_root, regent_bin, regent_bin_for_any_user,
-    save_by_rename, text, wait_timeout, wait_until,
+    AgentHome, AgentProc, EmulatorProc, assert_denied, exit, is_root, regent_bin,
+    regent_bin_for_any_user, save_by_rename, stderr, text, wait_timeout, wait_until,
 };
 
 /// The uid the agent runs as in these tests (`nobody`).
@@ -38,15 +39,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn chown(path: &Path, uid: u32) {
-    nix::unistd::chown(
-        path,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(uid)),
-    )
-    .unwrap();
 }
 
 /// Another name for `bin` (a hard link, so no 200 MB copy) in a fresh
@@ -64,32 +56,6 @@ fn another_name(bin: &Path) -> (tempfile::TempDir, PathBuf) {
         chmod(&path, 0o755);
     }
     (dir, path)
-}
-
-/// Spawns `cmd`, retrying while the kernel says "text file busy": the binary
-/// was just copied, and a process another test forked meanwhile may still
-/// hold the copy's write descriptor until it execs.
-fn spawn(cmd: &mut Command) -> std::process::Child {
-    for _ in 0..250 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            result => return result.unwrap(),
-        }
-    }
-    panic!("the binary stayed busy for 5 s");
-}
-
-/// The command was refused with `PERMISSION_DENIED`.
-#[track_caller]
-fn assert_denied(out: &Output) {
-    assert_eq!(
-        code(out),
-        exit(ErrorCode::PermissionDenied),
-        "{}",
-        text(out)
-    );
 }
 
 /// `regent token --min-valid 1` run from `bin` as `uid` against `home`'s agent.
@@ -117,7 +83,7 @@ fn run_as(bin: &Path, uid: u32, home: &AgentHome, args: &[&str], stdin: Option<&
         // gets it as a supplementary group, so the agent's checks decide.
         regent_tests::other_user::as_user(&mut cmd, uid, uid, &[AGENT_UID]);
     }
-    let mut child = spawn(&mut cmd);
+    let mut child = spawn_retrying(&mut cmd);
     if let Some(input) = stdin {
         child
             .stdin
@@ -129,36 +95,6 @@ fn run_as(bin: &Path, uid: u32, home: &AgentHome, args: &[&str], stdin: Option<&
     child.wait_with_output().unwrap()
 }
 
-/// Starts `bin agent` as `uid` with debug logs; waits for the socket.
-fn start_agent_as(bin: &Path, uid: u32, home: &AgentHome) -> AgentProc {
-    let log = home.dir.path().join(format!("agent-as-{uid}.log"));
-    let child = spawn(
-        Command::new(bin)
-            .args(["agent", "--config"])
-            .arg(&home.config)
-            .env("RUST_LOG", "regent_agent=debug,info")
-            .uid(uid)
-            .gid(uid)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap()),
-    );
-    let mut agent = AgentProc { child, log };
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::os::unix::net::UnixStream::connect(&home.socket).is_err() {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            panic!("the agent exited ({status}):\n{}", agent.log_text());
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no socket:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    agent
-}
-
 /// An agent home owned by `uid`, reachable (not writable) by everyone, with
 /// a socket of mode 0660 whose group (the agent's) every test client has, so
 /// that the agent's own checks decide who gets in.
@@ -168,14 +104,10 @@ fn home_for(uid: u32, url: &str, ipc: &str) -> AgentHome {
     std::fs::create_dir_all(run).unwrap();
     for path in [home.dir.path(), run] {
         chmod(path, 0o755);
-        chown(path, uid);
+        chown_to(path, uid);
     }
-    chown(&home.config, uid);
+    chown_to(&home.config, uid);
     home
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -280,7 +212,7 @@ fn allow_executables_serves_listed_programs_and_refuses_the_rest() {
     // A listed program whose file is deleted after it started: refused. The
     // CLI reads the secret from stdin before it connects, which holds it
     // between exec and connect.
-    let mut child = spawn(
+    let mut child = spawn_retrying(
         Command::new(&late_bin)
             .arg("enroll")
             .env("REGENT_SOCKET", &home.socket)
@@ -447,14 +379,14 @@ fn an_unsafe_socket_directory_stops_the_agent_at_start_up() {
 
     // Owned by another user (needs root to chown).
     if nix::unistd::geteuid().is_root() {
-        chown(&run, AGENT_UID);
+        chown_to(&run, AGENT_UID);
         let log = expect_refusal(&home);
         assert!(
             log.contains(&format!("belongs to uid {AGENT_UID}")),
             "{log}"
         );
         assert!(log.contains("chown 0"), "{log}");
-        chown(&run, 0);
+        chown_to(&run, 0);
     }
     let agent = AgentProc::start(&home);
     assert!(agent.terminate().success());

@@ -24,10 +24,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use regent_proto::ErrorCode;
-use regent_tests::other_user::{RawClient, Received, as_user, socket_group};
+use regent_tests::other_user::{RawClient, Received, as_user, socket_group, start_agent_as};
 use regent_tests::{
-    AgentHome, AgentProc, EmulatorProc, code, exit, is_root, regent_bin_for_any_user,
-    save_by_rename, text, wait_timeout, wait_until,
+    AgentHome, AgentProc, EmulatorProc, assert_denied, exit, is_root, regent_bin_for_any_user,
+    save_by_rename, stderr, text, wait_timeout,
 };
 use serde_json::{Value, json};
 
@@ -63,62 +63,9 @@ fn run_as(bin: &Path, uid: u32, groups: &[u32], home: &AgentHome, args: &[&str])
     cmd.output().unwrap()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_denied(out: &Output) {
-    assert_eq!(
-        code(out),
-        exit(ErrorCode::PermissionDenied),
-        "{}",
-        text(out)
-    );
-}
-
 fn enroll(home: &AgentHome, emulator: &EmulatorProc) {
     let out = home.regent(&["enroll"], Some(&emulator.mint(1)));
     assert!(out.status.success(), "{}", text(&out));
-}
-
-/// Starts `bin agent` as `uid` (group the same number) with debug logs,
-/// home owned by `uid` and reachable by everyone; waits for the socket.
-fn start_agent_as(bin: &Path, uid: u32, home: &AgentHome) -> AgentProc {
-    let run = home.socket.parent().unwrap();
-    std::fs::create_dir_all(run).unwrap();
-    for path in [home.dir.path(), run] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        chown(path, uid);
-    }
-    chown(&home.config, uid);
-    let log = home.dir.path().join(format!("agent-as-{uid}.log"));
-    let mut cmd = Command::new(bin);
-    cmd.args(["agent", "--config"])
-        .arg(&home.config)
-        .env("RUST_LOG", "regent_agent=debug,info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    as_user(&mut cmd, uid, uid, &[]);
-    let child = cmd.spawn().unwrap();
-    let mut agent = AgentProc { child, log };
-    wait_until(WAIT, "the agent's socket", || {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            panic!("the agent exited ({status}):\n{}", agent.log_text());
-        }
-        UnixStream::connect(&home.socket).is_ok()
-    });
-    agent
-}
-
-fn chown(path: &Path, uid: u32) {
-    nix::unistd::chown(
-        path,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(uid)),
-    )
-    .unwrap();
 }
 
 /// Another name for `bin` (a hard link) in a fresh world-readable directory.
