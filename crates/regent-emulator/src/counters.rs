@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::routes::Route;
+use crate::route::Route;
 
 /// What `/_emulator/counters` reports, apart from the live token figures.
 #[derive(Debug, Default)]

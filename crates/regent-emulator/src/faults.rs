@@ -8,7 +8,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::routes::Route;
+use crate::route::Route;
 
 /// Longest latency a fault may add.
 const MAX_LATENCY_MS: u64 = 600_000;

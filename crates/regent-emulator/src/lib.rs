@@ -48,6 +48,8 @@ mod oauth2;
 mod oauth2_admin;
 mod oidc;
 mod ratelimit;
+mod records;
+mod route;
 mod routes;
 mod secret;
 mod sentinel;

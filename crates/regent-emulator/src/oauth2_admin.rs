@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::clock;
 use crate::error::ApiError;
 use crate::extract::{AdminAuth, ApiJson, ApiPath};
-use crate::oauth2::{Customer, OAuthClient};
+use crate::records::{Customer, OAuthClient};
 use crate::secret;
 use crate::state::AppState;
 

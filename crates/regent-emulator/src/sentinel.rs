@@ -15,63 +15,11 @@ use crate::clock;
 use crate::error::{ApiError, Outcome, token_response};
 use crate::extract::{ApiJson, authorization};
 use crate::oidc::RealmTokens;
+use crate::records::AuthToken;
 use crate::state::{AppState, Store, Subject};
 
 /// Longest accepted identifier or device detail, in characters.
 const MAX_FIELD_CHARS: usize = 1024;
-
-/// An admin-issued registration token.
-#[derive(Clone, Debug)]
-pub(crate) struct RegistrationToken {
-    pub id: String,
-    /// The secret value presented in `Authorization: Basic …`.
-    pub value: String,
-    pub identifier: Option<String>,
-    pub count: u32,
-    pub used_count: u32,
-    pub ref_id1: Option<String>,
-    pub ref_id2: Option<String>,
-    pub is_enabled: bool,
-    pub expiry: OffsetDateTime,
-    pub created: OffsetDateTime,
-    pub seq: u64,
-}
-
-impl RegistrationToken {
-    /// Expired once the expiry instant has passed, whatever counts remain.
-    pub(crate) fn is_expired(&self, now: OffsetDateTime) -> bool {
-        now > self.expiry
-    }
-
-    /// `DISABLED` wins over `EXPIRED`, matching the order refusals are checked.
-    pub(crate) fn state(&self, now: OffsetDateTime) -> &'static str {
-        if !self.is_enabled {
-            "DISABLED"
-        } else if self.is_expired(now) {
-            "EXPIRED"
-        } else {
-            "ENABLED"
-        }
-    }
-}
-
-/// A device's auth token record (what admins list to see who redeemed).
-#[derive(Clone, Debug)]
-pub(crate) struct AuthToken {
-    pub id: String,
-    pub identifier: String,
-    pub fqdn: Option<String>,
-    pub mac_address: Option<String>,
-    pub system_user_name: Option<String>,
-    pub ref_id1: Option<String>,
-    pub ref_id2: Option<String>,
-    pub registration_token_id: String,
-    pub created: OffsetDateTime,
-    pub last_refresh: Option<OffsetDateTime>,
-    /// The one live realm session; replaced (and the old one killed) on replay.
-    pub session_id: String,
-    pub seq: u64,
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use crate::clock;
 use crate::error::ApiError;
 use crate::extract::{AdminAuth, ApiJson, ApiPath, ApiQuery};
+use crate::records::{AuthToken, RegistrationToken};
 use crate::secret;
-use crate::sentinel::{AuthToken, RegistrationToken};
 use crate::state::{AppState, Store, Subject};
 
 /// Registration tokens expire after this long unless `expiryDate` is given.

@@ -12,10 +12,9 @@ use crate::clock;
 use crate::counters::Counters;
 use crate::error::ApiError;
 use crate::faults::Faults;
-use crate::oauth2::OAuthStore;
 use crate::ratelimit::RateLimiter;
+use crate::records::{AuthToken, OAuthStore, RegistrationToken};
 use crate::secret;
-use crate::sentinel::{AuthToken, RegistrationToken};
 
 /// Lifetime of admin bearer tokens from the `password` grant: long enough that
 /// a test or script never has to log in twice.

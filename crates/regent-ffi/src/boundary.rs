@@ -14,7 +14,7 @@ use std::ptr::NonNull;
 
 use ::regent_client::{Error, ErrorCode};
 
-use crate::result::regent_result;
+use crate::result::{c_string, regent_result};
 
 /// Runs an exported function's body behind the panic boundary; see the
 /// module docs. The name is the exported function's, for the last error.
@@ -204,11 +204,6 @@ pub(crate) unsafe fn free_handle<T>(ptr: *mut T) {
         // SAFETY: the caller's contract: ours, live, freed once.
         drop(unsafe { Box::from_raw(ptr) });
     }
-}
-
-/// A C copy of `text` (interior NULs, which C cannot carry, become spaces).
-pub(crate) fn c_string(text: &str) -> CString {
-    CString::new(text.replace('\0', " ")).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------

@@ -144,7 +144,7 @@ impl regent_result {
             regent_result::ALL
                 .iter()
                 .map(|r| match r.code() {
-                    Some(code) => crate::boundary::c_string(code.meaning()),
+                    Some(code) => c_string(code.meaning()),
                     None => c"success".to_owned(),
                 })
                 .collect()
@@ -205,6 +205,11 @@ pub extern "C" fn regent_result_is_retryable(result: u32) -> bool {
             .and_then(regent_result::code)
             .is_some_and(ErrorCode::is_retryable)
     })
+}
+
+/// A C copy of `text` (interior NULs, which C cannot carry, become spaces).
+pub(crate) fn c_string(text: &str) -> CString {
+    CString::new(text.replace('\0', " ")).unwrap_or_default()
 }
 
 #[cfg(test)]

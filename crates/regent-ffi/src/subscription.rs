@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use ::regent_client::{Error, ErrorCode, SubscriptionEvent, blocking};
 
-use crate::boundary::{self, arg_out, arg_ref, c_string, into_handle};
+use crate::boundary::{self, arg_out, arg_ref, into_handle};
 use crate::client::regent_client;
+use crate::result::c_string;
 use crate::result::regent_result;
 use crate::token::regent_token;
 
