@@ -1,7 +1,9 @@
 //! Demand from clients cannot make the agent call the license server more
 //! often than renewals are spaced (issue 18, item 5): requests asking for
 //! nearly a whole token lifetime are answered `UNAVAILABLE` with
-//! `retry_after`, and subscriptions for it renew at the spacing, not faster.
+//! `retry_after`, and subscriptions for it renew at the spacing, not faster;
+//! requests for more than the server's tokens ever last are `BAD_REQUEST`
+//! naming the lifetime and what to ask for (issue 14).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -149,4 +151,66 @@ async fn a_subscription_for_nearly_a_whole_lifetime_renews_at_the_spacing() {
             "renewals {gap:?} apart, closer than the spacing {spacing:?}: {expiries:?}"
         );
     }
+}
+
+/// Regression (issue 14): `regent token` (default `--min-valid 60`) against a
+/// server issuing 20-second tokens failed every time with "cannot issue a
+/// longer one yet … retry in 12.9s", and each call renewed upstream. Now it
+/// fails at once with `BAD_REQUEST` naming the server's lifetime and the
+/// `--min-valid` to use, without calling the server, and that value works.
+#[tokio::test]
+async fn asking_for_longer_than_the_server_ever_issues_names_the_lifetime_and_the_fix() {
+    let lifetime = 20;
+    let (emulator, home, _agent) = enrolled(lifetime);
+    let before = UpstreamCounts::fetch(&emulator.url).refreshes();
+    for _ in 0..5 {
+        let out = home.regent(&["token"], None);
+        assert_eq!(code(&out), 12, "BAD_REQUEST: {}", text(&out));
+        let said = text(&out);
+        assert!(
+            said.contains("tokens valid for 20s, so none can stay valid for 60s")
+                && said.contains("--min-valid 10"),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        UpstreamCounts::fetch(&emulator.url).refreshes(),
+        before,
+        "a request no token can satisfy must not renew upstream"
+    );
+    let out = home.regent(&["token", "--min-valid", "10"], None);
+    assert!(
+        out.status.success(),
+        "the suggested value works: {}",
+        text(&out)
+    );
+}
+
+/// Regression (issue 14): `regent status` said "token expires in 17s, next
+/// renewal in 86397s" when nobody had asked for a token: that figure is the
+/// keep-alive. It now says what the agent will do, and the JSON names why.
+#[tokio::test]
+async fn status_says_renewals_are_on_demand_until_a_client_asks() {
+    let (_emulator, home, _agent) = enrolled(300);
+    let reason = || {
+        let out = home.regent(&["status", "--json"], None);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["slots"][0]["next_renewal_reason"].clone()
+    };
+    assert_eq!(reason(), "keep-alive");
+    let out = home.regent(&["status"], None);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("renews on demand; keep-alive in 23h 59m")
+            || said.contains("renews on demand; keep-alive in 23h 58m"),
+        "{said}"
+    );
+    assert!(!said.contains("next renewal in"), "{said}");
+
+    let out = home.regent(&["token"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(reason(), "demand", "a client asked: renewals follow demand");
+    let out = home.regent(&["status"], None);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("(clients ask for tokens)"), "{said}");
 }

@@ -27,7 +27,9 @@ use tokio::sync::Mutex;
 use crate::config::{Config, InstanceMode, Profile};
 use crate::crash::crash_point;
 use crate::credential::{IssuedToken, Ledger, SlotRenewer, StoredCredential, to_ms};
-use crate::engine::{DemandGuard, Engine, EngineSettings, EngineStatus, Event, Renewer, SlotState};
+use crate::engine::{
+    DemandGuard, Engine, EngineSettings, EngineStatus, Event, RenewalReason, Renewer, SlotState,
+};
 use crate::error::{Error, Result};
 use crate::grant::Grant;
 use crate::lease::{Holder, Lease, LeaseTable};
@@ -154,6 +156,10 @@ pub struct SlotStatus {
     pub expires_at: Option<u64>,
     /// Next planned upstream call (unix seconds).
     pub next_renewal: Option<u64>,
+    /// Why it is planned: `first-token`, `demand` (clients asked),
+    /// `keep-alive` (nobody asked: tokens are renewed on demand),
+    /// `refresh-token-expiry` or `retry`.
+    pub next_renewal_reason: Option<&'static str>,
     /// Last successful renewal (unix seconds).
     pub last_renewal: Option<u64>,
     /// Last failure: code name.
@@ -216,7 +222,21 @@ impl Agent {
     /// # Errors
     /// `CONFIG` for a bad server URL or state directory; `STORE_UNAVAILABLE`
     /// when `state.json` cannot be read or written.
+    /// Checks what [`Agent::open`] would refuse in `config` — the server
+    /// settings (URL, profile keys, proxy, CA file), the state directory and
+    /// the file store's path — without touching the filesystem, so that the
+    /// daemon refuses a bad configuration before it binds its socket.
+    ///
+    /// # Errors
+    /// `CONFIG` naming the key.
+    pub fn preflight(config: &Config) -> Result<()> {
+        checked_upstream(config).map(drop)
+    }
+
     pub async fn open(config: Config) -> Result<Arc<Agent>> {
+        // Everything the configuration can get wrong is refused before a
+        // directory is made or a file written.
+        let upstream = Arc::new(checked_upstream(&config)?);
         let state_dir = config.state_dir()?;
         crate::store::state_dir::create_state_dir(&state_dir)?;
         let store = open_store(&config)?;
@@ -234,7 +254,6 @@ impl Agent {
             }
         };
         let known: Vec<u32> = state.slots.keys().copied().collect();
-        let upstream = Arc::new(open_upstream(&config)?);
         let agent = Arc::new(Agent {
             store,
             state_file,
@@ -1072,6 +1091,7 @@ impl Agent {
                     pending_redemption: record.is_some_and(|r| r.pending_since.is_some()),
                     expires_at: secs(s.expires_at),
                     next_renewal: secs(s.next_renewal),
+                    next_renewal_reason: s.next_renewal_reason.map(RenewalReason::name),
                     last_renewal: secs(s.last_renewal),
                     last_error_code: s.last_error.as_ref().map(|e| e.code.name().to_owned()),
                     last_error: s.last_error.as_ref().map(|e| e.message.clone()),
@@ -1217,6 +1237,17 @@ fn open_store(config: &Config) -> Result<SecretStore> {
         StoreKind::Keychain => SecretStore::keychain(&config.store.service, timeout),
         StoreKind::File => SecretStore::file(config.store_path()?, timeout),
     }
+}
+
+/// The upstream client, once the paths the agent will write are known to
+/// be valid too ([`Agent::preflight`]).
+fn checked_upstream(config: &Config) -> Result<Upstream> {
+    let upstream = open_upstream(config)?;
+    config.state_dir()?;
+    if config.store.kind == StoreKind::File {
+        config.store_path()?;
+    }
+    Ok(upstream)
 }
 
 fn open_upstream(config: &Config) -> Result<Upstream> {

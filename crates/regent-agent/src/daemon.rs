@@ -70,6 +70,9 @@ pub async fn run_with(
 ) -> Result<()> {
     let notifier = options.notifier.unwrap_or_else(Notifier::from_env);
     let settings = IpcSettings::from_config(&config)?;
+    // The whole configuration is checked before the socket (and its
+    // directory) or the state directory is made.
+    Agent::preflight(&config)?;
     let listener = ipc::bind(&settings)?;
     // Held until the daemon returns: one agent per state directory.
     let _state_lock = crate::store::state_dir::lock_state_dir(&config.state_dir()?)?;

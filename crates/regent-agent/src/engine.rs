@@ -145,6 +145,38 @@ impl Default for EngineSettings {
     }
 }
 
+/// Why the scheduler plans its next upstream call, for status output: an
+/// agent nobody asked for a token renews on demand and only keeps its
+/// credential alive, which `regent status` says instead of a bare countdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalReason {
+    /// No token yet: the first one is due now.
+    FirstToken,
+    /// Clients asked for tokens recently (or hold subscriptions): renew so
+    /// that what they ask for stays on hand.
+    Demand,
+    /// Nobody asked: a keep-alive renewal (`[refresh] keepalive`) so the
+    /// credential does not lapse; tokens are renewed on demand.
+    KeepAlive,
+    /// Nobody asked, but the refresh token expires before the keep-alive.
+    RefreshTokenExpiry,
+    /// The last attempt failed: the retry after backoff or `Retry-After`.
+    Retry,
+}
+
+impl RenewalReason {
+    /// The status document's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RenewalReason::FirstToken => "first-token",
+            RenewalReason::Demand => "demand",
+            RenewalReason::KeepAlive => "keep-alive",
+            RenewalReason::RefreshTokenExpiry => "refresh-token-expiry",
+            RenewalReason::Retry => "retry",
+        }
+    }
+}
+
 /// A point-in-time view of the engine, for status output.
 #[derive(Debug, Clone)]
 pub struct EngineStatus {
@@ -154,6 +186,8 @@ pub struct EngineStatus {
     pub expires_at: Option<SystemTime>,
     /// When the scheduler will next call upstream (if it knows).
     pub next_renewal: Option<SystemTime>,
+    /// Why it will (with `next_renewal`).
+    pub next_renewal_reason: Option<RenewalReason>,
     /// When the last successful renewal happened.
     pub last_renewal: Option<SystemTime>,
     /// The last failure, kept until a renewal succeeds.
@@ -206,6 +240,10 @@ struct Inner {
     renewer: Option<Arc<dyn Renewer>>,
     state: SlotState,
     grant: Option<Arc<Grant>>,
+    /// The longest lifetime (received to expiry) of any token seen: how long
+    /// the server's tokens last. The current grant's may be shorter (a
+    /// server without multi-token support re-issues a token mid-life).
+    longest_lifetime: Option<Duration>,
     /// The jittered renewal point chosen for the current grant.
     renew_at: Option<SystemTime>,
     /// No upstream call before this (backoff, or a re-issued token's expiry).
@@ -311,6 +349,7 @@ impl Engine {
                 renewer: None,
                 state: SlotState::Unenrolled,
                 grant: None,
+                longest_lifetime: None,
                 renew_at: None,
                 not_before: None,
                 last_error: None,
@@ -409,6 +448,7 @@ impl Engine {
                 .map(|g| jittered_renewal_point(g, &inner.settings));
             if let Some(g) = &grant {
                 inner.last_renewal = Some(g.received_at);
+                inner.longest_lifetime = inner.longest_lifetime.max(Some(g.lifetime()));
             }
             inner.grant = grant.map(Arc::new);
             inner.not_before = None;
@@ -474,11 +514,12 @@ impl Engine {
     /// A point-in-time status.
     pub fn status(&self) -> EngineStatus {
         let mut inner = self.shared.lock();
-        let next_renewal = next_due(&mut inner, SystemTime::now(), Instant::now());
+        let planned = plan(&mut inner, SystemTime::now(), Instant::now());
         EngineStatus {
             state: inner.state,
             expires_at: inner.grant.as_ref().map(|g| g.expires_at),
-            next_renewal,
+            next_renewal: planned.map(|(at, _)| at),
+            next_renewal_reason: planned.map(|(_, why)| why),
             last_renewal: inner.last_renewal,
             last_error: inner.last_error.clone(),
             failures: inner.failures,
@@ -513,6 +554,9 @@ impl Engine {
                 let now = SystemTime::now();
                 if let Some(handout) = self.cached(&inner, min_valid, now)? {
                     return Ok(handout);
+                }
+                if let Some(e) = beyond_lifetime(&inner, min_valid) {
+                    return Err(e);
                 }
                 if let Some(nb) = inner.not_before.filter(|nb| *nb > now) {
                     return Err(unavailable(&inner, min_valid, nb, now));
@@ -662,6 +706,7 @@ impl Engine {
                 inner.last_error = None;
                 inner.state = SlotState::Active;
                 let expires_at = grant.expires_at;
+                inner.longest_lifetime = inner.longest_lifetime.max(Some(grant.lifetime()));
                 inner.grant = Some(Arc::new(grant));
                 drop(inner);
                 tracing::info!(
@@ -800,6 +845,30 @@ fn demand_may_renew(inner: &Inner, min_valid: Duration, now: SystemTime) -> Resu
     Ok(())
 }
 
+/// A request for at least as long as the server's tokens last (the longest
+/// lifetime of any token seen) can never be served, and retrying cannot
+/// help: `BAD_REQUEST` naming the lifetime and what to ask for instead, with
+/// no upstream call (asking again for the same 20-second token would not
+/// make it longer). Half the lifetime is what the agent keeps on hand even
+/// when renewals are spaced ([`demand_may_renew`]).
+fn beyond_lifetime(inner: &Inner, min_valid: Duration) -> Option<Error> {
+    let lifetime = inner.longest_lifetime?;
+    if min_valid < lifetime {
+        return None;
+    }
+    // The lifetime is counted from when the agent received the token, a few
+    // milliseconds under what the server grants: name the server's figure.
+    let seconds = lifetime.as_millis().div_ceil(1000);
+    let suggest = (seconds / 2).max(1);
+    Some(Error::new(
+        ErrorCode::BadRequest,
+        format!(
+            "this license server issues tokens valid for {seconds}s, so none can stay valid for {}s: ask for {suggest}s or less (`regent token --min-valid {suggest}`, or min_valid in the library call)",
+            min_valid.as_secs(),
+        ),
+    ))
+}
+
 /// The error for a request the cache cannot satisfy.
 fn unavailable(inner: &Inner, min_valid: Duration, retry_at: SystemTime, now: SystemTime) -> Error {
     let retry_after = retry_at
@@ -887,14 +956,19 @@ const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// When the scheduler should next call upstream; `None` when it has nothing to do.
 fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemTime> {
+    plan(inner, now, mono).map(|(at, _)| at)
+}
+
+/// When the scheduler should next call upstream, and why.
+fn plan(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<(SystemTime, RenewalReason)> {
     if inner.renewer.is_none() || inner.shutdown {
         return None;
     }
     if matches!(inner.state, SlotState::Revoked | SlotState::Enrolling) {
         return None;
     }
-    let due = match inner.grant.as_deref() {
-        None => now,
+    let (due, why) = match inner.grant.as_deref() {
+        None => (now, RenewalReason::FirstToken),
         Some(grant) => {
             let demand = inner.demand.recent(mono, inner.settings.demand_window);
             let lifetime = grant.lifetime();
@@ -909,27 +983,31 @@ fn next_due(inner: &mut Inner, now: SystemTime, mono: Instant) -> Option<SystemT
                     // Demand is clamped to what the lifetime can serve: never
                     // plan renewals closer together than `min_spacing` of it.
                     // Requests for more get UNAVAILABLE, not a spinning agent.
-                    planned
+                    let due = planned
                         .min(latest)
-                        .max(spacing_floor(grant, &inner.settings))
+                        .max(spacing_floor(grant, &inner.settings));
+                    (due, RenewalReason::Demand)
                 }
                 None => {
                     let last = inner.last_renewal.unwrap_or(grant.received_at);
-                    let mut due = last + inner.settings.keepalive.min(FAR_FUTURE);
-                    if let Some(refresh_expires) = grant.refresh_expires_at {
+                    let keepalive = last + inner.settings.keepalive.min(FAR_FUTURE);
+                    let before_refresh_expiry = grant.refresh_expires_at.map(|refresh_expires| {
                         let life = refresh_expires
                             .duration_since(grant.received_at)
                             .unwrap_or_default();
-                        due = due.min(grant.received_at + life.mul_f64(inner.settings.ahead));
+                        grant.received_at + life.mul_f64(inner.settings.ahead)
+                    });
+                    match before_refresh_expiry {
+                        Some(due) if due < keepalive => (due, RenewalReason::RefreshTokenExpiry),
+                        _ => (keepalive, RenewalReason::KeepAlive),
                     }
-                    due
                 }
             }
         }
     };
     Some(match inner.not_before {
-        Some(nb) => due.max(nb),
-        None => due,
+        Some(nb) if nb > due => (nb, RenewalReason::Retry),
+        _ => (due, why),
     })
 }
 
@@ -1197,6 +1275,7 @@ mod tests {
             renewer: None,
             state: SlotState::Active,
             grant: Some(Arc::new(grant)),
+            longest_lifetime: None,
             not_before: None,
             last_error: None,
             last_renewal: Some(t0),
@@ -1270,6 +1349,7 @@ mod tests {
             renewer: Some(Arc::new(Never)),
             state: SlotState::Active,
             grant: Some(Arc::new(grant_at(t0, Duration::from_secs(300)))),
+            longest_lifetime: None,
             not_before: None,
             last_error: None,
             last_renewal: Some(t0),
@@ -1329,20 +1409,27 @@ mod tests {
         assert!(after > Duration::from_secs(50), "{after:?}");
     }
 
-    /// More validity than a fresh token gives: one renewal finds out, then
-    /// requests are refused until the renewal point, not renewed each time.
+    /// As much validity as a whole token gives (or more) can never be
+    /// served: refused as `BAD_REQUEST` naming the lifetime and what to ask
+    /// for, with no upstream call (it was UNAVAILABLE after one renewal per
+    /// renewal point, with a retry time that could never help).
     #[tokio::test]
-    async fn a_demand_beyond_the_lifetime_calls_upstream_once_per_renewal_point() {
+    async fn a_demand_for_the_whole_lifetime_is_refused_without_calling_upstream() {
         let renewer = Counting::new(LIFETIME, Duration::ZERO);
         let engine = stale_engine(Arc::clone(&renewer)).await;
         for _ in 0..10 {
             let e = engine.token(LIFETIME).await.unwrap_err();
-            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
-            let retry = e.retry_after.expect("retry_after");
-            // The renewal point: 2/3 of the lifetime ± 10 %.
-            assert!(retry > Duration::from_secs(170), "{retry:?}");
+            assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+            assert!(e.retry_after.is_none(), "{e:?}");
+            assert!(
+                e.message
+                    .contains("valid for 300s, so none can stay valid for 300s")
+                    && e.message.contains("--min-valid 150"),
+                "{}",
+                e.message
+            );
         }
-        assert_eq!(renewer.calls(), 1);
+        assert_eq!(renewer.calls(), 0);
     }
 
     /// Regression (issue 18, item 6): the largest subscribed `min_valid` was

@@ -221,6 +221,17 @@ pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Fai
     }
 }
 
+/// A duration as people read it: `17s`, `4m 10s`, `23h 59m`, `3d 4h`.
+fn span(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m {}s", s / 60, s % 60),
+        7200..172_800 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 /// The human summary of a status document.
 pub fn summarize(status: &Value) -> String {
     let mut out = String::new();
@@ -232,11 +243,26 @@ pub fn summarize(status: &Value) -> String {
                 // Past the year 9999: not a date the agent could mean.
                 None => format!("at an impossible time ({secs} s after 1970)"),
                 Some(t) => match t.duration_since(now) {
-                    Ok(d) => format!("in {}s", d.as_secs()),
-                    Err(e) => format!("{}s ago", e.duration().as_secs()),
+                    Ok(d) => format!("in {}", span(d)),
+                    Err(e) => format!("{} ago", span(e.duration())),
                 },
             },
         )
+    };
+    // What the agent will do next: an agent nobody asked for a token only
+    // keeps its credential alive, and renews when a client asks.
+    let next = |slot: &Value| -> String {
+        let at = when(&slot["next_renewal"]);
+        match slot["next_renewal_reason"].as_str() {
+            Some("keep-alive") => format!("renews on demand; keep-alive {at}"),
+            Some("refresh-token-expiry") => {
+                format!("renews on demand; before the refresh token expires, {at}")
+            }
+            Some("demand") => format!("next renewal {at} (clients ask for tokens)"),
+            Some("retry") => format!("next attempt {at} (retrying after a failure)"),
+            Some("first-token") => format!("first token {at}"),
+            _ => format!("next renewal {at}"),
+        }
     };
     out.push_str(&format!(
         "profile {}, {} instances (max {}), store {}\n",
@@ -270,9 +296,9 @@ pub fn summarize(status: &Value) -> String {
                 .unwrap_or_default()
         ));
         out.push_str(&format!(
-            "  token expires {}, next renewal {}, last renewal {}\n",
+            "  token expires {}, {}, last renewal {}\n",
             when(&slot["expires_at"]),
-            when(&slot["next_renewal"]),
+            next(slot),
             when(&slot["last_renewal"])
         ));
         out.push_str(&format!(

@@ -93,23 +93,26 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
     let socket = demo_socket(dir.path());
     let config = demo_config(&url, dir.path(), &socket, args.keychain)?;
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let secrets = if args.keychain {
+        "secrets in the OS keychain".to_owned()
+    } else {
+        let store = config.store_path().map_or_else(
+            |_| dir.path().display().to_string(),
+            |p| p.display().to_string(),
+        );
+        if cfg!(windows) {
+            format!("secrets in {store} (readable by this account only)")
+        } else {
+            format!("secrets in {store} (mode 0600)")
+        }
+    };
     let agent = tokio::spawn(regent_agent::daemon::run(config, async {
         let _ = agent_stopped.await;
     }));
     let client = connect_when_ready(&socket).await?;
     progress.say(
         "agent",
-        format!(
-            "running with {} at {}",
-            if args.keychain {
-                "the OS keychain"
-            } else if cfg!(windows) {
-                "a file store readable by this account only"
-            } else {
-                "a 0600 file store"
-            },
-            socket.display()
-        ),
+        format!("listening on {}, {secrets}", socket.display()),
     );
 
     let enrolled = client
