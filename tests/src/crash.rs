@@ -539,9 +539,10 @@ impl Home {
         .unwrap()
     }
 
-    /// Slot 0 of the agent's status.
+    /// Slot 0 of the agent's status, as the JSON document shows it.
     pub fn slot0(&self) -> serde_json::Value {
-        self.client().status().unwrap()["slots"][0].clone()
+        let status = self.client().status().unwrap();
+        serde_json::to_value(status.slots.first()).unwrap()
     }
 }
 

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use regent_proto::ErrorCode;
+use regent_proto::status::SlotState;
 use regent_tests::crash::{EmulatorControl, Home, Profile, StoreChoice, Tmpfs, temp_files};
 use regent_tests::{AgentProc, EmulatorProc, regent, text};
 
@@ -757,14 +758,13 @@ fn an_unreadable_slot_credential_stops_only_that_slot() {
         })
         .collect();
     let status = admin.status().unwrap();
-    let active = |n: u64| {
-        status["slots"]
-            .as_array()
-            .unwrap()
+    let active = |n: u32| {
+        status
+            .slots
             .iter()
-            .any(|s| s["slot"] == n && s["state"] == "active")
+            .any(|s| s.slot == n && s.state == SlotState::Active)
     };
-    assert!(active(0) && active(1) && active(2), "{status}");
+    assert!(active(0) && active(1) && active(2), "{status:?}");
     drop(first);
     drop(admin);
     assert!(agent.terminate().success());
@@ -778,15 +778,13 @@ fn an_unreadable_slot_credential_stops_only_that_slot() {
 
     let agent = home.start(None);
     let status = home.client().status().unwrap();
-    let slot1 = status["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["slot"] == 1)
-        .cloned()
-        .unwrap();
-    assert_eq!(slot1["last_error_code"], "STORE_UNAVAILABLE", "{slot1}");
-    let message = slot1["last_error"].as_str().unwrap();
+    let slot1 = status.slots.iter().find(|s| s.slot == 1).unwrap();
+    assert_eq!(
+        slot1.last_error_code,
+        Some(ErrorCode::StoreUnavailable),
+        "{slot1:?}"
+    );
+    let message = slot1.last_error.as_deref().unwrap();
     for needle in [
         "slot 1",
         "slot-1.credential",

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use regent_proto::ErrorCode;
+use regent_proto::status::SlotState;
 use regent_tests::crash::{EmulatorControl, Home, Profile, StoreChoice, wait_for_crash_point};
 use regent_tests::{EmulatorProc, code, regent, regent_bin, text, wait_timeout, wait_until};
 
@@ -194,17 +195,12 @@ fn a_lazy_slot_redemption_answered_after_unenroll_is_dropped_not_stored() {
     });
     let slot1 = || {
         let status = home.client().status().unwrap();
-        status["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["slot"] == 1)
-            .cloned()
+        status.slots.into_iter().find(|s| s.slot == 1)
     };
     wait_until(
         Duration::from_secs(20),
         "slot 1's redemption under way",
-        || slot1().is_some_and(|s| s["state"] == "enrolling"),
+        || slot1().is_some_and(|s| s.state == SlotState::Enrolling),
     );
     let out = cli(&home, &["unenroll"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -228,6 +224,6 @@ fn a_lazy_slot_redemption_answered_after_unenroll_is_dropped_not_stored() {
         assert!(!secrets.contains(entry), "{entry} kept after unenroll");
     }
     let slot = slot1().expect("slot 1 exists");
-    assert_eq!(slot["state"], "unenrolled", "{slot}");
-    assert_eq!(slot["pending_redemption"], false, "{slot}");
+    assert_eq!(slot.state, SlotState::Unenrolled, "{slot:?}");
+    assert!(!slot.pending_redemption, "{slot:?}");
 }

@@ -27,9 +27,7 @@ use tokio::sync::Mutex;
 use crate::config::{Config, InstanceMode, Profile};
 use crate::crash::crash_point;
 use crate::credential::{IssuedToken, Ledger, SlotRenewer, StoredCredential, to_ms};
-use crate::engine::{
-    DemandGuard, Engine, EngineSettings, EngineStatus, Event, RenewalReason, Renewer, SlotState,
-};
+use crate::engine::{DemandGuard, Engine, EngineSettings, EngineStatus, Event, Renewer, SlotState};
 use crate::error::{Error, Result};
 use crate::grant::Grant;
 use crate::lease::{Holder, Lease, LeaseTable};
@@ -117,64 +115,7 @@ pub struct Enrolled {
     pub expires_at: time::OffsetDateTime,
 }
 
-/// The agent's status, for `regent status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentStatus {
-    /// `"sentinel"` or `"oauth2"`.
-    pub profile: &'static str,
-    /// `"shared"` or `"per-instance"`.
-    pub instance_mode: &'static str,
-    /// Most slots (`instances.max`).
-    pub instances_max: u32,
-    /// This state directory's device id (shown to the agent's uid and root
-    /// only: with the registration token it would let a user replay this
-    /// device's redemption).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
-    /// Where secrets are kept.
-    pub store: String,
-    /// One entry per slot that exists.
-    pub slots: Vec<SlotStatus>,
-}
-
-/// One slot's status.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlotStatus {
-    /// Slot number.
-    pub slot: u32,
-    /// Identifier sent to the server (shown to the agent's uid and root only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub identifier: Option<String>,
-    /// Lifecycle state.
-    pub state: SlotState,
-    /// Who leases the slot (per-instance mode; shown to the agent's uid and root).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leased_by: Option<Holder>,
-    /// A redemption was sent but its outcome is not stored yet.
-    pub pending_redemption: bool,
-    /// Access-token expiry (unix seconds).
-    pub expires_at: Option<u64>,
-    /// Next planned upstream call (unix seconds).
-    pub next_renewal: Option<u64>,
-    /// Why it is planned: `first-token`, `demand` (clients asked),
-    /// `keep-alive` (nobody asked: tokens are renewed on demand),
-    /// `refresh-token-expiry` or `retry`.
-    pub next_renewal_reason: Option<&'static str>,
-    /// Last successful renewal (unix seconds).
-    pub last_renewal: Option<u64>,
-    /// Last failure: code name.
-    pub last_error_code: Option<String>,
-    /// Last failure: message.
-    pub last_error: Option<String>,
-    /// Consecutive transient failures.
-    pub failures: u32,
-    /// Successful renewals since start.
-    pub renewals_ok: u64,
-    /// Failed renewals since start.
-    pub renewals_failed: u64,
-    /// Tokens handed out since start.
-    pub handouts: u64,
-}
+pub use regent_proto::status::{AgentStatus, SlotStatus};
 
 /// One slot: its engine, and the locks that keep its activation single.
 #[derive(Debug)]
@@ -1069,7 +1010,6 @@ impl Agent {
     pub async fn status_with(&self, admin: bool) -> AgentStatus {
         let state = self.state.lock().await;
         let holders = self.leases.holders();
-        let secs = |t: Option<SystemTime>| t.map(|t| to_ms(t) / 1000);
         let slots = self
             .existing_slots()
             .into_iter()
@@ -1077,9 +1017,7 @@ impl Agent {
                 let s = slot.engine.status();
                 let record = state.slots.get(&number);
                 SlotStatus {
-                    slot: number,
                     identifier: record.filter(|_| admin).map(|r| r.identifier.clone()),
-                    state: s.state,
                     leased_by: admin
                         .then(|| {
                             holders
@@ -1089,16 +1027,18 @@ impl Agent {
                         })
                         .flatten(),
                     pending_redemption: record.is_some_and(|r| r.pending_since.is_some()),
-                    expires_at: secs(s.expires_at),
-                    next_renewal: secs(s.next_renewal),
-                    next_renewal_reason: s.next_renewal_reason.map(RenewalReason::name),
-                    last_renewal: secs(s.last_renewal),
-                    last_error_code: s.last_error.as_ref().map(|e| e.code.name().to_owned()),
+                    next_renewal_reason: s.next_renewal_reason,
+                    last_error_code: s.last_error.as_ref().map(|e| e.code),
                     last_error: s.last_error.as_ref().map(|e| e.message.clone()),
                     failures: s.failures,
                     renewals_ok: s.renewals_ok,
                     renewals_failed: s.renewals_failed,
                     handouts: s.handouts,
+                    ..SlotStatus::new(number, s.state).with_times(
+                        s.expires_at,
+                        s.next_renewal,
+                        s.last_renewal,
+                    )
                 }
             })
             .collect();
@@ -1106,12 +1046,14 @@ impl Agent {
             profile: match self.config.server.profile {
                 Profile::Sentinel => "sentinel",
                 Profile::OAuth2 => "oauth2",
-            },
+            }
+            .to_owned(),
             instance_mode: if self.per_instance() {
                 "per-instance"
             } else {
                 "shared"
-            },
+            }
+            .to_owned(),
             instances_max: self.instances_max.load(Ordering::Relaxed),
             device_id: admin.then(|| state.device_id.clone()),
             store: self.store.describe(),

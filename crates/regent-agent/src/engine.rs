@@ -31,7 +31,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use regent_proto::ErrorCode;
-use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 
 use crate::config::RefreshConfig;
@@ -54,34 +53,7 @@ pub trait Renewer: Send + Sync + 'static {
     }
 }
 
-/// A slot's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SlotState {
-    /// No auth token.
-    Unenrolled,
-    /// A redemption is under way.
-    Enrolling,
-    /// Renewals succeed.
-    Active,
-    /// The last renewal failed transiently; cached tokens are served while valid.
-    Degraded,
-    /// The credential stopped working for good (revoked, session dead, secret wrong).
-    Revoked,
-}
-
-impl SlotState {
-    /// Lowercase name, as in status output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotState::Unenrolled => "unenrolled",
-            SlotState::Enrolling => "enrolling",
-            SlotState::Active => "active",
-            SlotState::Degraded => "degraded",
-            SlotState::Revoked => "revoked",
-        }
-    }
-}
+pub use regent_proto::status::{RenewalReason, SlotState};
 
 /// Something subscribers hear about.
 #[derive(Debug, Clone)]
@@ -142,38 +114,6 @@ impl From<&RefreshConfig> for EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings::from(&RefreshConfig::default())
-    }
-}
-
-/// Why the scheduler plans its next upstream call, for status output: an
-/// agent nobody asked for a token renews on demand and only keeps its
-/// credential alive, which `regent status` says instead of a bare countdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenewalReason {
-    /// No token yet: the first one is due now.
-    FirstToken,
-    /// Clients asked for tokens recently (or hold subscriptions): renew so
-    /// that what they ask for stays on hand.
-    Demand,
-    /// Nobody asked: a keep-alive renewal (`[refresh] keepalive`) so the
-    /// credential does not lapse; tokens are renewed on demand.
-    KeepAlive,
-    /// Nobody asked, but the refresh token expires before the keep-alive.
-    RefreshTokenExpiry,
-    /// The last attempt failed: the retry after backoff or `Retry-After`.
-    Retry,
-}
-
-impl RenewalReason {
-    /// The status document's name for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            RenewalReason::FirstToken => "first-token",
-            RenewalReason::Demand => "demand",
-            RenewalReason::KeepAlive => "keep-alive",
-            RenewalReason::RefreshTokenExpiry => "refresh-token-expiry",
-            RenewalReason::Retry => "retry",
-        }
     }
 }
 

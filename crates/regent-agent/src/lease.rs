@@ -10,18 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-/// Who holds a slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Holder {
-    /// The app name from `hello`.
-    pub app: String,
-    /// The instance id from `hello`, if any.
-    pub instance: Option<String>,
-    /// The peer's process id, when known.
-    pub pid: Option<u32>,
-}
+pub use regent_proto::status::Holder;
 
 #[derive(Debug, Default)]
 struct SlotLease {

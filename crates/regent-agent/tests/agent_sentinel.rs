@@ -121,10 +121,7 @@ async fn each_registration_token_refusal_has_its_own_code_and_leaves_nothing_beh
         let status = agent.status().await;
         assert!(!status.slots[0].pending_redemption);
         assert_eq!(status.slots[0].state, SlotState::Unenrolled);
-        assert_eq!(
-            status.slots[0].last_error_code.as_deref(),
-            Some(code.name())
-        );
+        assert_eq!(status.slots[0].last_error_code, Some(code));
         let secrets = std::fs::read_to_string(dir.path().join("secrets.json")).unwrap_or_default();
         assert!(!secrets.contains("slot-0"), "store still holds: {secrets}");
     }

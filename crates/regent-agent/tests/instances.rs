@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{RunningAgent, Server, sentinel_server};
 use regent_agent::ErrorCode;
-use regent_client::{Client, ClientOptions};
+use regent_client::{Client, ClientOptions, SlotState};
 use regent_emulator::EmulatorConfig;
 use reqwest::Method;
 use serde_json::json;
@@ -113,12 +113,17 @@ async fn three_slots_three_auth_tokens_fourth_refused_then_freed_without_new_red
 
     // status lists the slots with who leases them.
     let status = fourth.status().await.unwrap();
-    let slots = status["slots"].as_array().unwrap();
+    let slots = &status.slots;
     assert_eq!(slots.len(), 3);
-    assert!(slots.iter().all(|s| s["state"] == "active"), "{status}");
     assert!(
-        slots.iter().any(|s| s["leased_by"]["instance"] == "e4"),
-        "{status}"
+        slots.iter().all(|s| s.state == SlotState::Active),
+        "{status:?}"
+    );
+    assert!(
+        slots
+            .iter()
+            .any(|s| s.leased_by.as_ref().and_then(|h| h.instance.as_deref()) == Some("e4")),
+        "{status:?}"
     );
     // Metrics count every slot, not just the first.
     let metrics = fourth.metrics().await.unwrap();

@@ -2,13 +2,13 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
-use regent_client::{Client, ClientOptions};
+use regent_client::{AgentStatus, Client, ClientOptions, RenewalReason, SlotStatus};
 use regent_proto::ErrorCode;
 use secrecy::SecretString;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::failure::{Failure, internal};
 
@@ -179,45 +179,28 @@ pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Fai
     }
     // The exit status says whether the credential is usable, not just whether
     // the agent runs: scripts can use `regent status` as a health check.
-    match status["slots"][0]["state"].as_str() {
-        Some("active") => Ok(()),
-        // Degraded: the last renewal failed; healthy only while the cached
-        // token still works.
-        Some("degraded") => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if status["slots"][0]["expires_at"]
-                .as_u64()
-                .is_some_and(|at| at > now)
-            {
-                Ok(())
-            } else {
-                Err(Failure::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "no valid token: the last renewal failed ({}) and the cached token has expired",
-                        status["slots"][0]["last_error"]
-                            .as_str()
-                            .unwrap_or("unknown error")
-                    ),
-                ))
-            }
-        }
-        Some("unenrolled") | Some("enrolling") => {
-            Err(Failure::new(ErrorCode::NotEnrolled, "not enrolled"))
-        }
-        Some("revoked") => {
-            let code = status["slots"][0]["last_error_code"]
-                .as_str()
-                .and_then(ErrorCode::from_name)
-                .unwrap_or(ErrorCode::Revoked);
-            Err(Failure::new(
-                code,
-                "the credential no longer works; enroll again",
-            ))
-        }
-        _ => Ok(()),
+    status
+        .health(SystemTime::now())
+        .map_err(|code| Failure::new(code, unhealthy(&status, code)))
+}
+
+/// What an unhealthy status means, for the health check's message.
+fn unhealthy(status: &AgentStatus, code: ErrorCode) -> String {
+    let last_error = status
+        .slots
+        .first()
+        .and_then(|s| s.last_error.as_deref())
+        .unwrap_or("unknown error");
+    match code {
+        ErrorCode::Unavailable => format!(
+            "no valid token: the last renewal failed ({last_error}) and the cached token has expired"
+        ),
+        ErrorCode::NotEnrolled => "not enrolled".to_owned(),
+        ErrorCode::UnsupportedVersion => format!(
+            "the agent reports a state this regent does not know ({}); update regent",
+            status.slots.first().map_or("no slot", |s| s.state.as_str())
+        ),
+        _ => "the credential no longer works; enroll again".to_owned(),
     }
 }
 
@@ -233,15 +216,15 @@ fn span(d: std::time::Duration) -> String {
 }
 
 /// The human summary of a status document.
-pub fn summarize(status: &Value) -> String {
+pub fn summarize(status: &AgentStatus) -> String {
     let mut out = String::new();
     let now = SystemTime::now();
-    let when = |v: &Value| -> String {
-        v.as_u64().map_or_else(
+    let when = |ms: Option<u64>| -> String {
+        ms.map_or_else(
             || "-".to_owned(),
-            |secs| match regent_proto::time::from_unix_secs(secs) {
+            |ms| match regent_proto::time::from_unix_ms(ms) {
                 // Past the year 9999: not a date the agent could mean.
-                None => format!("at an impossible time ({secs} s after 1970)"),
+                None => format!("at an impossible time ({ms} ms after 1970)"),
                 Some(t) => match t.duration_since(now) {
                     Ok(d) => format!("in {}", span(d)),
                     Err(e) => format!("{} ago", span(e.duration())),
@@ -251,67 +234,62 @@ pub fn summarize(status: &Value) -> String {
     };
     // What the agent will do next: an agent nobody asked for a token only
     // keeps its credential alive, and renews when a client asks.
-    let next = |slot: &Value| -> String {
-        let at = when(&slot["next_renewal"]);
-        match slot["next_renewal_reason"].as_str() {
-            Some("keep-alive") => format!("renews on demand; keep-alive {at}"),
-            Some("refresh-token-expiry") => {
+    let next = |slot: &SlotStatus| -> String {
+        let at = when(slot.next_renewal_at_ms);
+        match slot.next_renewal_reason {
+            Some(RenewalReason::KeepAlive) => format!("renews on demand; keep-alive {at}"),
+            Some(RenewalReason::RefreshTokenExpiry) => {
                 format!("renews on demand; before the refresh token expires, {at}")
             }
-            Some("demand") => format!("next renewal {at} (clients ask for tokens)"),
-            Some("retry") => format!("next attempt {at} (retrying after a failure)"),
-            Some("first-token") => format!("first token {at}"),
-            _ => format!("next renewal {at}"),
+            Some(RenewalReason::Demand) => format!("next renewal {at} (clients ask for tokens)"),
+            Some(RenewalReason::Retry) => format!("next attempt {at} (retrying after a failure)"),
+            Some(RenewalReason::FirstToken) => format!("first token {at}"),
+            Some(RenewalReason::Unknown) | None => format!("next renewal {at}"),
         }
     };
     out.push_str(&format!(
         "profile {}, {} instances (max {}), store {}\n",
-        status["profile"].as_str().unwrap_or("?"),
-        status["instance_mode"].as_str().unwrap_or("shared"),
-        status["instances_max"],
-        status["store"].as_str().unwrap_or("?")
+        status.profile, status.instance_mode, status.instances_max, status.store
     ));
-    for slot in status["slots"].as_array().into_iter().flatten() {
-        let leased = match &slot["leased_by"] {
-            Value::Object(h) => format!(
+    for slot in &status.slots {
+        let leased = match &slot.leased_by {
+            Some(h) => format!(
                 ", leased by {}{} (pid {})",
-                h.get("app").and_then(Value::as_str).unwrap_or("?"),
-                h.get("instance")
-                    .and_then(Value::as_str)
+                h.app,
+                h.instance
+                    .as_deref()
                     .map(|i| format!("/{i}"))
                     .unwrap_or_default(),
-                h.get("pid")
-                    .and_then(Value::as_u64)
-                    .map_or_else(|| "?".to_owned(), |p| p.to_string())
+                h.pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
             ),
-            _ => String::new(),
+            None => String::new(),
         };
         out.push_str(&format!(
             "slot {}: {}{}{leased}\n",
-            slot["slot"],
-            slot["state"].as_str().unwrap_or("?"),
-            slot["identifier"]
-                .as_str()
+            slot.slot,
+            slot.state.as_str(),
+            slot.identifier
+                .as_deref()
                 .map(|i| format!(" ({i})"))
                 .unwrap_or_default()
         ));
         out.push_str(&format!(
             "  token expires {}, {}, last renewal {}\n",
-            when(&slot["expires_at"]),
+            when(slot.expires_at_ms),
             next(slot),
-            when(&slot["last_renewal"])
+            when(slot.last_renewal_at_ms)
         ));
         out.push_str(&format!(
             "  renewals ok {}, failed {}, tokens served {}\n",
-            slot["renewals_ok"], slot["renewals_failed"], slot["handouts"]
+            slot.renewals_ok, slot.renewals_failed, slot.handouts
         ));
-        if let Some(err) = slot["last_error"].as_str() {
+        if let Some(err) = &slot.last_error {
             out.push_str(&format!(
                 "  last error: {} {err}\n",
-                slot["last_error_code"].as_str().unwrap_or("")
+                slot.last_error_code.map_or("", ErrorCode::name)
             ));
         }
-        if slot["pending_redemption"].as_bool() == Some(true) {
+        if slot.pending_redemption {
             out.push_str("  a redemption is pending and will be retried\n");
         }
     }

@@ -231,7 +231,7 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
         "agent",
         format!(
             "state {}; a new registration token (`regent enroll`) would re-enroll without a restart",
-            status["slots"][0]["state"].as_str().unwrap_or("?")
+            status.slots.first().map_or("?", |s| s.state.as_str())
         ),
     );
 

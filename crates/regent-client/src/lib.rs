@@ -70,6 +70,7 @@ pub use client::{Client, Subscription};
 pub use error::{Error, Result};
 pub use options::{ClientOptions, SOCKET_ENV, default_socket_path};
 pub use regent_proto::ErrorCode;
+pub use regent_proto::status::{AgentStatus, Holder, RenewalReason, SlotState, SlotStatus};
 pub use secrecy::{ExposeSecret, SecretString};
 pub use server::{AGENT_SID_ENV, AGENT_UID_ENV};
 pub use source::TokenSource;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use regent_proto::frame::{self, FrameError, Framed, HEADER, MAX_FRAME};
 use regent_proto::message::{Op, Outcome, Reply, Request, Response, SUPPORTED_VERSIONS};
+use regent_proto::status::AgentStatus;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{self, Error, Result};
@@ -213,7 +214,7 @@ pub(crate) fn token(socket: &Path, response: Response) -> Result<Token> {
     }
 }
 
-pub(crate) fn status(socket: &Path, response: Response) -> Result<serde_json::Value> {
+pub(crate) fn status(socket: &Path, response: Response) -> Result<AgentStatus> {
     match into_reply(socket, "status", response)? {
         Reply::Status { status } => Ok(status),
         other => Err(error::unexpected(socket, "status", reply_kind(&other))),

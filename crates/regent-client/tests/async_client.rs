@@ -49,7 +49,9 @@ async fn connecting_says_hello_and_every_call_maps_its_reply() {
     assert_eq!(client.agent_info().version, "fake-0.1");
     let token = client.token(Duration::from_millis(1)).await.unwrap();
     assert_eq!(token.secret(), "token-1");
-    assert_eq!(client.status().await.unwrap()["state"], "active");
+    let status = client.status().await.unwrap();
+    assert_eq!(status.slots[0].state, regent_client::SlotState::Active);
+    assert_eq!(status.health(std::time::SystemTime::now()), Ok(()));
     assert_eq!(client.metrics().await.unwrap(), "regent_up 1\n");
     let enrolled = client.enroll("reg-token".to_owned(), false).await.unwrap();
     assert_eq!(enrolled.identifier, "device-1/0");

@@ -52,7 +52,10 @@ fn connecting_says_hello_and_tokens_carry_the_reply() {
         other => panic!("first request was {other:?}"),
     }
     assert!(matches!(requests[1].op, Op::Token { min_valid: 91, .. }));
-    assert_eq!(client.status().unwrap()["state"], "active");
+    assert_eq!(
+        client.status().unwrap().slots[0].state,
+        regent_client::SlotState::Active
+    );
     assert_eq!(client.metrics().unwrap(), "regent_up 1\n");
     assert_eq!(agent.connections(), 1);
 }
@@ -143,7 +146,10 @@ fn a_stalled_request_times_out_and_its_late_answer_is_skipped() {
         "{waited:?}"
     );
     assert!(e.message.contains("token"), "{e}");
-    assert_eq!(client.status().unwrap()["state"], "active");
+    assert_eq!(
+        client.status().unwrap().slots[0].state,
+        regent_client::SlotState::Active
+    );
     assert_eq!(agent.connections(), 1);
 }
 

@@ -5,12 +5,14 @@
 //!   header, the Python binding and the CLI's exit status.
 //! - [`frame`]: the framing (4-byte big-endian length + one JSON object, 64 KiB cap).
 //! - [`message`]: requests, responses and pushed events, version negotiation.
+//! - [`status`]: the agent's status document and its health.
 //! - [`time`]: unix milliseconds ↔ `SystemTime`, checked against one bound on
 //!   every platform (a stored or received time never panics a conversion).
 
 pub mod code;
 pub mod frame;
 pub mod message;
+pub mod status;
 pub mod time;
 
 pub use code::{CodedError, ErrorCode};

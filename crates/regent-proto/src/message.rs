@@ -193,7 +193,7 @@ pub enum Reply {
     /// Status document (the agent's `--json` status shape).
     Status {
         /// The status.
-        status: serde_json::Value,
+        status: crate::status::AgentStatus,
     },
     /// Metrics in Prometheus text format.
     Metrics {

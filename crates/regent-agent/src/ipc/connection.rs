@@ -524,10 +524,7 @@ impl Connection<'_> {
                     .agent
                     .status_with(self.access.administers())
                     .await;
-                match serde_json::to_value(&status) {
-                    Ok(status) => self.reply(id, Reply::Status { status }),
-                    Err(e) => self.reply_error(id, Error::new(ErrorCode::Internal, e.to_string())),
-                }
+                self.reply(id, Reply::Status { status });
             }
             Op::Metrics {} => {
                 let text = super::super::metrics::render(&self.shared.agent, &self.shared.stats);

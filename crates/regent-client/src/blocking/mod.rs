@@ -30,7 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 use self::conn::Connection;
 use crate::error::{self, Failure, Resend, Result};
 use crate::wire::{self, min_valid_secs};
-use crate::{AgentInfo, ClientOptions, Enrolled, ErrorCode, SubscriptionEvent, Token};
+use crate::{AgentInfo, AgentStatus, ClientOptions, Enrolled, ErrorCode, SubscriptionEvent, Token};
 
 /// A blocking connection to the agent, shared safely between threads.
 ///
@@ -117,11 +117,12 @@ impl Client {
         }
     }
 
-    /// The agent's status document (the shape of `regent status --json`).
+    /// The agent's status document (the shape of `regent status --json`);
+    /// [`AgentStatus::health`] says whether its credential works.
     ///
     /// # Errors
     /// As for [`Client::token`].
-    pub fn status(&self) -> Result<serde_json::Value> {
+    pub fn status(&self) -> Result<AgentStatus> {
         let response = self.call(Op::Status {}, Resend::Idempotent)?;
         wire::status(&self.socket, response)
     }

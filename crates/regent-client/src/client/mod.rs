@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use self::conn::{Conn, Delivery, RouteGuard};
 use crate::error::{self, Failure, Resend, Result};
 use crate::wire::{self, min_valid_secs};
-use crate::{AgentInfo, ClientOptions, Enrolled, ErrorCode, SubscriptionEvent, Token};
+use crate::{AgentInfo, AgentStatus, ClientOptions, Enrolled, ErrorCode, SubscriptionEvent, Token};
 
 /// An async connection to the agent. Cheap to clone; clones share the
 /// connection, and any number of tasks may call at once (requests are
@@ -135,11 +135,12 @@ impl Client {
         }
     }
 
-    /// The agent's status document (the shape of `regent status --json`).
+    /// The agent's status document (the shape of `regent status --json`);
+    /// [`AgentStatus::health`] says whether its credential works.
     ///
     /// # Errors
     /// As for [`Client::token`].
-    pub async fn status(&self) -> Result<serde_json::Value> {
+    pub async fn status(&self) -> Result<AgentStatus> {
         let response = self.call(Op::Status {}, Resend::Idempotent).await?;
         wire::status(&self.inner.socket, response)
     }

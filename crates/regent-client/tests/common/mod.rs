@@ -312,7 +312,17 @@ pub fn standard(request: &Request) -> Vec<Action> {
         }
         Op::Unsubscribe { .. } => Reply::Unsubscribed {},
         Op::Status {} => Reply::Status {
-            status: serde_json::json!({"state": "active"}),
+            status: regent_proto::status::AgentStatus {
+                profile: "sentinel".into(),
+                instance_mode: "shared".into(),
+                instances_max: 1,
+                device_id: None,
+                store: "file".into(),
+                slots: vec![regent_proto::status::SlotStatus::new(
+                    0,
+                    regent_proto::status::SlotState::Active,
+                )],
+            },
         },
         Op::Metrics {} => Reply::Metrics {
             text: "regent_up 1\n".into(),
