@@ -407,7 +407,7 @@ impl Agent {
             };
             match attempt {
                 Ok(_) => return,
-                Err(e) if e.is_permanent() => return,
+                Err(e) if !e.is_retryable() => return,
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(60));
                     let delay = delay.max(e.retry_after.unwrap_or_default());
@@ -457,7 +457,7 @@ impl Agent {
             Profile::OAuth2 => self.enroll_oauth2(FIRST_SLOT, secret_value).await,
         };
         if let Err(e) = &result
-            && e.is_permanent()
+            && !e.is_retryable()
             && self.per_instance()
         {
             // A refused secret must not be kept for later slots.
@@ -488,7 +488,7 @@ impl Agent {
                 .await
             {
                 Ok(enrolled) => return Ok(enrolled),
-                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => match delays
                     .next()
                     .map(|d| d.max(e.retry_after.unwrap_or_default()))
@@ -624,7 +624,7 @@ impl Agent {
         let redemption = match answer {
             Ok(r) => r,
             Err(e) => {
-                if e.is_permanent() {
+                if !e.is_retryable() {
                     // Refused: leave nothing half-written behind.
                     self.clear_pending(slot, false).await;
                 }
@@ -836,7 +836,7 @@ impl Agent {
             }
         };
         if let Err(e) = &result
-            && e.is_permanent()
+            && !e.is_retryable()
         {
             *slot
                 .refused

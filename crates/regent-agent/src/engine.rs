@@ -662,7 +662,7 @@ impl Engine {
                 }
                 self.shared.emit(Event::Renewed { expires_at });
             }
-            Err(error) if error.is_permanent() => {
+            Err(error) if !error.is_retryable() => {
                 self.shared.renewals_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(code = %error.code, error = %error.message, "renewal failed permanently");
                 inner.grant = None;
@@ -816,7 +816,7 @@ fn unavailable(inner: &Inner, min_valid: Duration, retry_at: SystemTime, now: Sy
         .unwrap_or_default()
         .max(Duration::from_millis(100));
     if let Some(e) = &inner.last_error {
-        if e.is_permanent() {
+        if !e.is_retryable() {
             return e.clone();
         }
         let has_token = inner

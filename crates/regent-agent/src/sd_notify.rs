@@ -132,6 +132,7 @@ fn send_datagram(_address: &str, _message: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::expect_used)] // `cfg(all(test, …))` is not seen as test code by clippy.
 mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;

@@ -2,7 +2,7 @@
 //! `dbus-daemon` and an unlocked `gnome-keyring-daemon` per test, with a
 //! temporary `HOME` (DESIGN §14). The keychain calls run in a child process; see
 //! `support/secret_service.rs` for why.
-#![allow(clippy::panic)] // Test code: a panic is how a test (or its helper) fails.
+#![allow(clippy::panic, clippy::expect_used)] // Test code: a panic is how a test (or its helper) fails.
 
 #[path = "support/secret_service.rs"]
 mod secret_service;

@@ -3,7 +3,7 @@
 //! store's timeout, never hang (DESIGN §5). Each case runs in its own child
 //! process, because `keyring` keeps its first connection (or failure) for the
 //! life of a process.
-#![allow(clippy::panic)] // Test code: a panic is how a test (or its helper) fails.
+#![allow(clippy::panic, clippy::expect_used)] // Test code: a panic is how a test (or its helper) fails.
 
 #[path = "support/secret_service.rs"]
 mod secret_service;

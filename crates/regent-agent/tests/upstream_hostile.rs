@@ -1,5 +1,6 @@
 //! Answers no honest server sends, from a raw TCP listener on 127.0.0.1: the
 //! upstream module must classify every one of them and never panic.
+#![allow(clippy::expect_used)] // Test code: a failed expectation fails the test.
 
 use std::time::Duration;
 

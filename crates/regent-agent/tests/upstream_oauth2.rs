@@ -1,4 +1,5 @@
 //! The `oauth2` profile against the real emulator on 127.0.0.1.
+#![allow(clippy::expect_used)] // Test code: a failed expectation fails the test.
 
 mod upstream_support;
 
@@ -116,7 +117,7 @@ async fn wrong_secret_is_client_credentials_invalid() {
     assert_eq!(e.code, ErrorCode::ClientCredentialsInvalid, "{}", e.message);
     assert!(e.message.contains("\"mtclient\""), "{}", e.message);
     assert!(!e.message.contains("not-the-secret-123"));
-    assert!(e.is_permanent());
+    assert!(!e.is_retryable());
 
     let unknown = oauth2(&server, "nobody", None);
     let e = unknown

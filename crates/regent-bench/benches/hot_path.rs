@@ -5,6 +5,7 @@
 //! - request decoding: the `token` fast path and the general path (`hello`);
 //! - the token engine's cached handout (`Engine::token`), polled once with a
 //!   no-op waker so that no runtime scheduling is measured.
+#![allow(clippy::expect_used)] // A benchmark whose setup fails has nothing to measure.
 
 use std::future::Future;
 use std::pin::pin;

@@ -26,7 +26,8 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::failure::{Failure, internal};
+use crate::failure::internal;
+use regent_client::Error;
 
 /// Keychain service under which `regent admin login` keeps credentials.
 const KEYCHAIN_SERVICE: &str = "regent-admin";
@@ -167,7 +168,7 @@ pub enum AuthTokenCommand {
     },
 }
 
-pub async fn run(args: AdminArgs) -> Result<(), Failure> {
+pub async fn run(args: AdminArgs) -> Result<(), Error> {
     let json = args.server.json;
     match args.command {
         AdminCommand::Token(TokenCommand::Create {
@@ -211,7 +212,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
             let record = reply["registrationToken"].clone();
             let value = record["token"].as_str().unwrap_or_default().to_owned();
             if value.is_empty() {
-                return Err(Failure::new(
+                return Err(Error::new(
                     ErrorCode::ServerError,
                     "the server created a registration token but returned no value",
                 ));
@@ -344,10 +345,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
         AdminCommand::Login => login(&args.server).await,
         AdminCommand::Logout => {
             let base = base_url(&args.server)?;
-            keychain()?
-                .delete(&keychain_entry(&base))
-                .await
-                .map_err(Failure::from)?;
+            keychain()?.delete(&keychain_entry(&base)).await?;
             println!("admin credentials for {base} removed from the keychain");
             Ok(())
         }
@@ -359,7 +357,7 @@ async fn patch_registration(
     id: &str,
     patch: Value,
     json: bool,
-) -> Result<(), Failure> {
+) -> Result<(), Error> {
     let session = Session::open(server).await?;
     let reply = session
         .call(
@@ -406,7 +404,7 @@ impl Size {
         devices: Option<u32>,
         instances_per_device: u32,
         count: Option<u32>,
-    ) -> Result<Size, Failure> {
+    ) -> Result<Size, Error> {
         let size = match (devices, count) {
             (_, Some(count)) => Size {
                 devices: None,
@@ -415,7 +413,7 @@ impl Size {
             },
             (Some(devices), None) => {
                 let count = devices.checked_mul(instances_per_device).ok_or_else(|| {
-                    Failure::new(
+                    Error::new(
                         ErrorCode::BadRequest,
                         format!("{devices} devices × {instances_per_device} instances does not fit a count"),
                     )
@@ -427,14 +425,14 @@ impl Size {
                 }
             }
             (None, None) => {
-                return Err(Failure::new(
+                return Err(Error::new(
                     ErrorCode::BadRequest,
                     "say how many auth tokens the registration token may create: --devices N [--instances-per-device M], or --count N",
                 ));
             }
         };
         if size.count == 0 {
-            return Err(Failure::new(
+            return Err(Error::new(
                 ErrorCode::BadRequest,
                 "the count must be at least 1",
             ));
@@ -482,10 +480,10 @@ fn print_size(size: &Size, expiry: &str, json: bool) {
 }
 
 /// `30d` / `12h` / `90m` from now, a date (end of that day, UTC) or RFC 3339.
-fn parse_expiry(text: &str, now: OffsetDateTime) -> Result<String, Failure> {
+fn parse_expiry(text: &str, now: OffsetDateTime) -> Result<String, Error> {
     let text = text.trim();
     let bad = || {
-        Failure::new(
+        Error::new(
             ErrorCode::BadRequest,
             format!(
                 "--expires {text:?}: use a duration such as 30d or 12h, a date such as 2026-12-31, or an RFC 3339 time"
@@ -535,15 +533,15 @@ struct CredentialsFile {
     password: String,
 }
 
-fn base_url(server: &ServerArgs) -> Result<reqwest::Url, Failure> {
+fn base_url(server: &ServerArgs) -> Result<reqwest::Url, Error> {
     let Some(text) = server.url.as_deref().filter(|u| !u.is_empty()) else {
-        return Err(Failure::new(
+        return Err(Error::new(
             ErrorCode::Config,
             "which license server? pass --url or set REGENT_ADMIN_URL",
         ));
     };
     let url = reqwest::Url::parse(text.trim_end_matches('/')).map_err(|e| {
-        Failure::new(
+        Error::new(
             ErrorCode::Config,
             format!("--url {text:?} is not a URL: {e}"),
         )
@@ -557,14 +555,14 @@ fn base_url(server: &ServerArgs) -> Result<reqwest::Url, Failure> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
-        "http" => Err(Failure::new(
+        "http" => Err(Error::new(
             ErrorCode::Config,
             format!(
                 "refusing to send admin credentials over plain http:// to {}; use https:// (http:// is only for loopback IP addresses such as http://127.0.0.1:PORT)",
                 url.host_str().unwrap_or("?")
             ),
         )),
-        other => Err(Failure::new(
+        other => Err(Error::new(
             ErrorCode::Config,
             format!("--url: unsupported scheme {other:?}; use https://"),
         )),
@@ -572,13 +570,13 @@ fn base_url(server: &ServerArgs) -> Result<reqwest::Url, Failure> {
 }
 
 /// File, then environment, then keychain.
-async fn credentials(server: &ServerArgs, base: &reqwest::Url) -> Result<Credentials, Failure> {
+async fn credentials(server: &ServerArgs, base: &reqwest::Url) -> Result<Credentials, Error> {
     if let Some(path) = &server.credentials_file {
         return read_credentials_file(path);
     }
     if let Ok(password) = std::env::var("REGENT_ADMIN_PASSWORD") {
         let Some(user) = server.user.clone().filter(|u| !u.is_empty()) else {
-            return Err(Failure::new(
+            return Err(Error::new(
                 ErrorCode::Config,
                 "REGENT_ADMIN_PASSWORD is set but no user: set REGENT_ADMIN_USER (or --user)",
             ));
@@ -593,7 +591,7 @@ async fn credentials(server: &ServerArgs, base: &reqwest::Url) -> Result<Credent
         Ok(Some(value)) => {
             let parsed: CredentialsFile = serde_json::from_str(value.expose_secret())
                 .map_err(|_| {
-                    Failure::new(
+                    Error::new(
                         ErrorCode::StoreUnavailable,
                         "the admin credentials in the keychain are unreadable; run `regent admin login` again",
                     )
@@ -603,7 +601,7 @@ async fn credentials(server: &ServerArgs, base: &reqwest::Url) -> Result<Credent
                 password: SecretString::from(parsed.password),
             })
         }
-        Ok(None) | Err(_) => Err(Failure::new(
+        Ok(None) | Err(_) => Err(Error::new(
             ErrorCode::Config,
             format!(
                 "no admin credentials for {base}: use --credentials-file PATH (mode 0600, user = \"…\", password = \"…\"), \
@@ -613,9 +611,9 @@ async fn credentials(server: &ServerArgs, base: &reqwest::Url) -> Result<Credent
     }
 }
 
-fn read_credentials_file(path: &Path) -> Result<Credentials, Failure> {
+fn read_credentials_file(path: &Path) -> Result<Credentials, Error> {
     let meta = std::fs::metadata(path).map_err(|e| {
-        Failure::new(
+        Error::new(
             ErrorCode::Config,
             format!("cannot read {}: {e}", path.display()),
         )
@@ -625,7 +623,7 @@ fn read_credentials_file(path: &Path) -> Result<Credentials, Failure> {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(Failure::new(
+            return Err(Error::new(
                 ErrorCode::Config,
                 format!(
                     "{} has mode {mode:04o}: others may read the admin password; `chmod 600` it (and change the password if it was exposed)",
@@ -637,7 +635,7 @@ fn read_credentials_file(path: &Path) -> Result<Credentials, Failure> {
     #[cfg(not(unix))]
     let _ = meta;
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        Failure::new(
+        Error::new(
             ErrorCode::Config,
             format!("cannot read {}: {e}", path.display()),
         )
@@ -649,7 +647,7 @@ fn read_credentials_file(path: &Path) -> Result<Credentials, Failure> {
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
             .unwrap_or(0);
-        Failure::new(
+        Error::new(
             ErrorCode::Config,
             format!(
                 "{} line {line}: expected exactly `user = \"…\"` and `password = \"…\"`",
@@ -663,11 +661,8 @@ fn read_credentials_file(path: &Path) -> Result<Credentials, Failure> {
     })
 }
 
-fn keychain() -> Result<regent_agent::store::SecretStore, Failure> {
-    Ok(regent_agent::store::SecretStore::keychain(
-        KEYCHAIN_SERVICE,
-        Duration::from_secs(5),
-    )?)
+fn keychain() -> Result<regent_agent::store::SecretStore, Error> {
+    regent_agent::store::SecretStore::keychain(KEYCHAIN_SERVICE, Duration::from_secs(5))
 }
 
 fn keychain_entry(base: &reqwest::Url) -> String {
@@ -679,10 +674,10 @@ fn keychain_entry(base: &reqwest::Url) -> String {
     )
 }
 
-async fn login(server: &ServerArgs) -> Result<(), Failure> {
+async fn login(server: &ServerArgs) -> Result<(), Error> {
     let base = base_url(server)?;
     let Some(user) = server.user.clone().filter(|u| !u.is_empty()) else {
-        return Err(Failure::new(
+        return Err(Error::new(
             ErrorCode::Config,
             "which admin user? pass --user or set REGENT_ADMIN_USER",
         ));
@@ -694,7 +689,7 @@ async fn login(server: &ServerArgs) -> Result<(), Failure> {
     let password = SecretString::from(text.trim_end_matches(['\r', '\n']).to_owned());
     secrecy::zeroize::Zeroize::zeroize(&mut text);
     if password.expose_secret().is_empty() {
-        return Err(Failure::new(
+        return Err(Error::new(
             ErrorCode::BadRequest,
             "no password on stdin (e.g. `read -rs P; printf %s \"$P\" | regent admin login --user U`)",
         ));
@@ -705,8 +700,7 @@ async fn login(server: &ServerArgs) -> Result<(), Failure> {
         .to_string();
     keychain()?
         .set(&keychain_entry(&base), SecretString::from(value))
-        .await
-        .map_err(Failure::from)?;
+        .await?;
     println!(
         "admin credentials for {} at {base} checked and stored in the keychain",
         credentials.user
@@ -724,7 +718,7 @@ pub struct Session {
 }
 
 impl Session {
-    async fn open(server: &ServerArgs) -> Result<Session, Failure> {
+    async fn open(server: &ServerArgs) -> Result<Session, Error> {
         let base = base_url(server)?;
         let credentials = credentials(server, &base).await?;
         Session::login(&base, &credentials).await
@@ -735,9 +729,9 @@ impl Session {
         url: &str,
         user: &str,
         password: SecretString,
-    ) -> Result<Session, Failure> {
+    ) -> Result<Session, Error> {
         let base = reqwest::Url::parse(url).map_err(|e| {
-            Failure::new(
+            Error::new(
                 ErrorCode::Config,
                 format!("invalid server URL {url:?}: {e}"),
             )
@@ -750,7 +744,7 @@ impl Session {
     }
 
     /// Discovers the realm token endpoint and logs in with the password grant.
-    async fn login(base: &reqwest::Url, credentials: &Credentials) -> Result<Session, Failure> {
+    async fn login(base: &reqwest::Url, credentials: &Credentials) -> Result<Session, Error> {
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
@@ -758,8 +752,7 @@ impl Session {
             .redirect(reqwest::redirect::Policy::none());
         // Plain http:// (loopback only) never goes through a proxy: the admin
         // password would reach it in clear (issue 18, item 1).
-        let (builder, _) = with_https_proxy(builder, &ProxySetting::Environment)
-            .map_err(|e| Failure::new(e.code, e.message))?;
+        let (builder, _) = with_https_proxy(builder, &ProxySetting::Environment)?;
         let http = builder
             .build()
             .map_err(|e| internal("cannot build the HTTP client", e))?;
@@ -775,7 +768,7 @@ impl Session {
             idp["realm"].as_str(),
             idp["clientId"].as_str(),
         ) else {
-            return Err(Failure::new(
+            return Err(Error::new(
                 ErrorCode::ServerError,
                 format!(
                     "{base}: idpConfigurations names no tokenEndpoint, realm and clientId; is this a Sentinel-style server?"
@@ -795,7 +788,7 @@ impl Session {
                 regent_agent::upstream::check_url(&u).map_err(|e| e.message)
             })
             .map_err(|problem| {
-                Failure::new(
+                Error::new(
                     ErrorCode::ServerError,
                     format!("{base}: idpConfigurations names a token endpoint the admin password will not be sent to: {problem}"),
                 )
@@ -814,7 +807,7 @@ impl Session {
         let status = reply.status();
         let body: Value = reply.json().await.unwrap_or(Value::Null);
         let Some(bearer) = body["access_token"].as_str() else {
-            return Err(Failure::new(
+            return Err(Error::new(
                 ErrorCode::PermissionDenied,
                 format!(
                     "admin login as {} refused ({status}: {}); check the user and password",
@@ -838,7 +831,7 @@ impl Session {
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, Failure> {
+    ) -> Result<Value, Error> {
         let url = format!("{}{path}", self.base.as_str().trim_end_matches('/'));
         let mut request = self
             .http
@@ -855,7 +848,7 @@ impl Session {
     }
 }
 
-async fn read_reply(reply: reqwest::Response, what: &str) -> Result<Value, Failure> {
+async fn read_reply(reply: reqwest::Response, what: &str) -> Result<Value, Error> {
     let status = reply.status();
     let text = reply.text().await.unwrap_or_default();
     let body: Value = if text.is_empty() {
@@ -878,7 +871,7 @@ async fn read_reply(reply: reqwest::Response, what: &str) -> Result<Value, Failu
         .or_else(|| body["message"].as_str())
         .map(str::to_owned)
         .unwrap_or_else(|| text.chars().take(200).collect());
-    Err(Failure::new(
+    Err(Error::new(
         code,
         format!(
             "{what}: the server answered {status}{}{}",
@@ -895,13 +888,13 @@ async fn read_reply(reply: reqwest::Response, what: &str) -> Result<Value, Failu
     ))
 }
 
-fn unreachable(base: &reqwest::Url, e: &reqwest::Error) -> Failure {
+fn unreachable(base: &reqwest::Url, e: &reqwest::Error) -> Error {
     let code = if e.is_timeout() {
         ErrorCode::Timeout
     } else {
         ErrorCode::Unavailable
     };
-    Failure::new(
+    Error::new(
         code,
         format!("cannot reach the license server at {base}: {e}"),
     )
@@ -1028,13 +1021,13 @@ struct OutputFile {
 }
 
 impl OutputFile {
-    fn create(path: &Path) -> Result<OutputFile, Failure> {
+    fn create(path: &Path) -> Result<OutputFile, Error> {
         match regent_agent::store::atomic::create_new_private(path) {
             Ok(file) => Ok(OutputFile {
                 path: path.to_path_buf(),
                 file: Some(file),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Failure::new(
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::new(
                 ErrorCode::BadRequest,
                 format!(
                     "{} already exists; --output writes the registration token only to a new file (mode 0600), never over an existing one or through a symlink: remove it or name another path",
@@ -1045,7 +1038,7 @@ impl OutputFile {
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
         use std::io::Write as _;
         let Some(mut file) = self.file.take() else {
             return Ok(());

@@ -7,7 +7,7 @@ use clap::Args;
 use regent_agent::config::Config;
 use regent_agent::daemon::DaemonOptions;
 
-use crate::failure::Failure;
+use regent_client::Error;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -43,7 +43,7 @@ pub fn default_config_path() -> PathBuf {
     }
 }
 
-pub async fn run(args: AgentArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn run(args: AgentArgs, socket: Option<PathBuf>) -> Result<(), Error> {
     run_until(args, socket, shutdown_signal(), None).await
 }
 
@@ -55,7 +55,7 @@ pub async fn run_until(
     socket: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
     on_ready: Option<Box<dyn FnOnce() + Send>>,
-) -> Result<(), Failure> {
+) -> Result<(), Error> {
     let path = args.config.unwrap_or_else(default_config_path);
     let mut config = Config::load(&path)?;
     if args.check {

@@ -10,7 +10,8 @@ use regent_proto::ErrorCode;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::failure::{Failure, internal};
+use crate::failure::internal;
+use regent_client::Error;
 
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
@@ -60,17 +61,17 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-async fn connect(socket: Option<PathBuf>) -> Result<Client, Failure> {
+async fn connect(socket: Option<PathBuf>) -> Result<Client, Error> {
     let mut options = ClientOptions::new("regent-cli");
     if let Some(socket) = socket {
         options = options.socket(socket);
     }
-    Ok(Client::connect(options).await?)
+    Client::connect(options).await
 }
 
-fn read_secret(args: &EnrollArgs) -> Result<SecretString, Failure> {
+fn read_secret(args: &EnrollArgs) -> Result<SecretString, Error> {
     if args.secret.is_some() {
-        return Err(Failure::new(
+        return Err(Error::new(
             ErrorCode::BadRequest,
             "refusing a secret passed as an argument: every local user can read it with `ps`. \
              Pipe it on stdin (`regent enroll < token.txt`), or use --token-file PATH or --from-env VAR",
@@ -81,7 +82,7 @@ fn read_secret(args: &EnrollArgs) -> Result<SecretString, Failure> {
             .map_err(|e| internal(&format!("cannot read {}", path.display()), e))?
     } else if let Some(var) = &args.from_env {
         std::env::var(var).map_err(|_| {
-            Failure::new(
+            Error::new(
                 ErrorCode::BadRequest,
                 format!("environment variable {var} is not set"),
             )
@@ -97,7 +98,7 @@ fn read_secret(args: &EnrollArgs) -> Result<SecretString, Failure> {
     // Wipe the untrimmed copy.
     secrecy::zeroize::Zeroize::zeroize(&mut value);
     if trimmed.is_empty() {
-        return Err(Failure::new(
+        return Err(Error::new(
             ErrorCode::BadRequest,
             "no secret given: pipe the registration token (or client secret) on stdin, or use --token-file / --from-env",
         ));
@@ -105,7 +106,7 @@ fn read_secret(args: &EnrollArgs) -> Result<SecretString, Failure> {
     Ok(SecretString::from(trimmed))
 }
 
-pub async fn enroll(args: EnrollArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn enroll(args: EnrollArgs, socket: Option<PathBuf>) -> Result<(), Error> {
     let secret = read_secret(&args)?;
     let client = connect(socket).await?;
     let enrolled = client.enroll(secret, args.force).await?;
@@ -125,7 +126,7 @@ pub async fn enroll(args: EnrollArgs, socket: Option<PathBuf>) -> Result<(), Fai
     Ok(())
 }
 
-pub async fn token(args: TokenArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn token(args: TokenArgs, socket: Option<PathBuf>) -> Result<(), Error> {
     let client = connect(socket).await?;
     let token = client.token(Duration::from_secs(args.min_valid)).await?;
     let expires = rfc3339(token.expires_at);
@@ -166,7 +167,7 @@ fn bearer(token_type: &str) -> &str {
     }
 }
 
-pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Error> {
     let client = connect(socket).await?;
     let status = client.status().await?;
     if args.json {
@@ -181,7 +182,7 @@ pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Fai
     // the agent runs: scripts can use `regent status` as a health check.
     status
         .health(SystemTime::now())
-        .map_err(|code| Failure::new(code, unhealthy(&status, code)))
+        .map_err(|code| Error::new(code, unhealthy(&status, code)))
 }
 
 /// What an unhealthy status means, for the health check's message.
@@ -296,13 +297,13 @@ pub fn summarize(status: &AgentStatus) -> String {
     out
 }
 
-pub async fn metrics(socket: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn metrics(socket: Option<PathBuf>) -> Result<(), Error> {
     let client = connect(socket).await?;
     print!("{}", client.metrics().await?);
     Ok(())
 }
 
-pub async fn unenroll(socket: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn unenroll(socket: Option<PathBuf>) -> Result<(), Error> {
     let client = connect(socket).await?;
     client.unenroll().await?;
     println!("unenrolled: this device's stored secrets are deleted");

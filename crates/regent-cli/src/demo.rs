@@ -13,7 +13,8 @@ use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::emulator;
-use crate::failure::{Failure, internal};
+use crate::failure::internal;
+use regent_client::Error;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -52,7 +53,7 @@ fn tag(secret: &str) -> String {
     format!("#{:04x}", h.finish() & 0xffff)
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), Failure> {
+pub async fn run(args: DemoArgs) -> Result<(), Error> {
     let progress = Progress(Instant::now());
     tokio::select! {
         result = demo(&args, &progress) => result,
@@ -63,7 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     }
 }
 
-async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
+async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
     let lifetime = args.token_lifetime.max(3);
     let emulator = regent_emulator::Emulator::start(regent_emulator::EmulatorConfig {
         access_token_lifespan: Duration::from_secs(lifetime),
@@ -200,7 +201,7 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
         match tokio::time::timeout(left, renewed_rx.recv()).await {
             Ok(Some(())) => seen += 1,
             _ => {
-                return Err(Failure::new(
+                return Err(Error::new(
                     ErrorCode::Timeout,
                     "renewals did not arrive in time",
                 ));
@@ -219,7 +220,7 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
         match tokio::time::timeout(Duration::from_secs(lifetime * 2 + 5), revoked_rx.recv()).await {
             Ok(Some(_)) => told += 1,
             _ => {
-                return Err(Failure::new(
+                return Err(Error::new(
                     ErrorCode::Timeout,
                     "apps were not told about the revocation in time",
                 ));
@@ -241,9 +242,9 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Failure> {
     let _ = stop_agent.send(());
     match tokio::time::timeout(Duration::from_secs(10), agent).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Ok(Err(e))) => return Err(e),
         _ => {
-            return Err(Failure::new(
+            return Err(Error::new(
                 ErrorCode::Timeout,
                 "the agent did not stop in time",
             ));
@@ -275,24 +276,16 @@ fn demo_config(
     dir: &Path,
     socket: &Path,
     keychain: bool,
-) -> Result<regent_agent::config::Config, Failure> {
+) -> Result<regent_agent::config::Config, Error> {
     let text = demo_config_text(url, dir, socket, keychain)?;
-    Ok(regent_agent::config::Config::parse(
-        &text,
-        Path::new("<demo>"),
-    )?)
+    regent_agent::config::Config::parse(&text, Path::new("<demo>"))
 }
 
-fn demo_config_text(
-    url: &str,
-    dir: &Path,
-    socket: &Path,
-    keychain: bool,
-) -> Result<String, Failure> {
+fn demo_config_text(url: &str, dir: &Path, socket: &Path, keychain: bool) -> Result<String, Error> {
     use toml::{Table, Value};
     let path = |p: &Path| {
         p.to_str().map(|s| Value::String(s.to_owned())).ok_or_else(|| {
-            Failure::new(
+            Error::new(
                 ErrorCode::Config,
                 format!(
                     "the demo's path {} is not valid Unicode, so it cannot go into a configuration; \
@@ -332,18 +325,18 @@ fn demo_config_text(
     toml::to_string(&config).map_err(|e| internal("cannot write the demo agent's configuration", e))
 }
 
-async fn connect_when_ready(socket: &Path) -> Result<Client, Failure> {
+async fn connect_when_ready(socket: &Path) -> Result<Client, Error> {
     let started = Instant::now();
     loop {
         match Client::connect(ClientOptions::new("regent-demo").socket(socket)).await {
             Ok(c) => return Ok(c),
-            Err(e) if started.elapsed() > Duration::from_secs(10) => return Err(e.into()),
+            Err(e) if started.elapsed() > Duration::from_secs(10) => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
 
-async fn app_client(socket: &Path, name: &str) -> Result<Arc<Client>, Failure> {
+async fn app_client(socket: &Path, name: &str) -> Result<Arc<Client>, Error> {
     Ok(Arc::new(
         Client::connect(ClientOptions::new(name).socket(socket)).await?,
     ))

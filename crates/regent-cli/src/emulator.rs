@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use secrecy::SecretString;
 
 use crate::admin::Session;
-use crate::failure::{Failure, internal};
+use crate::failure::internal;
+use regent_client::Error;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -110,7 +111,7 @@ pub enum Action {
     },
 }
 
-pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
+pub async fn run(args: EmulatorArgs) -> Result<(), Error> {
     match args.action {
         None => serve(args.serve).await,
         Some(Action::Mint {
@@ -160,14 +161,13 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
             clear,
         }) => {
             let key = std::env::var("REGENT_EMULATOR_ADMIN_KEY").map_err(|_| {
-                Failure::new(ErrorCode::Config, "set REGENT_EMULATOR_ADMIN_KEY to the emulator's control key (printed when it starts)")
+                Error::new(ErrorCode::Config, "set REGENT_EMULATOR_ADMIN_KEY to the emulator's control key (printed when it starts)")
             })?;
             // The control key must not reach a proxy from the environment (issue 18).
             let (builder, _) = regent_agent::upstream::with_https_proxy(
                 reqwest::Client::builder(),
                 &regent_agent::upstream::ProxySetting::Environment,
-            )
-            .map_err(|e| Failure::new(e.code, e.message))?;
+            )?;
             let http = builder
                 .build()
                 .map_err(|e| internal("cannot build the HTTP client", e))?;
@@ -198,7 +198,7 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if !status.is_success() {
-                return Err(Failure::new(
+                return Err(Error::new(
                     ErrorCode::ServerError,
                     format!("emulator answered {status}: {text}"),
                 ));
@@ -209,9 +209,9 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Failure> {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Failure> {
+async fn serve(args: ServeArgs) -> Result<(), Error> {
     if !args.listen.ip().is_loopback() {
-        return Err(Failure::new(
+        return Err(Error::new(
             ErrorCode::Config,
             format!(
                 "refusing to listen on {}: the emulator is for loopback use only (127.0.0.1 or ::1)",
@@ -266,8 +266,8 @@ fn admin_password() -> String {
     std::env::var("REGENT_EMULATOR_ADMIN_PASSWORD").unwrap_or_else(|_| "admin".to_owned())
 }
 
-fn unreachable_emulator(url: &str, e: reqwest::Error) -> Failure {
-    Failure::new(
+fn unreachable_emulator(url: &str, e: reqwest::Error) -> Error {
+    Error::new(
         ErrorCode::Unavailable,
         format!("cannot reach the emulator at {url}: {e}"),
     )
@@ -275,7 +275,7 @@ fn unreachable_emulator(url: &str, e: reqwest::Error) -> Failure {
 
 /// Logs in to the emulator's admin API as `user` (password from
 /// `$REGENT_EMULATOR_ADMIN_PASSWORD`, default "admin").
-pub async fn admin_login(url: &str, user: &str) -> Result<Session, Failure> {
+pub async fn admin_login(url: &str, user: &str) -> Result<Session, Error> {
     Session::with_password(url, user, SecretString::from(admin_password())).await
 }
 
@@ -284,7 +284,7 @@ pub async fn mint(
     admin: &Session,
     count: u32,
     expiry: time::OffsetDateTime,
-) -> Result<Value, Failure> {
+) -> Result<Value, Error> {
     let expiry = expiry
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| internal("cannot format the expiry", e))?;
@@ -299,7 +299,7 @@ pub async fn mint(
 }
 
 /// Deletes (revokes) an auth token.
-pub async fn revoke(admin: &Session, id: &str) -> Result<(), Failure> {
+pub async fn revoke(admin: &Session, id: &str) -> Result<(), Error> {
     admin
         .call(
             reqwest::Method::DELETE,

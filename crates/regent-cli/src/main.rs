@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use regent_proto::ErrorCode;
 
-use failure::Failure;
+use regent_client::Error;
 
 /// regent — a client-side licensing agent.
 ///
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         return match service_windows::run(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(failure) => {
-                eprintln!("regent: {}", failure.message);
+                eprintln!("regent: {}", failure.report());
                 ExitCode::from(failure.code.number())
             }
         };
@@ -113,13 +113,13 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("regent: {}", failure.message);
+            eprintln!("regent: {}", failure.report());
             ExitCode::from(failure.code.number())
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(cli: Cli) -> Result<(), Error> {
     let socket = cli.socket;
     match cli.command {
         Command::Agent(args) => agent::run(args, socket).await,

@@ -23,8 +23,9 @@ use windows_service::service_control_handler::{self, ServiceControlHandlerResult
 use windows_service::{define_windows_service, service_dispatcher};
 
 use crate::agent::AgentArgs;
-use crate::failure::{Failure, internal};
+use crate::failure::internal;
 use crate::{Cli, Command};
+use regent_client::Error;
 
 /// The service name `install.ps1` registers.
 pub const SERVICE_NAME: &str = "regent";
@@ -38,13 +39,13 @@ static LAUNCH: OnceLock<Mutex<Option<Launch>>> = OnceLock::new();
 define_windows_service!(ffi_service_main, service_main);
 
 /// Hands the main thread to the SCM dispatcher until the service stops.
-pub fn run(cli: Cli) -> Result<(), Failure> {
+pub fn run(cli: Cli) -> Result<(), Error> {
     let Command::Agent(args) = cli.command else {
-        return Err(Failure::new(ErrorCode::Internal, "not an agent command"));
+        return Err(Error::new(ErrorCode::Internal, "not an agent command"));
     };
     let _ = LAUNCH.set(Mutex::new(Some((args, cli.socket))));
     service_dispatcher::start(SERVICE_NAME, ffi_service_main).map_err(|e| {
-        Failure::new(
+        Error::new(
             ErrorCode::Config,
             format!(
                 "cannot reach the service control manager ({e}); --windows-service is only for the command line of the installed service — run `regent agent` in a console instead"
@@ -57,7 +58,7 @@ fn service_main(_arguments: Vec<OsString>) {
     if let Err(failure) = run_service() {
         // The log subscriber may not be up yet; stderr goes nowhere under the
         // SCM, but the exit code below tells `sc query`.
-        eprintln!("regent: {}", failure.message);
+        eprintln!("regent: {}", failure.report());
     }
 }
 
@@ -80,12 +81,12 @@ fn status(state: ServiceState, accept: ServiceControlAccept, exit: u32) -> Servi
     }
 }
 
-fn run_service() -> Result<(), Failure> {
+fn run_service() -> Result<(), Error> {
     let launch = LAUNCH
         .get()
         .and_then(|cell| cell.lock().ok().and_then(|mut slot| slot.take()));
     let Some((args, socket)) = launch else {
-        return Err(Failure::new(
+        return Err(Error::new(
             ErrorCode::Internal,
             "the service started twice in one process",
         ));

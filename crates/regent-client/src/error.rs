@@ -5,80 +5,11 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use regent_proto::message::WireError;
-use regent_proto::{CodedError, ErrorCode};
+use regent_proto::ErrorCode;
 
-/// A failed call: the agent's answer, or what went wrong on the way to it.
-///
-/// `Display` prints the message alone; the code is in [`Error::code`] and its
-/// stable number in [`Error::number`]. Messages never contain a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Error {
-    /// The stable code (the same numbers as the C library and the CLI's exit status).
-    pub code: ErrorCode,
-    /// What happened, to what, and what to do about it.
-    pub message: String,
-    /// When the agent said retrying may help after a delay.
-    pub retry_after: Option<Duration>,
-}
-
-/// `Result` with [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    /// An error with a code and message, and no retry hint.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// The same error with a retry hint.
-    #[must_use]
-    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = Some(retry_after);
-        self
-    }
-
-    /// Whether trying the same call again later can succeed without anyone
-    /// changing anything (the code table's verdict).
-    pub fn is_retryable(&self) -> bool {
-        self.code.is_retryable()
-    }
-
-    /// The code's stable number.
-    pub fn number(&self) -> u8 {
-        self.code.number()
-    }
-}
-
-impl From<WireError> for Error {
-    fn from(e: WireError) -> Self {
-        Error {
-            code: e.code,
-            message: e.message,
-            retry_after: e.retry_after_ms.map(Duration::from_millis),
-        }
-    }
-}
-
-impl From<CodedError> for Error {
-    fn from(e: CodedError) -> Self {
-        Error::new(e.code, e.message)
-    }
-}
-
-impl From<Error> for CodedError {
-    fn from(e: Error) -> Self {
-        CodedError {
-            code: e.code,
-            message: e.message,
-        }
-    }
-}
+/// A failed call — the agent's answer, or what went wrong on the way to it —
+/// is [`regent_proto::Error`], the one error type of every Rust surface.
+pub use regent_proto::error::{Error, Result};
 
 /// How a request failed, which decides whether it may be sent again.
 #[derive(Debug)]
@@ -209,20 +140,6 @@ pub(crate) fn unexpected(socket: &Path, op: &str, got: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wire_errors_keep_code_message_and_retry_hint() {
-        let mut wire = WireError::new(ErrorCode::RateLimited, "slow down");
-        wire.retry_after_ms = Some(1500);
-        let e = Error::from(wire);
-        assert_eq!(e.code, ErrorCode::RateLimited);
-        assert_eq!(e.number(), 8);
-        assert_eq!(e.to_string(), "slow down");
-        assert_eq!(e.retry_after, Some(Duration::from_millis(1500)));
-        assert!(e.is_retryable());
-        let coded = CodedError::from(e);
-        assert_eq!(coded.code, ErrorCode::RateLimited);
-    }
 
     #[test]
     fn connect_errors_name_the_socket_and_the_remedy() {

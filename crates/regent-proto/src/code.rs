@@ -144,16 +144,6 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
-/// An error with its code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct CodedError {
-    /// The stable code.
-    pub code: ErrorCode,
-    /// What happened, to what, and what to do about it.
-    pub message: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //! - [`code`]: the one table of stable error codes (DESIGN §7). The same numbers
 //!   appear in IPC responses, the Rust client's errors, `regent_result` in the C
 //!   header, the Python binding and the CLI's exit status.
+//! - [`error`]: the one error type (code, message, retry time) of every Rust
+//!   surface.
 //! - [`frame`]: the framing (4-byte big-endian length + one JSON object, 64 KiB cap).
 //! - [`message`]: requests, responses and pushed events, version negotiation.
 //! - [`status`]: the agent's status document and its health.
@@ -10,9 +12,11 @@
 //!   every platform (a stored or received time never panics a conversion).
 
 pub mod code;
+pub mod error;
 pub mod frame;
 pub mod message;
 pub mod status;
 pub mod time;
 
-pub use code::{CodedError, ErrorCode};
+pub use code::ErrorCode;
+pub use error::{Error, Result};

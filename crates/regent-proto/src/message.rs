@@ -18,7 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
-use crate::code::{CodedError, ErrorCode};
+use crate::code::ErrorCode;
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -267,15 +267,6 @@ impl WireError {
             number: code.number(),
             message: message.into(),
             retry_after_ms: None,
-        }
-    }
-}
-
-impl From<WireError> for CodedError {
-    fn from(e: WireError) -> Self {
-        CodedError {
-            code: e.code,
-            message: e.message,
         }
     }
 }

@@ -602,7 +602,7 @@ mod tests {
             e.message,
             "registration token refused: it has no counts left (server: registration_token_exhausted: count 5 used 5); ask your administrator to raise its count or issue a new one"
         );
-        assert!(e.is_permanent());
+        assert!(!e.is_retryable());
     }
 
     #[test]

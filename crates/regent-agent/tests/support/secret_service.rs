@@ -21,6 +21,7 @@
 //!     secret_service::run_child("my_keychain_test", "main", &keyring.env());
 //! }
 //! ```
+#![allow(clippy::expect_used)] // Test support: a failed expectation fails the test.
 #![allow(dead_code)] // Each test file uses its own part of these helpers.
 
 use std::ffi::OsString;

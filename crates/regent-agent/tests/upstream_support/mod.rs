@@ -1,7 +1,7 @@
 //! Shared by the `upstream_*` integration tests: a real emulator on 127.0.0.1
 //! plus admin helpers that call it with reqwest directly.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used)]
 
 use std::time::Duration;
 
