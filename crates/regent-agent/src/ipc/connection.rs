@@ -118,6 +118,7 @@ pub(crate) struct Admission {
 
 /// Reads the peer's credentials from the kernel: uid, gid, pid, and on
 /// Linux its supplementary groups and a pidfd.
+#[cfg(not(windows))]
 fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
     match stream.peer_creds() {
         #[cfg(unix)]
@@ -127,6 +128,7 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
                 gid: creds.egid(),
                 pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
                 groups: creds.groups().map(<[u32]>::to_vec).unwrap_or_default(),
+                ..Peer::default()
             };
             #[cfg(target_os = "linux")]
             {
@@ -155,6 +157,7 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
                 if creds.groups_truncated() {
                     tracing::warn!(
                         uid = peer.uid,
+                        sid = peer.sid.as_deref(),
                         "the peer belongs to more groups than macOS reports (16); a group beyond those does not count for [ipc] allow_groups: allow its uid instead"
                     );
                 }
@@ -179,6 +182,50 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
             (Peer::default(), None)
         }
     }
+}
+
+/// Identifies a named pipe's client: its pid (`GetNamedPipeClientProcessId`
+/// on the server end), then, with the process held open
+/// (`PROCESS_QUERY_LIMITED_INFORMATION`, so its pid cannot pass to another
+/// process meanwhile), its token's user and enabled groups and its image
+/// path. A client whose account cannot be read has no `sid` and is refused.
+#[cfg(windows)]
+fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
+    let Stream::NamedPipe(pipe) = stream;
+    let pid = match pipe.inner().client_process_id() {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the pipe client's process id; refusing the connection");
+            return (Peer::default(), None);
+        }
+    };
+    let mut peer = Peer {
+        pid: Some(pid),
+        ..Peer::default()
+    };
+    let process = match regent_client::win32::Process::open(pid) {
+        Ok(process) => process,
+        Err(e) => {
+            tracing::warn!(error = %e, pid, "cannot open the pipe client's process; refusing the connection");
+            return (peer, None);
+        }
+    };
+    match process.account() {
+        Ok((sid, groups)) => {
+            peer.sid = Some(sid);
+            peer.group_sids = groups;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, pid, "cannot read the pipe client's account from its token; refusing the connection");
+            return (peer, None);
+        }
+    }
+    match process.image_path() {
+        Ok(path) => peer.image = Some(path),
+        // Checked (and refused) only when allow_executables is set.
+        Err(e) => tracing::debug!(error = %e, pid, "cannot read the pipe client's image path"),
+    }
+    (peer, None)
 }
 
 /// Decides under the current policy; `pidfd` pins the process on Linux.
@@ -223,6 +270,7 @@ pub(crate) fn admit(stream: &Stream, shared: &Shared) -> Result<Admission, Refus
             tracing::warn!(
                 target: AUDIT_TARGET,
                 uid = peer.uid,
+                sid = peer.sid.as_deref(),
                 pid = peer.pid,
                 exe = ?exe,
                 detail = %refusal.message,
@@ -535,7 +583,7 @@ impl Connection<'_> {
             }
             Op::Enroll { secret, force } => {
                 if !self.access.administers() {
-                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "enroll refused: not the agent's user or root");
+                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "enroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("enroll"));
                     return;
                 }
@@ -547,7 +595,7 @@ impl Connection<'_> {
                         tracing::info!(
                             target: AUDIT_TARGET,
                             pid = self.peer.pid,
-                            uid = self.peer.uid,
+                            uid = self.peer.uid, sid = self.peer.sid.as_deref(),
                             exe = ?self.exe,
                             app = self.app.as_deref().unwrap_or(""),
                             identifier = %crate::secret::short_hash(&enrolled.identifier),
@@ -565,20 +613,20 @@ impl Connection<'_> {
                         );
                     }
                     Err(e) => {
-                        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), code = %e.code, "enrollment failed");
+                        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), code = %e.code, "enrollment failed");
                         self.reply_error(id, e);
                     }
                 }
             }
             Op::Unenroll {} => {
                 if !self.access.administers() {
-                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenroll refused: not the agent's user or root");
+                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("unenroll"));
                     return;
                 }
                 match self.shared.agent.unenroll().await {
                     Ok(()) => {
-                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenrolled");
+                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenrolled");
                         self.reply(id, Reply::Unenrolled {});
                     }
                     Err(e) => self.reply_error(id, e),
@@ -619,7 +667,7 @@ impl Connection<'_> {
         tracing::info!(
             target: AUDIT_TARGET,
             pid = self.peer.pid,
-            uid = self.peer.uid,
+            uid = self.peer.uid, sid = self.peer.sid.as_deref(),
             exe = ?self.exe,
             app = %app,
             instance = instance.as_deref().unwrap_or(""),
@@ -642,7 +690,7 @@ impl Connection<'_> {
         if self.access.fetches_tokens() {
             return Ok(());
         }
-        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), op, "token request refused: the regent CLI is not in [ipc] allow_executables");
+        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), op, "token request refused: the regent CLI is not in [ipc] allow_executables");
         Err(Error::new(
             ErrorCode::PermissionDenied,
             format!(
@@ -667,7 +715,7 @@ impl Connection<'_> {
             Ok(admitted) => {
                 self.policy_generation = generation;
                 if admitted.access != self.access {
-                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), access = ?admitted.access, "access changed by a policy reload");
+                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), access = ?admitted.access, "access changed by a policy reload");
                 }
                 self.access = admitted.access;
                 if admitted.exe.is_some() {
@@ -686,7 +734,7 @@ impl Connection<'_> {
                 self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     target: AUDIT_TARGET,
-                    uid = self.peer.uid,
+                    uid = self.peer.uid, sid = self.peer.sid.as_deref(),
                     pid = self.peer.pid,
                     exe = ?refusal.exe.as_ref().or(self.exe.as_ref()),
                     app = self.app.as_deref().unwrap_or(""),
@@ -716,14 +764,14 @@ impl Connection<'_> {
             Ok(lease) => {
                 self.slot = lease.as_ref().map_or(0, Lease::slot);
                 if let Some(l) = &lease {
-                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), slot = l.slot(), "instance slot leased");
+                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), app = self.app.as_deref().unwrap_or(""), slot = l.slot(), "instance slot leased");
                 }
                 self.lease = lease;
                 self.leased = true;
                 Ok(())
             }
             Err(e) => {
-                tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), "no free instance slot");
+                tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), app = self.app.as_deref().unwrap_or(""), "no free instance slot");
                 Err(e)
             }
         }
@@ -748,7 +796,7 @@ impl Connection<'_> {
             return;
         }
         let Ok(permit) = Arc::clone(&self.shared.subscriptions).try_acquire_owned() else {
-            tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), limit = self.shared.settings.max_subscriptions, "subscription refused: the agent's subscription limit is reached");
+            tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), app = self.app.as_deref().unwrap_or(""), limit = self.shared.settings.max_subscriptions, "subscription refused: the agent's subscription limit is reached");
             self.reply_error(
                 id,
                 Error::new(
@@ -813,10 +861,10 @@ impl Connection<'_> {
         let app = self.app.as_deref().unwrap_or("");
         let scope = grant.scope.as_deref().unwrap_or("");
         if self.audited == Some(grant.expires_at) {
-            tracing::debug!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out again");
+            tracing::debug!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out again");
         } else {
             self.audited = Some(grant.expires_at);
-            tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out");
+            tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out");
         }
     }
 
