@@ -1037,14 +1037,20 @@ mod tests {
 
     #[test]
     fn allow_executables_must_be_absolute_paths() {
+        // Absolute on this platform (a drive letter on Windows).
+        let (app, other) = if cfg!(windows) {
+            ("C:/usr/bin/app", "C:/opt/x/bin/y")
+        } else {
+            ("/usr/bin/app", "/opt/x/bin/y")
+        };
         let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n[ipc]\n";
         let c = parse(&format!(
-            "{base}allow_executables = [\"/usr/bin/app\", \"/opt/x/bin/y\"]\n"
+            "{base}allow_executables = [\"{app}\", \"{other}\"]\n"
         ))
         .unwrap();
         assert_eq!(
             c.ipc.allow_executables,
-            vec![PathBuf::from("/usr/bin/app"), PathBuf::from("/opt/x/bin/y")]
+            vec![PathBuf::from(app), PathBuf::from(other)]
         );
         assert!(parse(base).unwrap().ipc.allow_executables.is_empty());
         let e = parse(&format!("{base}allow_executables = [\"bin/app\"]\n")).unwrap_err();

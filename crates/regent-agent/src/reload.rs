@@ -395,10 +395,17 @@ mod tests {
         Config::parse(text, Path::new("regent.toml")).unwrap()
     }
 
+    /// An absolute program path on this platform (a drive letter on Windows).
+    const APP: &str = if cfg!(windows) {
+        "C:/usr/bin/app"
+    } else {
+        "/usr/bin/app"
+    };
+
     #[test]
     fn a_file_cut_before_allow_executables_is_refused() {
         let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nallow_uids = [5]\n";
-        let restricted = parse(&format!("{base}allow_executables = [\"/usr/bin/app\"]\n"));
+        let restricted = parse(&format!("{base}allow_executables = [\"{APP}\"]\n"));
         let problem = dropped_security_key(&restricted, base).unwrap();
         assert!(
             problem.contains("allow_executables is missing"),
@@ -421,7 +428,7 @@ mod tests {
         let a = parse(base);
         assert!(restart_needed(&a, &a).is_empty());
         let b = parse(&format!(
-            "{base}[log]\nlevel = \"debug\"\n[ipc]\nallow_uids = [5]\nallow_executables = [\"/usr/bin/app\"]\n[refresh]\nmargin = 5\n"
+            "{base}[log]\nlevel = \"debug\"\n[ipc]\nallow_uids = [5]\nallow_executables = [\"{APP}\"]\n[refresh]\nmargin = 5\n"
         ));
         // Reloadable changes need no restart.
         assert!(restart_needed(&a, &b).is_empty());

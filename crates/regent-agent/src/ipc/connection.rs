@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use regent_proto::time::to_unix_ms as unix_ms;
 
 use interprocess::local_socket::tokio::Stream;
+#[cfg(not(windows))]
 use interprocess::local_socket::traits::StreamCommon as _;
 use regent_proto::ErrorCode;
 use regent_proto::frame::{self, Framed};
@@ -1291,5 +1292,57 @@ mod tests {
         assert!(cached.is_for(&Arc::clone(&first)));
         // Same token value, another grant (a re-issue or a renewal): not it.
         assert!(!cached.is_for(&grant("one", None)));
+    }
+
+    /// A real client on a real pipe: the agent reads its pid, its token's
+    /// user and enabled groups, and its image path. Under Wine (one
+    /// account) the client is this process, so the expected values are ours.
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn a_pipe_client_is_identified_by_its_token_and_image() {
+        use interprocess::local_socket::tokio::Stream as ClientStream;
+        use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
+        use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+        let name = format!(r"\\.\pipe\regent-test-peer-{}", std::process::id());
+        let listener = ListenerOptions::new()
+            .name(name.as_str().to_fs_name::<GenericFilePath>().unwrap())
+            .create_tokio()
+            .unwrap();
+        let connect_name = name.clone();
+        let client = tokio::spawn(async move {
+            let name = connect_name
+                .as_str()
+                .to_fs_name::<GenericFilePath>()
+                .unwrap();
+            ClientStream::connect(name).await.unwrap()
+        });
+        let server = listener.accept().await.unwrap();
+        let _client = client.await.unwrap();
+        let (peer, _) = peer_of(&server);
+        eprintln!("identified: {peer:?}");
+        assert_eq!(peer.pid, Some(std::process::id()));
+        assert_eq!(
+            peer.sid.as_deref(),
+            Some(regent_client::win32::own_user().unwrap().as_str())
+        );
+        // Everyone (S-1-1-0) is enabled in every user's token.
+        assert!(
+            peer.group_sids.iter().any(|g| g == "S-1-1-0"),
+            "{:?}",
+            peer.group_sids
+        );
+        let image = peer.image.clone().unwrap();
+        let own = super::super::peer::own_executable().unwrap();
+        assert_eq!(
+            super::super::peer::windows_path_key(&image.to_string_lossy()),
+            super::super::peer::windows_path_key(&own.to_string_lossy()),
+        );
+        // The very file: its identity matches the running test binary's.
+        match peer.lookup_executable(None) {
+            super::super::peer::ExeLookup::Found(exe) => {
+                assert_eq!(Some(exe.id), super::super::peer::file_id(&own));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

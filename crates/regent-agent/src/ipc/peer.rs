@@ -369,7 +369,17 @@ fn split_deleted(path: PathBuf) -> (PathBuf, bool) {
 /// A path as logs and messages show it: control characters (a newline that
 /// would forge a log line, an escape sequence for a terminal) escaped.
 pub fn shown(path: &Path) -> String {
-    path.to_string_lossy().escape_debug().to_string()
+    // Control characters only: a Windows path's backslashes stay single.
+    path.to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Why a peer is refused: an audit reason and the message it receives.
