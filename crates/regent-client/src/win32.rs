@@ -18,6 +18,7 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::path::{Path, PathBuf};
 use std::ptr::null_mut;
 
+use windows_sys::Win32::Foundation::FILETIME;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_INSUFFICIENT_BUFFER, ERROR_SEM_TIMEOUT, HANDLE, LocalFree,
 };
@@ -32,7 +33,7 @@ use windows_sys::Win32::Storage::FileSystem::{
 };
 use windows_sys::Win32::System::Pipes::WaitNamedPipeW;
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_NAME_WIN32,
+    GetCurrentProcess, GetProcessTimes, OpenProcess, OpenProcessToken, PROCESS_NAME_WIN32,
     PROCESS_QUERY_LIMITED_INFORMATION, QueryFullProcessImageNameW,
 };
 
@@ -86,6 +87,33 @@ impl Process {
     pub fn account(&self) -> io::Result<(String, Vec<String>)> {
         let token = Token::of(self.handle.as_raw_handle() as HANDLE)?;
         Ok((token.user()?, token.enabled_groups()?))
+    }
+
+    /// When the process was created, as a `FILETIME` count (100 ns units
+    /// since 1601-01-01 UTC), comparable with [`filetime_now`].
+    ///
+    /// # Errors
+    /// The system's error.
+    pub fn created(&self) -> io::Result<u64> {
+        let zero = FILETIME {
+            dwLowDateTime: 0,
+            dwHighDateTime: 0,
+        };
+        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+        // SAFETY: the handle is open; the four out-pointers are valid locals.
+        let ok = unsafe {
+            GetProcessTimes(
+                self.handle.as_raw_handle() as HANDLE,
+                &mut created,
+                &mut exited,
+                &mut kernel,
+                &mut user,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
     }
 
     /// The process's user, from its primary token.
@@ -213,6 +241,19 @@ impl Token {
             .map(|g| sid_string(g.Sid))
             .collect()
     }
+}
+
+/// Now, as a `FILETIME` count (100 ns units since 1601-01-01 UTC); 0 if
+/// the clock is before 1970.
+pub fn filetime_now() -> u64 {
+    /// 1601-01-01 to 1970-01-01 in 100 ns units.
+    const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos() / 100).ok())
+        .and_then(|ticks| ticks.checked_add(UNIX_EPOCH_AS_FILETIME))
+        .unwrap_or(0)
 }
 
 /// The user this process runs as.

@@ -188,11 +188,16 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
 /// Identifies a named pipe's client: its pid (`GetNamedPipeClientProcessId`
 /// on the server end), then, with the process held open
 /// (`PROCESS_QUERY_LIMITED_INFORMATION`, so its pid cannot pass to another
-/// process meanwhile), its token's user and enabled groups and its image
-/// path. A client whose account cannot be read has no `sid` and is refused.
+/// process meanwhile), its creation time (a process started after the
+/// connection only reused the pid of a client that exited), its token's user
+/// and enabled groups and its image path. A client whose account cannot be
+/// read has no `sid` and is refused.
 #[cfg(windows)]
 fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
     let Stream::NamedPipe(pipe) = stream;
+    // The client connected before now: a process created later only has its
+    // pid (the client exited and the pid was reused before it was opened).
+    let connected_by = regent_client::win32::filetime_now();
     let pid = match pipe.inner().client_process_id() {
         Ok(pid) => pid,
         Err(e) => {
@@ -211,6 +216,20 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
             return (peer, None);
         }
     };
+    match process.created() {
+        Ok(created) if created <= connected_by => {}
+        Ok(_) => {
+            tracing::warn!(
+                pid,
+                "the pipe client's process id now names a process started after it connected (the client exited and its pid was reused); refusing the connection"
+            );
+            return (peer, None);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, pid, "cannot read when the pipe client's process started; refusing the connection");
+            return (peer, None);
+        }
+    }
     match process.account() {
         Ok((sid, groups)) => {
             peer.sid = Some(sid);
