@@ -714,4 +714,33 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Config);
         assert!(e.message.contains("allow_users"), "{}", e.message);
     }
+
+    /// The first pipe instance carries `FILE_FLAG_FIRST_PIPE_INSTANCE`
+    /// (interprocess sets it), so a second agent on the name is refused; on
+    /// Unix a live socket is never taken over.
+    #[cfg_attr(
+        windows,
+        ignore = "Wine 8.0 does not honour FILE_FLAG_FIRST_PIPE_INSTANCE (a second server shares the name); needs a real Windows"
+    )]
+    #[tokio::test]
+    async fn a_second_agent_on_the_same_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = if cfg!(windows) {
+            format!(r"\\.\pipe\regent-test-second-{}", std::process::id())
+        } else {
+            dir.path().join("agent.sock").display().to_string()
+        };
+        let config = Config::parse(
+            &format!(
+                "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nsocket = '{socket}'\n"
+            ),
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let settings = IpcSettings::from_config(&config).unwrap();
+        let _first = bind(&settings).unwrap();
+        let e = bind(&settings).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config, "{}", e.message);
+        assert!(e.message.contains(&socket), "{}", e.message);
+    }
 }
