@@ -93,15 +93,6 @@ impl Peer {
         std::fs::read_link(format!("/proc/{pid}/exe")).ok()
     }
 
-    /// Who the peer is, for messages: `account S-1-5-…` (Windows) or `uid N`.
-    pub fn who(&self) -> String {
-        match (&self.sid, self.uid) {
-            (Some(sid), _) => format!("account {sid}"),
-            (None, Some(uid)) => format!("uid {uid}"),
-            (None, None) => "an unidentified client".to_owned(),
-        }
-    }
-
     /// The peer's executable, for the `allow_executables` check: its path,
     /// its file's identity, and whether it shares the agent's mount
     /// namespace. With a `pidfd` (Linux ≥ 6.5) the process must be the same
@@ -165,6 +156,7 @@ impl Peer {
     }
 }
 
+#[cfg(not(target_os = "macos"))]
 impl Peer {
     /// Windows: the image path read at connect (`QueryFullProcessImageNameW`)
     /// and the identity of the file at that path now (volume serial number
