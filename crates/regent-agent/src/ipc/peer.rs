@@ -361,15 +361,13 @@ fn split_deleted(path: PathBuf) -> (PathBuf, bool) {
 /// A path as logs and messages show it: control characters (a newline that
 /// would forge a log line, an escape sequence for a terminal) escaped.
 pub fn shown(path: &Path) -> String {
-    // Control characters only: a Windows path's backslashes stay single.
+    // As `escape_debug` (control and invisible characters), except that
+    // backslashes and quotes stay as they are: a Windows path reads as one.
     path.to_string_lossy()
         .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
+        .map(|c| match c {
+            '\\' | '"' | '\'' => c.to_string(),
+            _ => c.escape_debug().to_string(),
         })
         .collect()
 }
@@ -1150,6 +1148,12 @@ mod tests {
         let text = shown(forged);
         assert!(!text.chars().any(char::is_control), "{text:?}");
         assert!(text.contains("\\n") && text.contains("\\u{1b}"), "{text}");
+        // Invisible reordering is escaped too; a Windows path stays readable.
+        assert_eq!(shown(Path::new("a\u{202e}b")), "a\\u{202e}b");
+        assert_eq!(
+            shown(Path::new(r"C:\Program Files\app.exe")),
+            r"C:\Program Files\app.exe"
+        );
     }
 
     #[test]
