@@ -158,7 +158,6 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
                 if creds.groups_truncated() {
                     tracing::warn!(
                         uid = peer.uid,
-                        sid = peer.sid.as_deref(),
                         "the peer belongs to more groups than macOS reports (16); a group beyond those does not count for [ipc] allow_groups: allow its uid instead"
                     );
                 }
@@ -615,7 +614,8 @@ impl Connection<'_> {
                         tracing::info!(
                             target: AUDIT_TARGET,
                             pid = self.peer.pid,
-                            uid = self.peer.uid, sid = self.peer.sid.as_deref(),
+                            uid = self.peer.uid,
+                            sid = self.peer.sid.as_deref(),
                             exe = ?self.exe,
                             app = self.app.as_deref().unwrap_or(""),
                             identifier = %crate::secret::short_hash(&enrolled.identifier),
@@ -687,7 +687,8 @@ impl Connection<'_> {
         tracing::info!(
             target: AUDIT_TARGET,
             pid = self.peer.pid,
-            uid = self.peer.uid, sid = self.peer.sid.as_deref(),
+            uid = self.peer.uid,
+            sid = self.peer.sid.as_deref(),
             exe = ?self.exe,
             app = %app,
             instance = instance.as_deref().unwrap_or(""),
@@ -754,7 +755,8 @@ impl Connection<'_> {
                 self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     target: AUDIT_TARGET,
-                    uid = self.peer.uid, sid = self.peer.sid.as_deref(),
+                    uid = self.peer.uid,
+                    sid = self.peer.sid.as_deref(),
                     pid = self.peer.pid,
                     exe = ?refusal.exe.as_ref().or(self.exe.as_ref()),
                     app = self.app.as_deref().unwrap_or(""),
@@ -946,7 +948,13 @@ impl Connection<'_> {
 fn admin_only(op: &str) -> Error {
     Error::new(
         ErrorCode::PermissionDenied,
-        format!("{op} is only allowed to the agent's own user and root"),
+        if cfg!(windows) {
+            format!(
+                "{op} is only allowed to the agent's own account, LocalSystem and administrators (run elevated)"
+            )
+        } else {
+            format!("{op} is only allowed to the agent's own user and root")
+        },
     )
 }
 
