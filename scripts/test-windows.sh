@@ -5,13 +5,15 @@
 # emulator, the agent on a named pipe with the file store, enroll / token /
 # status from separate processes, the C example against libregent
 # (regent.dll), the agent with the Credential Manager store surviving a
-# restart, `regent demo`, the service through sc / net, and the MSI
-# (packaging/windows/regent.wxs, built by scripts/msi.sh with wixl)
-# installed and removed with msiexec.
+# restart, the per-peer checks (a client's SID and image; allow_users /
+# allow_groups / allow_executables; the per-user pipe), `regent demo`, the
+# service through sc / net, and the MSI (packaging/windows/regent.wxs,
+# built by scripts/msi.sh with wixl) installed and removed with msiexec.
 #
 # What Wine cannot show (one user only, so no multi-user pipe ACLs or
-# per-peer refusals; two servers may share a pipe name; no `sc config` /
-# `sc qc`; a stub PowerShell) needs a real Windows: docs/operations.md.
+# refusals by account; two servers may share a pipe name, as Wine ignores
+# FILE_FLAG_FIRST_PIPE_INSTANCE; no `sc config` / `sc qc`; a stub
+# PowerShell) needs a real Windows: docs/operations.md, docs/security.md.
 #
 # On a fresh Debian machine, as root, it installs what is missing (wine64,
 # gcc-mingw-w64-x86-64, wixl, msitools, the rustup target). Ends with one
@@ -122,21 +124,10 @@ run_tests() {
 : >"$test_log"
 run_tests "regent-proto, regent-client (lib, platform_ipc)" \
   -p regent-proto -p regent-client --lib --test platform_ipc
-# Skipped, with the reason: these unit tests hold Unix meanings (programs
-# listed as /usr/bin/…, groups by name, a peer's executable read from /proc).
-# The Windows per-peer checks (issue 13, item 2) bring their Windows forms.
-agent_skips=(
-  ipc::peer::tests::a_listed_executable_is_served_others_are_refused_by_name
-  ipc::peer::tests::a_listed_path_must_be_the_very_file_the_process_runs
-  ipc::peer::tests::deleted_unknown_or_foreign_executables_fail_closed
-  ipc::peer::tests::groups_resolve_by_number_and_name
-  ipc::peer::tests::the_agents_own_executable_administers_but_fetches_no_tokens
-  config::tests::allow_executables_must_be_absolute_paths
-  reload::tests::a_file_cut_before_allow_executables_is_refused
-  reload::tests::restart_sections_are_named
-)
-run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --lib --test fuzz_corpus \
-  -- "${agent_skips[@]/#/--skip=}"
+# The peer, config and reload unit tests run in their Windows forms (issue
+# 13, item 2: file identities by volume serial + file index, absolute paths
+# with a drive letter); the Unix-only ones are #[cfg(unix)].
+run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --lib --test fuzz_corpus
 run_tests "regent-cli (unit tests)" -p regent-cli --bins
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"
@@ -283,6 +274,141 @@ else
   fail "agent (Credential Manager) did not answer: $(tail -n 20 "$e2e/agent-credman.log")"
   kill -KILL "$agent_pid" 2>/dev/null || true
 fi
+
+# --- per-peer checks on Windows (issue 13, item 2) ---------------------------------
+# Each pipe client is identified by its token (user SID, enabled groups) and
+# image path, and checked against allow_users / allow_groups /
+# allow_executables. Wine has one account, which is also an administrator
+# (Administrators enabled in every token): a client of another account, or a
+# refusal by account, cannot be made here and needs a real Windows.
+log "per-peer checks under Wine"
+peer_start=$SECONDS
+# Agent P1: no [ipc] socket, so the per-user default pipe
+# \\.\pipe\regent-agent-<SID>; the client finds it with no --socket.
+cat >"$e2e/peer-default.toml" <<TOML
+[server]
+profile = "sentinel"
+url = "$url"
+
+[store]
+kind = "file"
+
+[state]
+dir = '$(winpath "$e2e/peer-default-state")'
+TOML
+"$WINE_DIR/wine64" "$regent" agent --no-watch --config "$(winpath "$e2e/peer-default.toml")" >"$e2e/agent-peer-default.log" 2>&1 &
+agent_pid=$!
+listening() { grep -q 'listening' "$1"; }
+user_pipe=""
+if wait_until 60 listening "$e2e/agent-peer-default.log"; then
+  user_pipe=$(grep 'listening' "$e2e/agent-peer-default.log" | grep -o 'socket=[^ ]*' | head -n1 | tr -d '\r')
+  user_pipe=${user_pipe#socket=}
+fi
+sid=${user_pipe#'\\.\pipe\regent-agent-'}
+if [[ "$sid" =~ ^S-1-5-21-[0-9-]+$ ]]; then
+  pass "a per-user agent listens on \\\\.\\pipe\\regent-agent-<its SID> ($user_pipe)"
+  # No --socket, no REGENT_SOCKET: the client's default finds the user's pipe.
+  default_answers() {
+    local rc=0
+    run status >/dev/null 2>&1 || rc=$?
+    [ "$rc" -ne 14 ] && [ "$rc" -ne 124 ]
+  }
+  check "the client's default finds the per-user pipe" wait_until 30 default_answers
+  enroll_default() { mint 1 | run enroll; }
+  check "enroll through the default pipe" enroll_default
+  token_default() { [ -n "$(run token | tr -d '\r')" ]; }
+  check "token through the default pipe" token_default
+  # The audit line names the client's account and program as the agent read them.
+  audited_default() {
+    grep 'token handed out' "$e2e/agent-peer-default.log" | grep -F "$sid" | grep -qi 'regent.exe'
+  }
+  check "the audit line names the client's SID and image (regent.exe)" audited_default
+  # A second agent on the same pipe: the first instance was created with
+  # FILE_FLAG_FIRST_PIPE_INSTANCE, so Windows refuses the second server.
+  second_rc=0
+  "$WINE_DIR/wine64" "$regent" agent --no-watch --config "$(winpath "$e2e/peer-default.toml")" >"$e2e/agent-peer-second.log" 2>&1 &
+  second_pid=$!
+  second_settled() { ! kill -0 "$second_pid" 2>/dev/null || listening "$e2e/agent-peer-second.log"; }
+  wait_until 60 second_settled || true
+  if ! kill -0 "$second_pid" 2>/dev/null; then
+    wait "$second_pid" || second_rc=$?
+    second_refused() { [ "$second_rc" -eq 17 ] && grep -q 'already holds the named pipe' "$e2e/agent-peer-second.log"; }
+    check "a second agent on the same pipe is refused (FILE_FLAG_FIRST_PIPE_INSTANCE)" second_refused
+  else
+    kill -INT "$second_pid" 2>/dev/null || true
+    wait "$second_pid" 2>/dev/null || true
+    printf 'SKIPPED a second server on the same pipe name: Wine 8.0 does not honour FILE_FLAG_FIRST_PIPE_INSTANCE (the second agent listened too); needs a real Windows\n'
+  fi
+  check "agent (per-user pipe) stops" stop_agent
+else
+  fail "a per-user agent listens on \\\\.\\pipe\\regent-agent-<its SID> (found: ${user_pipe:-nothing}): $(tail -n 20 "$e2e/agent-peer-default.log")"
+  kill -KILL "$agent_pid" 2>/dev/null || true
+fi
+
+# Agent P2: allow_users by name and by SID, allow_groups by name, and
+# allow_executables listing the C example only.
+user_name=$(timeout 30 "$WINE_DIR/wine64" cmd /c 'echo %USERNAME%' 2>/dev/null | tr -d '\r')
+pipe='\\.\pipe\regent-e2e-peer-'$$
+[ -f "$e2e/get_token.exe" ] || x86_64-w64-mingw32-gcc -Wall -Wextra -Wpedantic -Werror bindings/c/examples/get_token.c \
+  -Ibindings/c/include -L"$out" -lregent -o "$e2e/get_token.exe"
+cp "$out/regent.dll" "$e2e/"
+cat >"$e2e/peer-lists.toml" <<TOML
+[server]
+profile = "sentinel"
+url = "$url"
+
+[store]
+kind = "file"
+
+[state]
+dir = '$(winpath "$e2e/peer-lists-state")'
+
+[ipc]
+socket = '$pipe'
+allow_users = ['$user_name'${sid:+", '$sid'"}]
+allow_groups = ['Users']
+allow_executables = ['$(winpath "$e2e/get_token.exe")']
+TOML
+if start_agent "$e2e/peer-lists.toml" "$e2e/agent-peer-lists.log" "$pipe"; then
+  pass "agent with allow_users ($user_name by name and by SID), allow_groups (Users), allow_executables"
+  # The agent's own regent.exe still administers (enroll, status)...
+  enroll_lists() { mint 1 | run enroll --socket "$pipe"; }
+  check "regent.exe (not listed) still enrolls" enroll_lists
+  check "regent.exe (not listed) still reads status" run status --socket "$pipe"
+  # ...but gets no token: PERMISSION_DENIED (11), naming the key.
+  cli_refused() {
+    local rc=0
+    run token --socket "$pipe" >"$e2e/peer-token.out" 2>&1 || rc=$?
+    [ "$rc" -eq 11 ] && grep -q 'allow_executables' "$e2e/peer-token.out"
+  }
+  check "regent token is refused with PERMISSION_DENIED naming allow_executables" cli_refused
+  # The listed program is served.
+  listed_served() { REGENT_SOCKET="$pipe" timeout 60 "$WINE_DIR/wine64" "$e2e/get_token.exe" 60 1 >"$e2e/peer-get_token.log" 2>&1; }
+  check "the listed C example (get_token.exe) gets a token" listed_served
+  audited_listed() { grep 'token handed out' "$e2e/agent-peer-lists.log" | grep -qi 'get_token.exe'; }
+  check "the audit line names get_token.exe" audited_listed
+  check "agent (allow lists) stops" stop_agent
+else
+  fail "agent with allow lists did not answer: $(tail -n 20 "$e2e/agent-peer-lists.log")"
+  kill -KILL "$agent_pid" 2>/dev/null || true
+fi
+printf 'SKIPPED a refusal by account (SID not listed): Wine has one account, the agent'"'"'s own and an administrator; needs a real Windows\n'
+
+# Configuration errors: an unknown account, and allow_uids on Windows.
+config_refused() {
+  local name=$1 lines=$2 expect=$3 rc=0
+  printf '[server]\nprofile = "sentinel"\nurl = "%s"\n[store]\nkind = "file"\n[state]\ndir = '"'"'%s'"'"'\n[ipc]\nsocket = '"'"'%s'"'"'\n%s\n' \
+    "$url" "$(winpath "$e2e/peer-bad-state")" "$pipe-bad" "$lines" >"$e2e/$name.toml"
+  timeout 60 "$WINE_DIR/wine64" "$regent" agent --no-watch --config "$(winpath "$e2e/$name.toml")" >"$e2e/$name.log" 2>&1 || rc=$?
+  [ "$rc" -eq 17 ] && grep -qF "$expect" "$e2e/$name.log"
+}
+check "an unknown account in allow_users is CONFIG naming it" \
+  config_refused peer-unknown "allow_users = ['no-such-user-xyz']" 'no account named "no-such-user-xyz"'
+check "an unknown group in allow_groups is CONFIG naming it" \
+  config_refused peer-unknown-group "allow_groups = ['no-such-group-xyz']" 'no account named "no-such-group-xyz"'
+check "allow_uids on Windows is CONFIG pointing to allow_users" \
+  config_refused peer-uids "allow_uids = [1000]" 'name the accounts in allow_users'
+printf 'per-peer step: %d s\n' "$((SECONDS - peer_start))"
 
 # regent demo: the embedded emulator and agent on a pipe of the demo's own.
 demo() { timeout 120 "$WINE_DIR/wine64" "$regent" demo --token-lifetime 3 --renewals 1 >"$e2e/demo.log" 2>&1; }

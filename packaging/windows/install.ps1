@@ -13,10 +13,13 @@
   The service's Stop control takes the same shutdown path as SIGTERM on Unix:
   in-flight requests finish, then the pipe closes.
 
-  Named pipe: \\.\pipe\regent-agent, created with the security descriptor
-  D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;OW) — LocalSystem, Administrators and
-  the service's own account only. Windows reports no uid for a pipe client, so
-  regent's allow lists do not apply there: the pipe's ACL is the whole check.
+  Named pipe: \\.\pipe\regent-agent (named in regent.toml), created with
+  FILE_FLAG_FIRST_PIPE_INSTANCE and the security descriptor
+  D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;OW) plus client-only access for each
+  account in [ipc] allow_users / allow_groups. Each client is then identified
+  by its process token (user SID, enabled groups) and image path: LocalSystem
+  and elevated Administrators administer; allow_users / allow_groups fetch
+  tokens; allow_executables narrows this to listed programs.
 
 .PARAMETER Binary
   Path to regent.exe to install (default: next to this script).
@@ -92,6 +95,14 @@ dir = "$state"
 
 [provisioning]
 dir = "$provisioning"
+
+[ipc]
+# The system agent's pipe, named so that the service keeps it whatever
+# account it runs as (a per-user agent's default is
+# \\.\pipe\regent-agent-<its SID>). Who may fetch tokens besides
+# LocalSystem and elevated Administrators: allow_users / allow_groups
+# (account names or SIDs), and allow_executables (programs by path).
+socket = '\\.\pipe\regent-agent'
 
 [log]
 level = "info"

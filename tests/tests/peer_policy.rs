@@ -1,7 +1,8 @@
 //! End to end, with real processes of real uids: who gets a token over the
 //! local socket (issue 18, items 4, 7, 8, 10, 12, 13).
 //!
-//! - A supplementary group listed in `allow_groups` lets a peer in.
+//! - A supplementary group listed in `allow_groups` lets a peer in; a user
+//!   named in `allow_users` too.
 //! - A live reload that removes a uid closes its open connections with
 //!   `PERMISSION_DENIED`, at its next request or pushed event.
 //! - `allow_executables`: `regent token` is not a way around the list, and a
@@ -116,6 +117,52 @@ fn a_supplementary_group_in_allow_groups_is_served() {
     );
     assert_denied(&out);
     assert!(stderr(&out).contains("allow_groups"), "{}", text(&out));
+}
+
+#[test]
+fn allow_users_admits_a_user_by_name() {
+    if !is_root() {
+        return;
+    }
+    // `nobody` is uid 65534 (AGENT_UID) on Debian: the name resolves at load.
+    let emulator = EmulatorProc::start(300);
+    let home = root_agent_home(&emulator.url, "allow_users = [\"nobody\"]");
+    let _agent = AgentProc::start(&home);
+    enroll(&home, &emulator);
+    let (_bin_dir, bin) = regent_bin_for_any_user();
+    let out = run_as(
+        &bin,
+        AGENT_UID,
+        &[SOCKET_GID],
+        &home,
+        &["token", "--min-valid", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!out.stdout.is_empty(), "{}", text(&out));
+    // Another uid, not named: refused, told which keys admit it.
+    let out = run_as(
+        &bin,
+        OTHER_UID,
+        &[SOCKET_GID],
+        &home,
+        &["token", "--min-valid", "1"],
+    );
+    assert_denied(&out);
+    assert!(stderr(&out).contains("allow_users"), "{}", text(&out));
+    // A user that does not exist stops the agent with CONFIG naming it.
+    let broken = AgentHome::new(
+        &emulator.url,
+        "[ipc]\nallow_users = [\"no-such-user-xyz\"]\n",
+    );
+    let config = broken.config.to_str().unwrap();
+    let out = broken.regent(&["agent", "--no-watch", "--config", config], None);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(ErrorCode::Config.number())),
+        "{}",
+        text(&out)
+    );
+    assert!(stderr(&out).contains("no-such-user-xyz"), "{}", text(&out));
 }
 
 fn config_with_allow_uids(home: &AgentHome, uids: &str) -> String {

@@ -238,14 +238,25 @@ pub struct IpcConfig {
     /// tokens is said with `allow_uids` / `allow_groups` and the socket's group.
     #[serde(default = "defaults::socket_mode")]
     pub mode: String,
-    /// Uids allowed to fetch tokens, besides the agent's own uid and root.
+    /// Uids allowed to fetch tokens, besides the agent's own uid and root
+    /// (Unix; on Windows a `CONFIG` error: name accounts in `allow_users`).
     #[serde(default)]
     pub allow_uids: Vec<u32>,
-    /// Group names or gids allowed to fetch tokens: a peer's primary group or
-    /// any of its supplementary groups (Linux).
+    /// Users allowed to fetch tokens. Unix: user names or numeric uids,
+    /// resolved to uids when the configuration is loaded and merged with
+    /// `allow_uids`. Windows: account names (`alice`, `MACHINE\alice`,
+    /// `DOMAIN\alice`) or SIDs (`S-1-5-21-…`), names resolved to SIDs with
+    /// `LookupAccountNameW` when the configuration is loaded or reloaded.
+    #[serde(default)]
+    pub allow_users: Vec<String>,
+    /// Groups allowed to fetch tokens. Unix: group names or gids, matched
+    /// against a peer's primary group or any of its supplementary groups
+    /// (Linux). Windows: group names (`Users`, `DOMAIN\licensed-apps`) or
+    /// SIDs, matched against the groups enabled in the client's token.
     #[serde(default)]
     pub allow_groups: Vec<String>,
-    /// Absolute paths of the programs that may use the agent (Linux). Empty
+    /// Absolute paths of the programs that may use the agent (Linux, macOS,
+    /// Windows). Empty
     /// (the default): any program of an allowed uid. When set, a peer is served
     /// only if its executable (`/proc/PID/exe`) is one of these paths, each
     /// resolved through symlinks when the configuration is loaded. Root is
@@ -273,6 +284,7 @@ impl Default for IpcConfig {
             socket: None,
             mode: defaults::socket_mode(),
             allow_uids: Vec::new(),
+            allow_users: Vec::new(),
             allow_groups: Vec::new(),
             allow_executables: Vec::new(),
             max_connections: defaults::max_connections(),
@@ -550,8 +562,13 @@ impl Config {
         for exe in &self.ipc.allow_executables {
             if !exe.is_absolute() {
                 return Err(format!(
-                    "[ipc] allow_executables: {:?} is not an absolute path; list programs by their full path, e.g. \"/usr/bin/my-app\"",
-                    exe.display().to_string()
+                    "[ipc] allow_executables: {:?} is not an absolute path; list programs by their full path, e.g. {}",
+                    exe.display().to_string(),
+                    if cfg!(windows) {
+                        r#"'C:\Program Files\MyApp\my-app.exe'"#
+                    } else {
+                        r#""/usr/bin/my-app""#
+                    }
                 ));
             }
         }
@@ -1020,14 +1037,20 @@ mod tests {
 
     #[test]
     fn allow_executables_must_be_absolute_paths() {
+        // Absolute on this platform (a drive letter on Windows).
+        let (app, other) = if cfg!(windows) {
+            ("C:/usr/bin/app", "C:/opt/x/bin/y")
+        } else {
+            ("/usr/bin/app", "/opt/x/bin/y")
+        };
         let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://x.example\"\n[ipc]\n";
         let c = parse(&format!(
-            "{base}allow_executables = [\"/usr/bin/app\", \"/opt/x/bin/y\"]\n"
+            "{base}allow_executables = [\"{app}\", \"{other}\"]\n"
         ))
         .unwrap();
         assert_eq!(
             c.ipc.allow_executables,
-            vec![PathBuf::from("/usr/bin/app"), PathBuf::from("/opt/x/bin/y")]
+            vec![PathBuf::from(app), PathBuf::from(other)]
         );
         assert!(parse(base).unwrap().ipc.allow_executables.is_empty());
         let e = parse(&format!("{base}allow_executables = [\"bin/app\"]\n")).unwrap_err();

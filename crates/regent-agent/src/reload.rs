@@ -2,7 +2,7 @@
 //! every change is re-read, validated whole, and applied without a restart.
 //!
 //! - Applied live: `[log] level` (through a hook the binary owning the
-//!   subscriber provides), `[ipc] allow_uids` / `allow_groups` /
+//!   subscriber provides), `[ipc] allow_uids` / `allow_users` / `allow_groups` /
 //!   `allow_executables` (new connections at once, open ones at their next
 //!   request or pushed event, closed if no longer admitted; listed symlinks are resolved again
 //!   on every event in the file's directory, even a `touch`), `[refresh]` (the engine's timing) and `[instances] max`
@@ -203,6 +203,7 @@ impl Reloader {
         // allow_executables is re-resolved on every change of the file, even
         // an unrelated one: a listed symlink may point elsewhere by now.
         let allow_changed = new.ipc.allow_uids != old.ipc.allow_uids
+            || new.ipc.allow_users != old.ipc.allow_users
             || new.ipc.allow_groups != old.ipc.allow_groups
             || new.ipc.allow_executables != old.ipc.allow_executables
             || !new.ipc.allow_executables.is_empty();
@@ -238,13 +239,34 @@ impl Reloader {
             self.running.log.level = new.log.level.clone();
         }
         if let Some(policy) = policy {
+            let before = self.targets.policy.current();
+            let added: Vec<&String> = policy
+                .allow_sids
+                .iter()
+                .chain(&policy.allow_group_sids)
+                .filter(|sid| {
+                    !before
+                        .allow_sids
+                        .iter()
+                        .chain(&before.allow_group_sids)
+                        .any(|b| b.eq_ignore_ascii_case(sid))
+                })
+                .collect();
+            if !added.is_empty() {
+                // The pipe's access list is set when the pipe is created.
+                tracing::warn!(
+                    accounts = ?added,
+                    "accounts added to [ipc] allow_users / allow_groups can open the agent's named pipe only after the agent restarts"
+                );
+            }
             self.targets.policy.replace(policy);
             let exes = self.targets.policy.current().allow_executables;
             applied.push(format!(
-                "[ipc] allow_uids = {:?}, allow_groups = {:?}, allow_executables = {:?}",
-                new.ipc.allow_uids, new.ipc.allow_groups, exes
+                "[ipc] allow_uids = {:?}, allow_users = {:?}, allow_groups = {:?}, allow_executables = {:?}",
+                new.ipc.allow_uids, new.ipc.allow_users, new.ipc.allow_groups, exes
             ));
             self.running.ipc.allow_uids = new.ipc.allow_uids.clone();
+            self.running.ipc.allow_users = new.ipc.allow_users.clone();
             self.running.ipc.allow_groups = new.ipc.allow_groups.clone();
             self.running.ipc.allow_executables = new.ipc.allow_executables.clone();
         }
@@ -373,10 +395,17 @@ mod tests {
         Config::parse(text, Path::new("regent.toml")).unwrap()
     }
 
+    /// An absolute program path on this platform (a drive letter on Windows).
+    const APP: &str = if cfg!(windows) {
+        "C:/usr/bin/app"
+    } else {
+        "/usr/bin/app"
+    };
+
     #[test]
     fn a_file_cut_before_allow_executables_is_refused() {
         let base = "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nallow_uids = [5]\n";
-        let restricted = parse(&format!("{base}allow_executables = [\"/usr/bin/app\"]\n"));
+        let restricted = parse(&format!("{base}allow_executables = [\"{APP}\"]\n"));
         let problem = dropped_security_key(&restricted, base).unwrap();
         assert!(
             problem.contains("allow_executables is missing"),
@@ -399,7 +428,7 @@ mod tests {
         let a = parse(base);
         assert!(restart_needed(&a, &a).is_empty());
         let b = parse(&format!(
-            "{base}[log]\nlevel = \"debug\"\n[ipc]\nallow_uids = [5]\nallow_executables = [\"/usr/bin/app\"]\n[refresh]\nmargin = 5\n"
+            "{base}[log]\nlevel = \"debug\"\n[ipc]\nallow_uids = [5]\nallow_executables = [\"{APP}\"]\n[refresh]\nmargin = 5\n"
         ));
         // Reloadable changes need no restart.
         assert!(restart_needed(&a, &b).is_empty());

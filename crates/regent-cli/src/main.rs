@@ -33,9 +33,12 @@ use regent_client::Error;
 #[command(name = "regent", version, about, long_about, propagate_version = true)]
 struct Cli {
     /// The agent's socket [default: $REGENT_SOCKET, else
-    /// $XDG_RUNTIME_DIR/regent/agent.sock, else /run/regent/agent.sock].
-    /// Only a server running as your uid, root, $REGENT_AGENT_UID or the
-    /// owner of a private socket directory is trusted.
+    /// $XDG_RUNTIME_DIR/regent/agent.sock, else /run/regent/agent.sock;
+    /// Windows: \\.\pipe\regent-agent-<your SID> if it exists, else
+    /// \\.\pipe\regent-agent]. Only a server running as your uid, root,
+    /// $REGENT_AGENT_UID or the owner of a private socket directory is
+    /// trusted (Windows: your account, LocalSystem, Administrators or
+    /// $REGENT_AGENT_SID).
     #[arg(long, global = true, env = "REGENT_SOCKET")]
     socket: Option<PathBuf>,
     #[command(subcommand)]

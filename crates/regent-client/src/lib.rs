@@ -64,11 +64,14 @@ mod options;
 mod server;
 mod source;
 mod token;
+#[cfg(windows)]
+#[doc(hidden)]
+pub mod win32;
 mod wire;
 
 pub use client::{Client, Subscription};
 pub use error::{Error, Result};
-pub use options::{ClientOptions, SOCKET_ENV, default_socket_path};
+pub use options::{ClientOptions, SOCKET_ENV, SYSTEM_PIPE, default_socket_path, user_pipe};
 pub use regent_proto::ErrorCode;
 pub use regent_proto::status::{AgentStatus, Holder, RenewalReason, SlotState, SlotStatus};
 pub use secrecy::{ExposeSecret, SecretString};

@@ -143,8 +143,11 @@ fn executable_name() -> String {
 ///
 /// `$REGENT_SOCKET` when set and non-empty; otherwise, on Unix,
 /// `$XDG_RUNTIME_DIR/regent/agent.sock` when `XDG_RUNTIME_DIR` is set (a user
-/// agent) and `/run/regent/agent.sock` when not (the system agent); on
-/// Windows the named pipe `\\.\pipe\regent-agent`.
+/// agent) and `/run/regent/agent.sock` when not (the system agent). On
+/// Windows the per-user agent's pipe `\\.\pipe\regent-agent-<user SID>`
+/// ([`user_pipe`]) when it exists now, else the system agent's
+/// `\\.\pipe\regent-agent` ([`SYSTEM_PIPE`]); as on Unix, a user agent
+/// is preferred, and whoever answers is checked before anything is sent.
 pub fn default_socket_path() -> PathBuf {
     socket_path_from(
         std::env::var_os(SOCKET_ENV),
@@ -152,13 +155,37 @@ pub fn default_socket_path() -> PathBuf {
     )
 }
 
+/// The system agent's named pipe on Windows (the service's default).
+pub const SYSTEM_PIPE: &str = r"\\.\pipe\regent-agent";
+
+/// A per-user agent's named pipe on Windows: [`SYSTEM_PIPE`], a dash and
+/// the user's SID (`S-1-5-21-…`).
+pub fn user_pipe(sid: &str) -> PathBuf {
+    PathBuf::from(format!("{SYSTEM_PIPE}-{sid}"))
+}
+
+/// The per-user pipe when `exists` says so, else the system pipe.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn pipe_from(user_sid: Option<&str>, exists: impl Fn(&std::path::Path) -> bool) -> PathBuf {
+    user_sid
+        .map(user_pipe)
+        .filter(|pipe| exists(pipe))
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_PIPE))
+}
+
 fn socket_path_from(regent_socket: Option<OsString>, runtime_dir: Option<OsString>) -> PathBuf {
     if let Some(path) = regent_socket.filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    if cfg!(windows) {
-        return PathBuf::from(r"\\.\pipe\regent-agent");
+    #[cfg(windows)]
+    {
+        let _ = runtime_dir;
+        // Without our own SID (cannot happen for a running process) only the
+        // system pipe can be named.
+        let sid = crate::win32::own_user().ok();
+        pipe_from(sid.as_deref(), crate::win32::pipe_exists)
     }
+    #[cfg(not(windows))]
     match runtime_dir.filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("regent").join("agent.sock"),
         None => PathBuf::from("/run/regent/agent.sock"),
@@ -186,6 +213,16 @@ mod tests {
             socket_path_from(None, None),
             PathBuf::from("/run/regent/agent.sock")
         );
+    }
+
+    #[test]
+    fn windows_pipes_user_first_then_system() {
+        let sid = "S-1-5-21-1-2-3-1001";
+        let user = PathBuf::from(r"\\.\pipe\regent-agent-S-1-5-21-1-2-3-1001");
+        assert_eq!(user_pipe(sid), user);
+        assert_eq!(pipe_from(Some(sid), |p| p == user.as_path()), user);
+        assert_eq!(pipe_from(Some(sid), |_| false), PathBuf::from(SYSTEM_PIPE));
+        assert_eq!(pipe_from(None, |_| true), PathBuf::from(SYSTEM_PIPE));
     }
 
     #[test]

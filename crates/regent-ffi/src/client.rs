@@ -11,7 +11,9 @@ use crate::token::regent_token;
 
 /// How to reach the agent (opaque builder). Defaults: the socket from
 /// `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock`, else
-/// `/run/regent/agent.sock`; the executable's name as the application name;
+/// `/run/regent/agent.sock` (Windows: the pipe
+/// `\\.\pipe\regent-agent-<user SID>` when it exists, else
+/// `\\.\pipe\regent-agent`); the executable's name as the application name;
 /// no instance id; 2 s to connect, 30 s per call.
 ///
 /// Not thread-safe: build it on one thread. `regent_client_connect` copies

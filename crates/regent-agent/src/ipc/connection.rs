@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use regent_proto::time::to_unix_ms as unix_ms;
 
 use interprocess::local_socket::tokio::Stream;
+#[cfg(not(windows))]
 use interprocess::local_socket::traits::StreamCommon as _;
 use regent_proto::ErrorCode;
 use regent_proto::frame::{self, Framed};
@@ -118,6 +119,7 @@ pub(crate) struct Admission {
 
 /// Reads the peer's credentials from the kernel: uid, gid, pid, and on
 /// Linux its supplementary groups and a pidfd.
+#[cfg(not(windows))]
 fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
     match stream.peer_creds() {
         #[cfg(unix)]
@@ -127,6 +129,7 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
                 gid: creds.egid(),
                 pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
                 groups: creds.groups().map(<[u32]>::to_vec).unwrap_or_default(),
+                ..Peer::default()
             };
             #[cfg(target_os = "linux")]
             {
@@ -181,6 +184,69 @@ fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
     }
 }
 
+/// Identifies a named pipe's client: its pid (`GetNamedPipeClientProcessId`
+/// on the server end), then, with the process held open
+/// (`PROCESS_QUERY_LIMITED_INFORMATION`, so its pid cannot pass to another
+/// process meanwhile), its creation time (a process started after the
+/// connection only reused the pid of a client that exited), its token's user
+/// and enabled groups and its image path. A client whose account cannot be
+/// read has no `sid` and is refused.
+#[cfg(windows)]
+fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
+    let Stream::NamedPipe(pipe) = stream;
+    // The client connected before now: a process created later only has its
+    // pid (the client exited and the pid was reused before it was opened).
+    let connected_by = regent_client::win32::filetime_now();
+    let pid = match pipe.inner().client_process_id() {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the pipe client's process id; refusing the connection");
+            return (Peer::default(), None);
+        }
+    };
+    let mut peer = Peer {
+        pid: Some(pid),
+        ..Peer::default()
+    };
+    let process = match regent_client::win32::Process::open(pid) {
+        Ok(process) => process,
+        Err(e) => {
+            tracing::warn!(error = %e, pid, "cannot open the pipe client's process; refusing the connection");
+            return (peer, None);
+        }
+    };
+    match process.created() {
+        Ok(created) if created <= connected_by => {}
+        Ok(_) => {
+            tracing::warn!(
+                pid,
+                "the pipe client's process id now names a process started after it connected (the client exited and its pid was reused); refusing the connection"
+            );
+            return (peer, None);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, pid, "cannot read when the pipe client's process started; refusing the connection");
+            return (peer, None);
+        }
+    }
+    match process.account() {
+        Ok((sid, groups)) => {
+            peer.sid = Some(sid);
+            peer.group_sids = groups;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, pid, "cannot read the pipe client's account from its token; refusing the connection");
+            return (peer, None);
+        }
+    }
+    match process.image_path() {
+        Ok(path) => peer.image = Some(path),
+        // Checked (and refused) only when allow_executables is set.
+        Err(e) => tracing::debug!(error = %e, pid, "cannot read the pipe client's image path"),
+    }
+    (peer, None)
+}
+
 /// Decides under the current policy; `pidfd` pins the process on Linux.
 fn decide(
     shared: &Shared,
@@ -223,6 +289,7 @@ pub(crate) fn admit(stream: &Stream, shared: &Shared) -> Result<Admission, Refus
             tracing::warn!(
                 target: AUDIT_TARGET,
                 uid = peer.uid,
+                sid = peer.sid.as_deref(),
                 pid = peer.pid,
                 exe = ?exe,
                 detail = %refusal.message,
@@ -532,7 +599,7 @@ impl Connection<'_> {
             }
             Op::Enroll { secret, force } => {
                 if !self.access.administers() {
-                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "enroll refused: not the agent's user or root");
+                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "enroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("enroll"));
                     return;
                 }
@@ -545,6 +612,7 @@ impl Connection<'_> {
                             target: AUDIT_TARGET,
                             pid = self.peer.pid,
                             uid = self.peer.uid,
+                            sid = self.peer.sid.as_deref(),
                             exe = ?self.exe,
                             app = self.app.as_deref().unwrap_or(""),
                             identifier = %crate::secret::short_hash(&enrolled.identifier),
@@ -562,20 +630,20 @@ impl Connection<'_> {
                         );
                     }
                     Err(e) => {
-                        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), code = %e.code, "enrollment failed");
+                        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), code = %e.code, "enrollment failed");
                         self.reply_error(id, e);
                     }
                 }
             }
             Op::Unenroll {} => {
                 if !self.access.administers() {
-                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenroll refused: not the agent's user or root");
+                    tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenroll refused: not the agent's user or root");
                     self.reply_error(id, admin_only("unenroll"));
                     return;
                 }
                 match self.shared.agent.unenroll().await {
                     Ok(()) => {
-                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenrolled");
+                        tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), "unenrolled");
                         self.reply(id, Reply::Unenrolled {});
                     }
                     Err(e) => self.reply_error(id, e),
@@ -617,6 +685,7 @@ impl Connection<'_> {
             target: AUDIT_TARGET,
             pid = self.peer.pid,
             uid = self.peer.uid,
+            sid = self.peer.sid.as_deref(),
             exe = ?self.exe,
             app = %app,
             instance = instance.as_deref().unwrap_or(""),
@@ -639,7 +708,7 @@ impl Connection<'_> {
         if self.access.fetches_tokens() {
             return Ok(());
         }
-        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), op, "token request refused: the regent CLI is not in [ipc] allow_executables");
+        tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), op, "token request refused: the regent CLI is not in [ipc] allow_executables");
         Err(Error::new(
             ErrorCode::PermissionDenied,
             format!(
@@ -664,7 +733,7 @@ impl Connection<'_> {
             Ok(admitted) => {
                 self.policy_generation = generation;
                 if admitted.access != self.access {
-                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), access = ?admitted.access, "access changed by a policy reload");
+                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app = self.app.as_deref().unwrap_or(""), access = ?admitted.access, "access changed by a policy reload");
                 }
                 self.access = admitted.access;
                 if admitted.exe.is_some() {
@@ -684,6 +753,7 @@ impl Connection<'_> {
                 tracing::warn!(
                     target: AUDIT_TARGET,
                     uid = self.peer.uid,
+                    sid = self.peer.sid.as_deref(),
                     pid = self.peer.pid,
                     exe = ?refusal.exe.as_ref().or(self.exe.as_ref()),
                     app = self.app.as_deref().unwrap_or(""),
@@ -713,14 +783,14 @@ impl Connection<'_> {
             Ok(lease) => {
                 self.slot = lease.as_ref().map_or(0, Lease::slot);
                 if let Some(l) = &lease {
-                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), slot = l.slot(), "instance slot leased");
+                    tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), app = self.app.as_deref().unwrap_or(""), slot = l.slot(), "instance slot leased");
                 }
                 self.lease = lease;
                 self.leased = true;
                 Ok(())
             }
             Err(e) => {
-                tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), "no free instance slot");
+                tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), app = self.app.as_deref().unwrap_or(""), "no free instance slot");
                 Err(e)
             }
         }
@@ -745,7 +815,7 @@ impl Connection<'_> {
             return;
         }
         let Ok(permit) = Arc::clone(&self.shared.subscriptions).try_acquire_owned() else {
-            tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, app = self.app.as_deref().unwrap_or(""), limit = self.shared.settings.max_subscriptions, "subscription refused: the agent's subscription limit is reached");
+            tracing::warn!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), app = self.app.as_deref().unwrap_or(""), limit = self.shared.settings.max_subscriptions, "subscription refused: the agent's subscription limit is reached");
             self.reply_error(
                 id,
                 Error::new(
@@ -810,10 +880,10 @@ impl Connection<'_> {
         let app = self.app.as_deref().unwrap_or("");
         let scope = grant.scope.as_deref().unwrap_or("");
         if self.audited == Some(grant.expires_at) {
-            tracing::debug!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out again");
+            tracing::debug!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out again");
         } else {
             self.audited = Some(grant.expires_at);
-            tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out");
+            tracing::info!(target: AUDIT_TARGET, pid = self.peer.pid, uid = self.peer.uid, sid = self.peer.sid.as_deref(), exe = ?self.exe, app, slot = self.slot, token_type = %grant.token_type, scope, expires_at, min_valid_s = min_valid.as_secs(), via, "token handed out");
         }
     }
 
@@ -875,7 +945,13 @@ impl Connection<'_> {
 fn admin_only(op: &str) -> Error {
     Error::new(
         ErrorCode::PermissionDenied,
-        format!("{op} is only allowed to the agent's own user and root"),
+        if cfg!(windows) {
+            format!(
+                "{op} is only allowed to the agent's own account, LocalSystem and administrators (run elevated)"
+            )
+        } else {
+            format!("{op} is only allowed to the agent's own user and root")
+        },
     )
 }
 
@@ -1240,5 +1316,57 @@ mod tests {
         assert!(cached.is_for(&Arc::clone(&first)));
         // Same token value, another grant (a re-issue or a renewal): not it.
         assert!(!cached.is_for(&grant("one", None)));
+    }
+
+    /// A real client on a real pipe: the agent reads its pid, its token's
+    /// user and enabled groups, and its image path. Under Wine (one
+    /// account) the client is this process, so the expected values are ours.
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn a_pipe_client_is_identified_by_its_token_and_image() {
+        use interprocess::local_socket::tokio::Stream as ClientStream;
+        use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
+        use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+        let name = format!(r"\\.\pipe\regent-test-peer-{}", std::process::id());
+        let listener = ListenerOptions::new()
+            .name(name.as_str().to_fs_name::<GenericFilePath>().unwrap())
+            .create_tokio()
+            .unwrap();
+        let connect_name = name.clone();
+        let client = tokio::spawn(async move {
+            let name = connect_name
+                .as_str()
+                .to_fs_name::<GenericFilePath>()
+                .unwrap();
+            ClientStream::connect(name).await.unwrap()
+        });
+        let server = listener.accept().await.unwrap();
+        let _client = client.await.unwrap();
+        let (peer, _) = peer_of(&server);
+        eprintln!("identified: {peer:?}");
+        assert_eq!(peer.pid, Some(std::process::id()));
+        assert_eq!(
+            peer.sid.as_deref(),
+            Some(regent_client::win32::own_user().unwrap().as_str())
+        );
+        // Everyone (S-1-1-0) is enabled in every user's token.
+        assert!(
+            peer.group_sids.iter().any(|g| g == "S-1-1-0"),
+            "{:?}",
+            peer.group_sids
+        );
+        let image = peer.image.clone().unwrap();
+        let own = super::super::peer::own_executable().unwrap();
+        assert_eq!(
+            super::super::peer::windows_path_key(&image.to_string_lossy()),
+            super::super::peer::windows_path_key(&own.to_string_lossy()),
+        );
+        // The very file: its identity matches the running test binary's.
+        match peer.lookup_executable(None) {
+            super::super::peer::ExeLookup::Found(exe) => {
+                assert_eq!(Some(exe.id), super::super::peer::file_id(&own));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

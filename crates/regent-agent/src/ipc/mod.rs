@@ -186,32 +186,100 @@ pub fn policy_from_config(config: &Config) -> Result<Policy> {
 /// Resolves the allow lists into a policy. Executables are canonicalised now
 /// (symlinks resolved); an entry that does not exist is matched as written and
 /// reported in the warnings, as is a list on a platform that cannot check it.
+/// Unix: `allow_users` (names or uids) is merged into `allow_uids`, group
+/// names become gids. Windows: `allow_users` / `allow_groups` (names or
+/// SIDs) become SIDs, names looked up now; `allow_uids` is refused.
 ///
 /// # Errors
-/// `CONFIG` naming a group that does not exist.
+/// `CONFIG` naming a user or group that does not exist (with the fix), or
+/// `allow_uids` on Windows.
 pub fn policy_with_warnings(config: &Config) -> Result<(Policy, Vec<String>)> {
-    let gids = peer::resolve_groups(&config.ipc.allow_groups)
-        .map_err(|m| Error::new(ErrorCode::Config, m))?;
-    let (exes, mut warnings) = peer::resolve_executables(&config.ipc.allow_executables);
-    if !exes.is_empty() && !cfg!(any(target_os = "linux", target_os = "macos")) {
+    let ipc = &config.ipc;
+    let config_error = |m: String| Error::new(ErrorCode::Config, m);
+    let (exes, mut warnings) = peer::resolve_executables(&ipc.allow_executables);
+    if !exes.is_empty() && !cfg!(any(target_os = "linux", target_os = "macos", windows)) {
         warnings.push(
             "[ipc] allow_executables is set, but this platform cannot tell which program a peer runs: every connection except root's is refused".to_owned(),
         );
     }
-    Ok((
-        Policy::new(config.ipc.allow_uids.clone(), gids, exes),
-        warnings,
-    ))
+    #[cfg(windows)]
+    let policy = {
+        if !ipc.allow_uids.is_empty() {
+            return Err(config_error(format!(
+                "[ipc] allow_uids = {:?}: Windows has no uids; name the accounts in allow_users instead (account names or SIDs, e.g. allow_users = [\"alice\", \"S-1-5-21-…\"])",
+                ipc.allow_uids
+            )));
+        }
+        let users = peer::resolve_accounts(
+            &ipc.allow_users,
+            peer::AccountList::Users,
+            peer::lookup_account,
+        )
+        .map_err(config_error)?;
+        let groups = peer::resolve_accounts(
+            &ipc.allow_groups,
+            peer::AccountList::Groups,
+            peer::lookup_account,
+        )
+        .map_err(config_error)?;
+        let mut policy = Policy::new(Vec::new(), Vec::new(), exes);
+        policy.allow_sids = users;
+        policy.allow_group_sids = groups;
+        policy
+    };
+    #[cfg(not(windows))]
+    let policy = {
+        let gids = peer::resolve_groups(&ipc.allow_groups).map_err(config_error)?;
+        let mut uids = ipc.allow_uids.clone();
+        for uid in peer::resolve_users(&ipc.allow_users).map_err(config_error)? {
+            if !uids.contains(&uid) {
+                uids.push(uid);
+            }
+        }
+        Policy::new(uids, gids, exes)
+    };
+    Ok((policy, warnings))
+}
+
+/// The system agent's named pipe on Windows: the same name as the client's
+/// `regent_client::SYSTEM_PIPE` (a test checks they agree).
+pub const SYSTEM_PIPE: &str = r"\\.\pipe\regent-agent";
+
+/// Windows: the pipe an agent running as `sid` listens on by default. A
+/// service account — LocalSystem (`S-1-5-18`), LocalService (`S-1-5-19`),
+/// NetworkService (`S-1-5-20`) or a virtual service account
+/// (`S-1-5-80-…`) — is the system agent: [`SYSTEM_PIPE`]. Any other
+/// account runs a per-user agent: `\\.\pipe\regent-agent-<its SID>`, so
+/// that two users' agents never contend for one name.
+pub fn pipe_for_account(sid: &str) -> PathBuf {
+    let service = ["S-1-5-18", "S-1-5-19", "S-1-5-20"]
+        .iter()
+        .any(|s| sid.eq_ignore_ascii_case(s))
+        || sid.to_ascii_uppercase().starts_with("S-1-5-80-");
+    if service {
+        PathBuf::from(SYSTEM_PIPE)
+    } else {
+        PathBuf::from(format!("{SYSTEM_PIPE}-{sid}"))
+    }
 }
 
 /// `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock` (user agent),
-/// else `/run/regent/agent.sock` (system agent); `\\.\pipe\regent-agent` on Windows.
+/// else `/run/regent/agent.sock` (system agent). Windows: the pipe of the
+/// agent's own account ([`pipe_for_account`]).
 pub fn default_socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("REGENT_SOCKET").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     if cfg!(windows) {
-        return PathBuf::from(r"\\.\pipe\regent-agent");
+        return match peer::current_sid() {
+            Some(sid) => pipe_for_account(&sid),
+            None => {
+                tracing::warn!(
+                    "cannot read the agent's own account; listening on the system pipe {SYSTEM_PIPE}"
+                );
+                PathBuf::from(SYSTEM_PIPE)
+            }
+        };
     }
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("regent/agent.sock"),
@@ -264,9 +332,22 @@ pub fn bind(settings: &IpcSettings) -> Result<IpcListener> {
     #[cfg(windows)]
     let options = {
         use interprocess::os::windows::local_socket::ListenerOptionsExt;
-        options.security_descriptor(pipe_security_descriptor()?)
+        options.security_descriptor(pipe_security_descriptor(&settings.policy.current())?)
     };
     let listener = options.create_tokio().map_err(|e| {
+        // interprocess creates the first instance with
+        // FILE_FLAG_FIRST_PIPE_INSTANCE: a pipe of that name that exists
+        // already (another agent, or a squatter) is refused with
+        // ERROR_ACCESS_DENIED.
+        if cfg!(windows) && e.raw_os_error() == Some(5) {
+            return Error::new(
+                ErrorCode::Config,
+                format!(
+                    "another server already holds the named pipe {} (access denied to a first instance): another regent agent, or a program that took the name; stop it or set another [ipc] socket",
+                    path.display()
+                ),
+            );
+        }
         Error::new(
             ErrorCode::Internal,
             format!("cannot listen on {}: {e}", path.display()),
@@ -299,18 +380,42 @@ pub fn bind(settings: &IpcSettings) -> Result<IpcListener> {
     })
 }
 
-/// The named pipe's access list (SDDL): full access for LocalSystem, the
-/// Administrators group and the pipe's owner (the account the agent runs as);
-/// nobody else may open it. On Windows the kernel reports no uid for a pipe
-/// client, so `allow_uids`/`allow_groups` cannot apply and this descriptor is
-/// the whole access check; `P` (protected) stops inherited entries widening it.
-#[cfg(windows)]
+/// The named pipe's base access list (SDDL): full access for LocalSystem,
+/// the Administrators group and the pipe's owner (the account the agent runs
+/// as); `P` (protected) stops inherited entries widening it. [`pipe_sddl`]
+/// adds the accounts of `allow_users` / `allow_groups`.
 pub const PIPE_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;OW)";
 
+/// Read and write on a pipe without `FILE_CREATE_PIPE_INSTANCE` (0x4):
+/// `FILE_GENERIC_READ | FILE_GENERIC_WRITE` less that bit, so an allowed
+/// account can be a client and never a second server of the name.
+const PIPE_CLIENT_RIGHTS: &str = "0x12019b";
+
+/// The pipe's access list: [`PIPE_SDDL`], plus client rights
+/// ([`PIPE_CLIENT_RIGHTS`]) for each SID of `allow_users` and `allow_groups`
+/// so that those accounts can open the pipe at all. This is the first gate
+/// only: each client is then identified by its process token and image
+/// ([`peer`]) and checked against the allow lists in force, at connect and
+/// after every reload. The list is set when the pipe is created: an account
+/// added to the lists by a reload can open the pipe after a restart; one
+/// removed is refused at once by the per-peer check.
+pub fn pipe_sddl(user_sids: &[String], group_sids: &[String]) -> String {
+    let mut sddl = PIPE_SDDL.to_owned();
+    for sid in user_sids.iter().chain(group_sids) {
+        // Resolved SIDs only (`S-1-…`), never text that could close the ACE.
+        if peer::is_sid(sid) {
+            sddl.push_str(&format!("(A;;{PIPE_CLIENT_RIGHTS};;;{sid})"));
+        }
+    }
+    sddl
+}
+
 #[cfg(windows)]
-fn pipe_security_descriptor()
--> Result<interprocess::os::windows::security_descriptor::SecurityDescriptor> {
-    let sddl = widestring::U16CString::from_str(PIPE_SDDL)
+fn pipe_security_descriptor(
+    policy: &Policy,
+) -> Result<interprocess::os::windows::security_descriptor::SecurityDescriptor> {
+    let text = pipe_sddl(&policy.allow_sids, &policy.allow_group_sids);
+    let sddl = widestring::U16CString::from_str(&text)
         .map_err(|e| Error::new(ErrorCode::Internal, format!("bad pipe SDDL: {e}")))?;
     interprocess::os::windows::security_descriptor::SecurityDescriptor::deserialize(&sddl).map_err(
         |e| {
@@ -540,4 +645,102 @@ pub async fn serve(
     shared.agent.shutdown();
     tracing::info!(socket = %path.display(), "stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_service_accounts_take_the_system_pipe_users_their_own() {
+        assert_eq!(pipe_for_account("S-1-5-18"), PathBuf::from(SYSTEM_PIPE));
+        assert_eq!(pipe_for_account("S-1-5-20"), PathBuf::from(SYSTEM_PIPE));
+        assert_eq!(
+            pipe_for_account("S-1-5-80-1-2-3-4-5"),
+            PathBuf::from(SYSTEM_PIPE)
+        );
+        let user = "S-1-5-21-1-2-3-1001";
+        assert_eq!(
+            pipe_for_account(user),
+            PathBuf::from(r"\\.\pipe\regent-agent-S-1-5-21-1-2-3-1001")
+        );
+        // The client looks for the agent under the same names.
+        assert_eq!(SYSTEM_PIPE, regent_client::SYSTEM_PIPE);
+        assert_eq!(pipe_for_account(user), regent_client::user_pipe(user));
+    }
+
+    #[test]
+    fn the_pipe_admits_the_listed_accounts_as_clients_only() {
+        assert_eq!(pipe_sddl(&[], &[]), PIPE_SDDL);
+        let sddl = pipe_sddl(
+            &["S-1-5-21-1-2-3-1001".to_owned()],
+            &["S-1-5-32-545".to_owned(), "S-1-5-18)(A;;GA;;;WD".to_owned()],
+        );
+        assert_eq!(
+            sddl,
+            format!("{PIPE_SDDL}(A;;0x12019b;;;S-1-5-21-1-2-3-1001)(A;;0x12019b;;;S-1-5-32-545)")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unix_allow_users_merge_into_allow_uids() {
+        let config = Config::parse(
+            "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nallow_uids = [5]\nallow_users = [\"root\", \"5\", \"77\"]\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let (policy, _) = policy_with_warnings(&config).unwrap();
+        assert_eq!(policy.allow_uids, vec![5, 0, 77]);
+        let config = Config::parse(
+            "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nallow_users = [\"no-such-user-xyz\"]\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let e = policy_with_warnings(&config).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config);
+        assert!(e.message.contains("no-such-user-xyz"), "{}", e.message);
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_allow_uids_is_refused_with_the_fix() {
+        let config = Config::parse(
+            "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nallow_uids = [1000]\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let e = policy_with_warnings(&config).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config);
+        assert!(e.message.contains("allow_users"), "{}", e.message);
+    }
+
+    /// The first pipe instance carries `FILE_FLAG_FIRST_PIPE_INSTANCE`
+    /// (interprocess sets it), so a second agent on the name is refused; on
+    /// Unix a live socket is never taken over.
+    #[cfg_attr(
+        windows,
+        ignore = "Wine 8.0 does not honour FILE_FLAG_FIRST_PIPE_INSTANCE (a second server shares the name); needs a real Windows"
+    )]
+    #[tokio::test]
+    async fn a_second_agent_on_the_same_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = if cfg!(windows) {
+            format!(r"\\.\pipe\regent-test-second-{}", std::process::id())
+        } else {
+            dir.path().join("agent.sock").display().to_string()
+        };
+        let config = Config::parse(
+            &format!(
+                "[server]\nprofile = \"sentinel\"\nurl = \"https://a.example\"\n[ipc]\nsocket = '{socket}'\n"
+            ),
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let settings = IpcSettings::from_config(&config).unwrap();
+        let _first = bind(&settings).unwrap();
+        let e = bind(&settings).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Config, "{}", e.message);
+        assert!(e.message.contains(&socket), "{}", e.message);
+    }
 }

@@ -70,13 +70,25 @@ pub struct Peer {
     pub pid: Option<u32>,
     /// Supplementary groups, when the platform reports them.
     pub groups: Vec<u32>,
+    /// Windows: the user SID of the client process's token (`S-1-5-21-…`).
+    pub sid: Option<String>,
+    /// Windows: the token's enabled groups (not the deny-only ones, such as
+    /// a non-elevated administrator's Administrators).
+    pub group_sids: Vec<String>,
+    /// Windows: the client process's image path, read with its account while
+    /// the process was held open.
+    pub image: Option<PathBuf>,
 }
 
 impl Peer {
-    /// The peer's executable as `/proc/PID/exe` names it, for audit lines
-    /// when `allow_executables` is not set (nothing is checked then).
+    /// The peer's executable as `/proc/PID/exe` names it (Windows: its image
+    /// path read at connect), for audit lines when `allow_executables` is not
+    /// set (nothing is checked then).
     #[cfg(not(target_os = "macos"))]
     pub fn executable(&self) -> Option<PathBuf> {
+        if cfg!(windows) {
+            return self.image.clone();
+        }
         let pid = self.pid?;
         std::fs::read_link(format!("/proc/{pid}/exe")).ok()
     }
@@ -90,6 +102,10 @@ impl Peer {
         let Some(pid) = self.pid else {
             return ExeLookup::Unknown("the kernel reported no process id".into());
         };
+        if cfg!(windows) {
+            let _ = pidfd;
+            return self.windows_executable(pid);
+        }
         if !cfg!(target_os = "linux") {
             return ExeLookup::Unknown(
                 "this platform cannot name a peer's program; allow_executables works on Linux and macOS only".into(),
@@ -140,6 +156,27 @@ impl Peer {
     }
 }
 
+#[cfg(not(target_os = "macos"))]
+impl Peer {
+    /// Windows: the image path read at connect (`QueryFullProcessImageNameW`)
+    /// and the identity of the file at that path now (volume serial number
+    /// and file index).
+    fn windows_executable(&self, pid: u32) -> ExeLookup {
+        let Some(path) = self.image.clone() else {
+            return ExeLookup::Unknown(format!(
+                "the image path of process {pid} could not be read"
+            ));
+        };
+        match file_id(&path) {
+            Some(id) => ExeLookup::Found(Executable { path, id }),
+            None => ExeLookup::Unknown(format!(
+                "cannot open {}, the image of process {pid}, to identify it",
+                shown(&path)
+            )),
+        }
+    }
+}
+
 /// A peer's process pinned by a pidfd (Linux ≥ 6.5), or by the stamp read
 /// when its connection was accepted (macOS).
 #[derive(Debug, Clone, Copy)]
@@ -186,12 +223,13 @@ impl<'a> PinnedProcess<'a> {
     }
 }
 
-/// A file's identity: device and inode.
+/// A file's identity: device and inode (Windows: the volume's serial number
+/// and the file index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
-    /// Device number.
+    /// Device number (Windows: volume serial number).
     pub dev: u64,
-    /// Inode number.
+    /// Inode number (Windows: file index).
     pub ino: u64,
 }
 
@@ -206,11 +244,65 @@ pub fn file_id(path: &Path) -> Option<FileId> {
             ino: meta.ino(),
         })
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        let (dev, ino) = regent_client::win32::file_identity(path).ok()?;
+        Some(FileId { dev, ino })
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = path;
         None
     }
+}
+
+/// Whether two program paths name the same path: byte for byte on Unix; on
+/// Windows as Windows compares them ([`windows_path_key`]).
+fn same_path(a: &Path, b: &Path) -> bool {
+    if cfg!(windows) {
+        windows_path_key(&a.to_string_lossy()) == windows_path_key(&b.to_string_lossy())
+    } else {
+        a == b
+    }
+}
+
+/// A Windows path in a form to compare: without the verbatim prefix
+/// ([`strip_verbatim`]), `/` read as `\`, and each character upper-cased
+/// when that gives one character, as Windows' case-insensitive comparison of
+/// NTFS names does (its upcase table maps characters one to one).
+pub fn windows_path_key(path: &str) -> String {
+    strip_verbatim(&path.replace('/', "\\"))
+        .chars()
+        .map(|c| {
+            let mut upper = c.to_uppercase();
+            match (upper.next(), upper.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// Removes the `\\?\` (verbatim) prefix that `canonicalize` adds on
+/// Windows: `\\?\C:\x` → `C:\x`, `\\?\UNC\server\x` → `\\server\x`.
+fn strip_verbatim(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix(r"\\?\UNC\") {
+        format!(r"\\{rest}")
+    } else if let Some(rest) = path.strip_prefix(r"\\?\") {
+        rest.to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+/// `path` canonicalised (symlinks resolved); on Windows without the
+/// verbatim prefix, so that it reads as programs' image paths do.
+fn canonical(path: &Path) -> std::io::Result<PathBuf> {
+    let path = std::fs::canonicalize(path)?;
+    if cfg!(windows) {
+        return Ok(PathBuf::from(strip_verbatim(&path.to_string_lossy())));
+    }
+    Ok(path)
 }
 
 /// A mount namespace link's text, e.g. `mnt:[4026531841]`.
@@ -269,7 +361,15 @@ fn split_deleted(path: PathBuf) -> (PathBuf, bool) {
 /// A path as logs and messages show it: control characters (a newline that
 /// would forge a log line, an escape sequence for a terminal) escaped.
 pub fn shown(path: &Path) -> String {
-    path.to_string_lossy().escape_debug().to_string()
+    // As `escape_debug` (control and invisible characters), except that
+    // backslashes and quotes stay as they are: a Windows path reads as one.
+    path.to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            '\\' | '"' | '\'' => c.to_string(),
+            _ => c.escape_debug().to_string(),
+        })
+        .collect()
 }
 
 /// Why a peer is refused: an audit reason and the message it receives.
@@ -283,15 +383,28 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// LocalSystem, the account of services by default: Windows' root.
+pub const LOCAL_SYSTEM_SID: &str = "S-1-5-18";
+/// The builtin Administrators group; enabled in a token only when elevated.
+pub const ADMINISTRATORS_SID: &str = "S-1-5-32-544";
+
 /// The access policy for connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// The agent's own uid.
     pub own_uid: u32,
-    /// Extra uids allowed to fetch tokens.
+    /// Extra uids allowed to fetch tokens (`allow_uids`, and on Unix the
+    /// users `allow_users` names).
     pub allow_uids: Vec<u32>,
     /// Gids allowed to fetch tokens.
     pub allow_gids: Vec<u32>,
+    /// Windows: the agent's own account's SID.
+    pub own_sid: Option<String>,
+    /// Windows: user SIDs allowed to fetch tokens (`allow_users`).
+    pub allow_sids: Vec<String>,
+    /// Windows: group SIDs allowed to fetch tokens (`allow_groups`), matched
+    /// against a client's enabled groups.
+    pub allow_group_sids: Vec<String>,
     /// Canonical paths of the programs that may connect; empty: any program.
     pub allow_executables: Vec<PathBuf>,
     /// The agent's own executable, allowed for the agent's uid when
@@ -348,8 +461,21 @@ impl Policy {
             own_uid: current_uid(),
             allow_uids,
             allow_gids,
+            own_sid: current_sid(),
+            allow_sids: Vec::new(),
+            allow_group_sids: Vec::new(),
             allow_executables,
             own_exe: own_executable(),
+        }
+    }
+
+    /// Whether `peer` is the platform's superuser, whom `allow_executables`
+    /// never restricts: root, or LocalSystem on Windows (both can read the
+    /// agent's memory and its store anyway).
+    fn unrestricted(peer: &Peer) -> bool {
+        match &peer.sid {
+            Some(sid) => sid.eq_ignore_ascii_case(LOCAL_SYSTEM_SID),
+            None => peer.uid == Some(0),
         }
     }
 
@@ -368,17 +494,35 @@ impl Policy {
     ) -> std::result::Result<Admitted, Refusal> {
         let access = self.access(peer);
         if access == Access::Denied {
-            return Err(Refusal {
-                reason: "connection refused: uid not allowed",
-                exe: None,
-                message: format!(
-                    "uid {} may not use this agent; an administrator can add it to [ipc] allow_uids (or its group to allow_groups)",
-                    peer.uid
-                        .map_or_else(|| "unknown".to_owned(), |u| u.to_string())
-                ),
+            return Err(match &peer.sid {
+                Some(sid) => Refusal {
+                    reason: "connection refused: account not allowed",
+                    exe: None,
+                    message: format!(
+                        "account {sid} may not use this agent; an administrator can add it to [ipc] allow_users (by name or SID), or one of its groups to allow_groups"
+                    ),
+                },
+                None if peer.uid.is_none() && cfg!(windows) => Refusal {
+                    reason: "connection refused: client unidentified",
+                    exe: None,
+                    message: format!(
+                        "the agent could not read which account runs this client (pid {}), so it is refused; see the agent's log",
+                        peer.pid
+                            .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+                    ),
+                },
+                None => Refusal {
+                    reason: "connection refused: uid not allowed",
+                    exe: None,
+                    message: format!(
+                        "uid {} may not use this agent; an administrator can add it to [ipc] allow_uids or allow_users (or its group to allow_groups)",
+                        peer.uid
+                            .map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+                    ),
+                },
             });
         }
-        if self.allow_executables.is_empty() || peer.uid == Some(0) {
+        if self.allow_executables.is_empty() || Policy::unrestricted(peer) {
             return Ok(Admitted { access, exe: None });
         }
         let pid = peer
@@ -386,7 +530,8 @@ impl Policy {
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         match exe() {
             ExeLookup::Found(exe) => {
-                let is = |listed: &Path| listed == exe.path && file_id(listed) == Some(exe.id);
+                let is =
+                    |listed: &Path| same_path(listed, &exe.path) && file_id(listed) == Some(exe.id);
                 if self.allow_executables.iter().any(|p| is(p)) {
                     return Ok(Admitted {
                         access,
@@ -399,8 +544,15 @@ impl Policy {
                         exe: Some(exe.path),
                     });
                 }
-                let listed = self.allow_executables.contains(&exe.path)
-                    || (access == Access::Admin && self.own_exe.as_ref() == Some(&exe.path));
+                let listed = self
+                    .allow_executables
+                    .iter()
+                    .any(|p| same_path(p, &exe.path))
+                    || (access == Access::Admin
+                        && self
+                            .own_exe
+                            .as_deref()
+                            .is_some_and(|own| same_path(own, &exe.path)));
                 let message = if listed {
                     format!(
                         "{} (pid {pid}) is not the file at that path as the agent sees it (a bind mount, or the file was replaced after the process started), so [ipc] allow_executables cannot vouch for it; restart the program from the listed path",
@@ -448,16 +600,15 @@ impl Policy {
         }
     }
 
-    /// Decides what `peer` may do. A peer whose uid cannot be read is refused
-    /// on platforms that report it (Unix); named pipes rely on their security
-    /// descriptor instead.
+    /// Decides what `peer` may do: by its Windows account when it has one
+    /// ([`Policy::account_access`]), else by uid. A peer whose identity
+    /// cannot be read is refused.
     pub fn access(&self, peer: &Peer) -> Access {
+        if let Some(sid) = &peer.sid {
+            return self.account_access(sid, &peer.group_sids);
+        }
         let Some(uid) = peer.uid else {
-            return if cfg!(unix) {
-                Access::Denied
-            } else {
-                Access::Admin
-            };
+            return Access::Denied;
         };
         if uid == self.own_uid || uid == 0 {
             return Access::Admin;
@@ -475,6 +626,48 @@ impl Policy {
         } else {
             Access::Denied
         }
+    }
+}
+
+impl Policy {
+    /// Windows: the agent's own account, LocalSystem and elevated
+    /// administrators (Administrators enabled in the token) administer;
+    /// `allow_users` and `allow_groups` (enabled groups only) fetch tokens;
+    /// everyone else is refused. SIDs compare case-insensitively.
+    pub fn account_access(&self, sid: &str, groups: &[String]) -> Access {
+        let is = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        if self.own_sid.as_deref().is_some_and(|own| is(own, sid))
+            || is(sid, LOCAL_SYSTEM_SID)
+            || groups.iter().any(|g| is(g, ADMINISTRATORS_SID))
+        {
+            return Access::Admin;
+        }
+        if self.allow_sids.iter().any(|a| is(a, sid)) {
+            return Access::Tokens;
+        }
+        let in_group = groups
+            .iter()
+            .any(|g| self.allow_group_sids.iter().any(|a| is(a, g)));
+        if in_group {
+            Access::Tokens
+        } else {
+            Access::Denied
+        }
+    }
+}
+
+/// This process's account SID (Windows); `None` elsewhere, or when it
+/// cannot be read (then no peer is the agent's own account).
+pub fn current_sid() -> Option<String> {
+    #[cfg(windows)]
+    {
+        static OWN: OnceLock<Option<String>> = OnceLock::new();
+        OWN.get_or_init(|| regent_client::win32::own_user().ok())
+            .clone()
+    }
+    #[cfg(not(windows))]
+    {
+        None
     }
 }
 
@@ -497,7 +690,7 @@ pub fn own_executable() -> Option<PathBuf> {
     OWN.get_or_init(|| {
         let path = std::env::current_exe().ok()?;
         let (path, _) = split_deleted(path);
-        Some(std::fs::canonicalize(&path).unwrap_or(path))
+        Some(canonical(&path).unwrap_or(path))
     })
     .clone()
 }
@@ -510,7 +703,7 @@ pub fn resolve_executables(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
     let mut resolved = Vec::with_capacity(paths.len());
     let mut warnings = Vec::new();
     for path in paths {
-        match std::fs::canonicalize(path) {
+        match canonical(path) {
             Ok(canonical) => {
                 if !canonical.is_file() {
                     warnings.push(format!(
@@ -572,6 +765,144 @@ pub fn resolve_groups(groups: &[String]) -> Result<Vec<u32>, String> {
         .collect()
 }
 
+/// Resolves `allow_users` entries (user names or numeric uids) to uids (Unix).
+///
+/// # Errors
+/// A message naming the user that does not exist.
+pub fn resolve_users(users: &[String]) -> Result<Vec<u32>, String> {
+    users
+        .iter()
+        .map(|u| {
+            if let Ok(uid) = u.parse::<u32>() {
+                return Ok(uid);
+            }
+            #[cfg(unix)]
+            {
+                match nix::unistd::User::from_name(u) {
+                    Ok(Some(user)) => Ok(user.uid.as_raw()),
+                    Ok(None) => Err(format!(
+                        "[ipc] allow_users: no user named {u:?} on this system; correct the name or remove it"
+                    )),
+                    Err(e) => Err(format!("[ipc] allow_users: cannot look up user {u:?}: {e}")),
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                Err(format!(
+                    "[ipc] allow_users: user names are not supported on this platform ({u:?})"
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Whether `text` is a string SID (`S-1-5-21-…`): `S-1-`, then numbers
+/// separated by single dashes.
+pub fn is_sid(text: &str) -> bool {
+    let Some(rest) = text
+        .strip_prefix("S-1-")
+        .or_else(|| text.strip_prefix("s-1-"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest.split('-').all(|part| {
+            !part.is_empty() && part.len() <= 10 && part.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Which `[ipc]` key a Windows account list is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountList {
+    /// `allow_users`: user accounts.
+    Users,
+    /// `allow_groups`: groups (and aliases such as `Administrators`).
+    Groups,
+}
+
+/// What an account name names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// A user.
+    User,
+    /// A group, alias (`Administrators`) or well-known group (`Everyone`).
+    Group,
+    /// Anything else: a domain, a computer, a label.
+    Other,
+}
+
+impl AccountList {
+    fn key(self) -> &'static str {
+        match self {
+            AccountList::Users => "allow_users",
+            AccountList::Groups => "allow_groups",
+        }
+    }
+}
+
+/// Resolves Windows account entries to SIDs: a string SID is taken as
+/// written (upper-case `S`); a name (`alice`, `MACHINE\alice`,
+/// `Administrators`) is looked up with `lookup` (`LookupAccountNameW` on
+/// Windows), and must be a user for `allow_users`, a group for
+/// `allow_groups`.
+///
+/// # Errors
+/// `[ipc] <key>: …` naming the entry and the fix.
+pub fn resolve_accounts(
+    entries: &[String],
+    list: AccountList,
+    lookup: impl Fn(&str) -> Result<(String, AccountKind), String>,
+) -> Result<Vec<String>, String> {
+    let key = list.key();
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            if is_sid(entry) {
+                return Ok(format!("S{}", &entry[1..]));
+            }
+            if entry.starts_with("S-") || entry.starts_with("s-") {
+                return Err(format!(
+                    "[ipc] {key}: {entry:?} is not a valid SID (S-1-5-21-… : numbers separated by dashes); correct it or name the account instead"
+                ));
+            }
+            let (sid, kind) = lookup(entry).map_err(|e| {
+                format!(
+                    "[ipc] {key}: no account named {entry:?} on this machine ({e}); correct the name (DOMAIN\\name for a domain account) or give its SID"
+                )
+            })?;
+            match (list, kind) {
+                (AccountList::Users, AccountKind::User)
+                | (AccountList::Groups, AccountKind::Group) => Ok(sid),
+                (AccountList::Users, AccountKind::Group) => Err(format!(
+                    "[ipc] allow_users: {entry:?} is a group ({sid}); list it in allow_groups instead"
+                )),
+                (AccountList::Groups, AccountKind::User) => Err(format!(
+                    "[ipc] allow_groups: {entry:?} is a user ({sid}); list it in allow_users instead"
+                )),
+                (_, AccountKind::Other) => Err(format!(
+                    "[ipc] {key}: {entry:?} ({sid}) is neither a user nor a group; name a user in allow_users or a group in allow_groups"
+                )),
+            }
+        })
+        .collect()
+}
+
+/// `LookupAccountNameW`: a name's SID and what it names.
+///
+/// # Errors
+/// The system's error, as text.
+#[cfg(windows)]
+pub fn lookup_account(name: &str) -> Result<(String, AccountKind), String> {
+    use regent_client::win32::{AccountKind as Win32Kind, lookup_account};
+    match lookup_account(name) {
+        Ok((sid, Win32Kind::User)) => Ok((sid, AccountKind::User)),
+        Ok((sid, Win32Kind::Group)) => Ok((sid, AccountKind::Group)),
+        Ok((sid, Win32Kind::Other)) => Ok((sid, AccountKind::Other)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,6 +913,7 @@ mod tests {
             gid: Some(gid),
             pid: Some(1),
             groups: groups.to_vec(),
+            ..Peer::default()
         }
     }
 
@@ -591,6 +923,9 @@ mod tests {
             own_uid: 1000,
             allow_uids: vec![1001],
             allow_gids: vec![50],
+            own_sid: None,
+            allow_sids: Vec::new(),
+            allow_group_sids: Vec::new(),
             allow_executables: Vec::new(),
             own_exe: None,
         };
@@ -600,10 +935,7 @@ mod tests {
         assert_eq!(policy.access(&peer(1002, 50, &[])), Access::Tokens);
         assert_eq!(policy.access(&peer(1003, 1003, &[50])), Access::Tokens);
         assert_eq!(policy.access(&peer(1004, 1004, &[51])), Access::Denied);
-        let unknown = Peer::default();
-        if cfg!(unix) {
-            assert_eq!(policy.access(&unknown), Access::Denied);
-        }
+        assert_eq!(policy.access(&Peer::default()), Access::Denied);
     }
 
     /// Real files, so that identities can be compared: `app`, `other`,
@@ -631,6 +963,9 @@ mod tests {
                 own_uid: 1000,
                 allow_uids: vec![1001],
                 allow_gids: Vec::new(),
+                own_sid: None,
+                allow_sids: Vec::new(),
+                allow_group_sids: Vec::new(),
                 allow_executables: exes.iter().map(|e| self.path(e)).collect(),
                 own_exe: Some(self.path("regent")),
             }
@@ -813,6 +1148,12 @@ mod tests {
         let text = shown(forged);
         assert!(!text.chars().any(char::is_control), "{text:?}");
         assert!(text.contains("\\n") && text.contains("\\u{1b}"), "{text}");
+        // Invisible reordering is escaped too; a Windows path stays readable.
+        assert_eq!(shown(Path::new("a\u{202e}b")), "a\\u{202e}b");
+        assert_eq!(
+            shown(Path::new(r"C:\Program Files\app.exe")),
+            r"C:\Program Files\app.exe"
+        );
     }
 
     #[test]
@@ -850,7 +1191,7 @@ mod tests {
             uid: Some(current_uid()),
             gid: None,
             pid: Some(std::process::id()),
-            groups: Vec::new(),
+            ..Peer::default()
         };
         // Deleted too: another build may replace the test binary mid-run.
         match me.lookup_executable(None) {
@@ -869,6 +1210,221 @@ mod tests {
         ));
     }
 
+    // --- Windows accounts: pure logic with synthetic SIDs (runs everywhere) ---
+
+    const AGENT: &str = "S-1-5-21-1-2-3-1000";
+    const ALICE: &str = "S-1-5-21-1-2-3-1001";
+    const BOB: &str = "S-1-5-21-1-2-3-1002";
+    const APPS: &str = "S-1-5-21-1-2-3-2001";
+
+    fn account(sid: &str, groups: &[&str]) -> Peer {
+        Peer {
+            pid: Some(7),
+            sid: Some(sid.to_owned()),
+            group_sids: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ..Peer::default()
+        }
+    }
+
+    fn windows_policy() -> Policy {
+        Policy {
+            own_uid: 0,
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+            own_sid: Some(AGENT.to_owned()),
+            allow_sids: vec![ALICE.to_owned()],
+            allow_group_sids: vec![APPS.to_owned()],
+            allow_executables: Vec::new(),
+            own_exe: None,
+        }
+    }
+
+    #[test]
+    fn windows_own_account_system_and_elevated_admins_administer() {
+        let policy = windows_policy();
+        assert_eq!(policy.access(&account(AGENT, &[])), Access::Admin);
+        // SIDs compare case-insensitively (`s-1-…` is the same SID).
+        assert_eq!(
+            policy.access(&account(&AGENT.to_lowercase(), &[])),
+            Access::Admin
+        );
+        assert_eq!(
+            policy.access(&account(LOCAL_SYSTEM_SID, &[])),
+            Access::Admin
+        );
+        assert_eq!(
+            policy.access(&account(BOB, &["S-1-1-0", ADMINISTRATORS_SID])),
+            Access::Admin
+        );
+        // The uid rules never apply to a Windows peer: no uid 0 shortcut.
+        let mut with_uid = account(BOB, &[]);
+        with_uid.uid = Some(0);
+        assert_eq!(policy.access(&with_uid), Access::Denied);
+    }
+
+    #[test]
+    fn windows_allow_users_and_enabled_groups_fetch_tokens_others_are_refused() {
+        let policy = windows_policy();
+        assert_eq!(policy.access(&account(ALICE, &[])), Access::Tokens);
+        assert_eq!(
+            policy.access(&account(BOB, &["S-1-1-0", APPS])),
+            Access::Tokens
+        );
+        // Bob's token without the group enabled (a deny-only group is never
+        // in `group_sids`): refused, named, with the keys to change.
+        let refusal = policy
+            .decide(&account(BOB, &["S-1-1-0", "S-1-5-11"]), || unreachable!())
+            .unwrap_err();
+        assert_eq!(refusal.reason, "connection refused: account not allowed");
+        assert!(refusal.message.contains(BOB), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("[ipc] allow_users")
+                && refusal.message.contains("allow_groups"),
+            "{}",
+            refusal.message
+        );
+    }
+
+    #[test]
+    fn windows_a_client_whose_account_cannot_be_read_is_refused() {
+        let policy = windows_policy();
+        let unread = Peer {
+            pid: Some(7),
+            ..Peer::default()
+        };
+        assert_eq!(policy.access(&unread), Access::Denied);
+        assert!(policy.decide(&unread, || unreachable!()).is_err());
+    }
+
+    #[test]
+    fn windows_allow_executables_rules_match_unix() {
+        let files = Files::new();
+        let mut policy = windows_policy();
+        policy.allow_executables = vec![files.path("app")];
+        policy.own_exe = Some(files.path("regent"));
+        let runs = |peer: &Peer, name: &str| outcome(policy.decide(peer, files.found(name)));
+        // Listed: served with the account's access.
+        assert_eq!(runs(&account(ALICE, &[]), "app"), admitted(Access::Tokens));
+        assert_eq!(runs(&account(AGENT, &[]), "app"), admitted(Access::Admin));
+        // The agent's own regent.exe administers for the agent's account only.
+        assert_eq!(
+            runs(&account(AGENT, &[]), "regent"),
+            admitted(Access::Manage)
+        );
+        assert!(runs(&account(ALICE, &[]), "regent").is_err());
+        // Anything else is refused by name.
+        assert_eq!(
+            runs(&account(AGENT, &[]), "other"),
+            Err("connection refused: executable not allowed")
+        );
+        // LocalSystem is never restricted, like root.
+        assert_eq!(
+            outcome(policy.decide(&account(LOCAL_SYSTEM_SID, &[]), || unreachable!())),
+            admitted(Access::Admin)
+        );
+        // An image that cannot be read fails closed.
+        let refusal = policy
+            .decide(&account(AGENT, &[]), || {
+                ExeLookup::Unknown("the image path of process 7 could not be read".into())
+            })
+            .unwrap_err();
+        assert_eq!(refusal.reason, "connection refused: executable unknown");
+    }
+
+    #[test]
+    fn windows_paths_compare_as_windows_does() {
+        let key = windows_path_key;
+        assert_eq!(
+            key(r"\\?\C:\Program Files\App\app.exe"),
+            key(r"c:\program files\app\APP.EXE")
+        );
+        assert_eq!(key("C:/Tools/app.exe"), key(r"C:\Tools\app.exe"));
+        assert_eq!(
+            key(r"\\?\UNC\server\share\app.exe"),
+            key(r"\\SERVER\share\app.exe")
+        );
+        assert_ne!(key(r"C:\Tools\app.exe"), key(r"C:\Tools\app2.exe"));
+        // One character to one: `ß` is not widened to `SS`.
+        assert_ne!(key(r"C:\straße.exe"), key(r"C:\STRASSE.EXE"));
+    }
+
+    #[test]
+    fn sids_are_recognised_by_their_syntax() {
+        for sid in [AGENT, "S-1-5-18", "s-1-5-32-544", "S-1-1-0"] {
+            assert!(is_sid(sid), "{sid}");
+        }
+        for text in [
+            "S-1-",
+            "S-1-5-",
+            "S-1-5--18",
+            "S-1-5-x",
+            "alice",
+            "S-1-5-18)(A;;GA;;;WD",
+        ] {
+            assert!(!is_sid(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn windows_account_names_resolve_to_sids_of_the_right_kind() {
+        let lookup = |name: &str| match name {
+            "alice" | r"HOST\alice" => Ok((ALICE.to_owned(), AccountKind::User)),
+            "licensed-apps" => Ok((APPS.to_owned(), AccountKind::Group)),
+            "HOST" => Ok(("S-1-5-21-1-2-3".to_owned(), AccountKind::Other)),
+            _ => Err(
+                "No mapping between account names and security IDs was done. (os error 1332)"
+                    .to_owned(),
+            ),
+        };
+        let users = [
+            "alice".to_owned(),
+            r"HOST\alice".to_owned(),
+            "s-1-5-21-9-9-9-1500".to_owned(),
+        ];
+        assert_eq!(
+            resolve_accounts(&users, AccountList::Users, lookup).unwrap(),
+            vec![ALICE, ALICE, "S-1-5-21-9-9-9-1500"]
+        );
+        assert_eq!(
+            resolve_accounts(&["licensed-apps".to_owned()], AccountList::Groups, lookup).unwrap(),
+            vec![APPS]
+        );
+        let unknown =
+            resolve_accounts(&["mallory".to_owned()], AccountList::Users, lookup).unwrap_err();
+        assert!(
+            unknown.contains("[ipc] allow_users")
+                && unknown.contains("\"mallory\"")
+                && unknown.contains("SID"),
+            "{unknown}"
+        );
+        let group_as_user =
+            resolve_accounts(&["licensed-apps".to_owned()], AccountList::Users, lookup)
+                .unwrap_err();
+        assert!(group_as_user.contains("allow_groups"), "{group_as_user}");
+        let user_as_group =
+            resolve_accounts(&["alice".to_owned()], AccountList::Groups, lookup).unwrap_err();
+        assert!(user_as_group.contains("allow_users"), "{user_as_group}");
+        assert!(resolve_accounts(&["HOST".to_owned()], AccountList::Users, lookup).is_err());
+        let bad_sid =
+            resolve_accounts(&["S-1-5-x".to_owned()], AccountList::Users, lookup).unwrap_err();
+        assert!(bad_sid.contains("not a valid SID"), "{bad_sid}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unix_users_resolve_by_name_and_number() {
+        assert_eq!(
+            resolve_users(&["root".into(), "4242".into()]).unwrap(),
+            vec![0, 4242]
+        );
+        let e = resolve_users(&["no-such-user-xyz".into()]).unwrap_err();
+        assert!(
+            e.contains("[ipc] allow_users") && e.contains("no-such-user-xyz"),
+            "{e}"
+        );
+    }
+
+    #[cfg(unix)]
     #[test]
     fn groups_resolve_by_number_and_name() {
         assert_eq!(resolve_groups(&["42".into()]).unwrap(), vec![42]);

@@ -1,5 +1,5 @@
-//! Who runs the server of a connected named pipe, and this process's user,
-//! as string SIDs (`S-1-5-…`). Runs under Wine in `scripts/test-windows.sh`
+//! Who runs the server of a connected named pipe, as string SIDs
+//! (`S-1-5-…`); the token and SID calls are in [`crate::win32`]. Runs under Wine in `scripts/test-windows.sh`
 //! (same account on both ends); the other accounts need a real Windows.
 // The Win32 security calls have no safe wrapper among the dependencies; each
 // call below says what it relies on, and nothing here outlives its function.
@@ -9,18 +9,15 @@ use std::io;
 use std::os::windows::io::{AsRawHandle, BorrowedHandle};
 use std::ptr::null_mut;
 
-use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SUCCESS, HANDLE, LocalFree};
-use windows_sys::Win32::Security::Authorization::{
-    ConvertSidToStringSidW, GetSecurityInfo, SE_KERNEL_OBJECT,
-};
+use windows_sys::Win32::Foundation::{ERROR_SUCCESS, HANDLE, LocalFree};
+use windows_sys::Win32::Security::Authorization::{GetSecurityInfo, SE_KERNEL_OBJECT};
 use windows_sys::Win32::Security::{
-    GetTokenInformation, IsValidSid, OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID,
-    TOKEN_QUERY, TOKEN_USER, TokenUser,
+    IsValidSid, OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID,
 };
 use windows_sys::Win32::System::Pipes::GetNamedPipeServerProcessId;
-use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
-};
+
+pub(super) use crate::win32::own_user;
+use crate::win32::sid_string;
 
 /// Who runs the server end of a pipe, as far as this process may read it.
 #[derive(Debug)]
@@ -111,85 +108,5 @@ fn server_process_user(handle: BorrowedHandle<'_>) -> io::Result<String> {
     if unsafe { GetNamedPipeServerProcessId(handle.as_raw_handle() as HANDLE, &mut pid) } == 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: plain call; the handle returned is closed below.
-    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
-    if process.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    let mut token: HANDLE = null_mut();
-    // SAFETY: `process` is open; `token` is a valid out-pointer.
-    let opened = unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) };
-    let error = io::Error::last_os_error();
-    // SAFETY: opened above, closed once.
-    unsafe { CloseHandle(process) };
-    if opened == 0 {
-        return Err(error);
-    }
-    let user = token_user(token);
-    // SAFETY: opened above, closed once.
-    unsafe { CloseHandle(token) };
-    user
-}
-
-/// The user this process runs as.
-pub(super) fn own_user() -> io::Result<String> {
-    let mut token: HANDLE = null_mut();
-    // SAFETY: the pseudo-handle of the current process needs no closing;
-    // `token` is a valid out-pointer.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let user = token_user(token);
-    // SAFETY: `token` was opened above and is closed once.
-    unsafe { CloseHandle(token) };
-    user
-}
-
-fn token_user(token: HANDLE) -> io::Result<String> {
-    let mut needed = 0u32;
-    // SAFETY: a size query: no buffer, `needed` receives the size.
-    unsafe { GetTokenInformation(token, TokenUser, null_mut(), 0, &mut needed) };
-    let words = usize::try_from(needed)
-        .unwrap_or(usize::MAX)
-        .div_ceil(std::mem::size_of::<u64>());
-    if words == 0 || needed > 64 * 1024 {
-        return Err(io::Error::other("the process token's user has no size"));
-    }
-    // u64 words: aligned for TOKEN_USER.
-    let mut buffer = vec![0u64; words];
-    // SAFETY: `buffer` holds `needed` writable bytes.
-    let ok = unsafe {
-        GetTokenInformation(
-            token,
-            TokenUser,
-            buffer.as_mut_ptr().cast(),
-            needed,
-            &mut needed,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: on success the buffer starts with a TOKEN_USER whose SID
-    // points into the same buffer, alive until the end of this function.
-    let user = unsafe { &*buffer.as_ptr().cast::<TOKEN_USER>() };
-    sid_string(user.User.Sid)
-}
-
-fn sid_string(sid: PSID) -> io::Result<String> {
-    let mut text = null_mut();
-    // SAFETY: `sid` is a valid SID for the call; `text` receives a
-    // LocalAlloc'd NUL-terminated string.
-    if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: NUL-terminated (above), read up to the NUL only, bounded.
-    let len = (0..256)
-        .take_while(|&i| unsafe { *text.add(i) } != 0)
-        .count();
-    // SAFETY: `len` units were just read from `text`.
-    let sid = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
-    // SAFETY: allocated by ConvertSidToStringSidW, to be freed with LocalFree.
-    unsafe { LocalFree(text.cast()) };
-    Ok(sid)
+    crate::win32::Process::open(pid)?.user()
 }
