@@ -4,7 +4,7 @@
 Usage: scripts/module_cycles.py CRATE_SRC_DIR...
 
 Reads every `crate::…`, `super::…` and `self::…` path in each module file
-(test modules at the end of a file excluded), maps it to the module it names,
+(test modules at the end of a file and comments excluded), maps it to the module it names,
 and prints every strongly connected component of more than one module with
 its edges. Exits 1 when there is one, so that data flows one way (issue 14:
 "the structure a newcomer can change").
@@ -19,6 +19,11 @@ def modname(src, path):
         parts = parts[:-1]
     return "::".join(parts) or "crate"
 
+def strip_comments(text):
+    # Line and doc comments name modules without importing them; a `//`
+    # after a non-space (a URL in a string) is not a comment start.
+    return re.sub(r"(^|\s)//.*$", r"\1", text, flags=re.M)
+
 def strip_tests(text):
     # drop #[cfg(test)] mod tests { ... } at the end (heuristic: from the marker on)
     m = re.search(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text)
@@ -30,7 +35,7 @@ def main(src):
         for n in names:
             if n.endswith(".rs"):
                 p = os.path.join(root, n)
-                files[modname(src, p)] = strip_tests(open(p).read())
+                files[modname(src, p)] = strip_comments(strip_tests(open(p).read()))
     mods = set(files)
     def resolve(cur, path):
         segs = path.split("::")

@@ -31,6 +31,7 @@ use crate::engine::{DemandGuard, Engine, EngineSettings, EngineStatus, Event, Re
 use crate::error::{Error, Result};
 use crate::grant::Grant;
 use crate::lease::{Holder, Lease, LeaseTable};
+use crate::metrics::{self, Counters, Histogram, SlotSample};
 use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{SecretStore, StateFile, StoreKind};
 use crate::upstream::http::{Http, HttpSettings};
@@ -140,6 +141,9 @@ pub struct Agent {
     state_file: StateFile,
     state: Mutex<PersistentState>,
     upstream: Arc<Upstream>,
+    /// Latency of this agent's answered upstream requests (its HTTP client
+    /// records into it; the metrics render it).
+    upstream_latency: Arc<Histogram>,
     slots: SyncMutex<BTreeMap<u32, Arc<Slot>>>,
     settings: SyncMutex<EngineSettings>,
     leases: Arc<LeaseTable>,
@@ -171,13 +175,14 @@ impl Agent {
     /// # Errors
     /// `CONFIG` naming the key.
     pub fn preflight(config: &Config) -> Result<()> {
-        checked_upstream(config).map(drop)
+        checked_upstream(config, Arc::default()).map(drop)
     }
 
     pub async fn open(config: Config) -> Result<Arc<Agent>> {
         // Everything the configuration can get wrong is refused before a
         // directory is made or a file written.
-        let upstream = Arc::new(checked_upstream(&config)?);
+        let upstream_latency = Arc::new(Histogram::new());
+        let upstream = Arc::new(checked_upstream(&config, Arc::clone(&upstream_latency))?);
         let state_dir = config.state_dir()?;
         crate::store::state_dir::create_state_dir(&state_dir)?;
         let store = open_store(&config)?;
@@ -200,6 +205,7 @@ impl Agent {
             state_file,
             state: Mutex::new(state),
             upstream,
+            upstream_latency,
             slots: SyncMutex::new(BTreeMap::new()),
             settings: SyncMutex::new(EngineSettings::from(&config.refresh)),
             leases: LeaseTable::new(Duration::from_secs(config.instances.lease_grace)),
@@ -1082,6 +1088,23 @@ impl Agent {
         &self.config
     }
 
+    /// Every metric, as Prometheus text: the slots' figures, the agent-wide
+    /// `counters`, and this agent's upstream latency.
+    pub fn render_metrics(&self, counters: &Counters) -> String {
+        let slots: Vec<SlotSample> = self
+            .engine_statuses()
+            .into_iter()
+            .map(|(_, s)| SlotSample {
+                state: s.state,
+                handouts: s.handouts,
+                renewals_ok: s.renewals_ok,
+                renewals_failed: s.renewals_failed,
+                expires_at: s.expires_at,
+            })
+            .collect();
+        metrics::render(&slots, counters, &self.upstream_latency)
+    }
+
     /// Stops background work.
     pub fn shutdown(&self) {
         for (_, slot) in self.existing_slots() {
@@ -1183,8 +1206,8 @@ fn open_store(config: &Config) -> Result<SecretStore> {
 
 /// The upstream client, once the paths the agent will write are known to
 /// be valid too ([`Agent::preflight`]).
-fn checked_upstream(config: &Config) -> Result<Upstream> {
-    let upstream = open_upstream(config)?;
+fn checked_upstream(config: &Config, latency: Arc<Histogram>) -> Result<Upstream> {
+    let upstream = open_upstream(config, latency)?;
     config.state_dir()?;
     if config.store.kind == StoreKind::File {
         config.store_path()?;
@@ -1192,13 +1215,14 @@ fn checked_upstream(config: &Config) -> Result<Upstream> {
     Ok(upstream)
 }
 
-fn open_upstream(config: &Config) -> Result<Upstream> {
+fn open_upstream(config: &Config, latency: Arc<Histogram>) -> Result<Upstream> {
     let s = &config.server;
     let http = Http::new(HttpSettings {
         connect_timeout: Duration::from_secs(s.connect_timeout),
         request_timeout: Duration::from_secs(s.request_timeout),
         proxy: s.proxy_setting(),
         ca_file: s.ca_file.clone(),
+        latency,
         ..HttpSettings::default()
     })?;
     let missing = |key: &str| {

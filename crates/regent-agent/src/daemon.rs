@@ -17,7 +17,8 @@ use std::sync::Arc;
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::error::Result;
-use crate::ipc::{self, IpcSettings, ServerStats};
+use crate::ipc::{self, IpcSettings};
+use crate::metrics::Counters;
 use crate::reload::{self, LogLevelHook, ReloadTargets};
 use crate::sd_notify::{self, Notifier};
 
@@ -77,7 +78,7 @@ pub async fn run_with(
     // Held until the daemon returns: one agent per state directory.
     let _state_lock = crate::store::state_dir::lock_state_dir(&config.state_dir()?)?;
     let agent = Agent::open(config.clone()).await?;
-    let stats = Arc::new(ServerStats::default());
+    let stats = Arc::new(Counters::default());
     let _config_watch = match &options.config_path {
         Some(path) => Some(reload::watch(
             path,
@@ -122,6 +123,9 @@ pub async fn run_with(
         notify_stop.stopping();
     };
     let result = ipc::serve(Arc::clone(&agent), listener, settings, stats, shutdown).await;
+    // The daemon owns the agent: its engines stop once nothing is served,
+    // whether the server stopped on request or gave up accepting.
+    agent.shutdown();
     // Once more before exiting: a renewed credential the store refused is
     // still only in memory (DESIGN §5).
     agent.save_unsaved().await;

@@ -1,12 +1,55 @@
-//! Prometheus text exposition of the agent's counters (the `metrics` op).
+//! The agent-wide counters ([`Counters`]: connections, requests, reloads,
+//! provisioning), the upstream latency [`Histogram`], and their Prometheus
+//! text exposition (the `metrics` op). A leaf: [`render`] takes plain data,
+//! so nothing here depends on the agent, its engines or the IPC server, and
+//! every agent (hundreds in one test process) has its own histogram.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::agent::Agent;
-use crate::engine::SlotState;
-use crate::ipc::ServerStats;
+use regent_proto::status::SlotState;
+
+/// Agent-wide counters, for metrics and tests: the IPC server, the
+/// configuration reload and the provisioning drop-in count into them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections refused (permission or limit).
+    pub refused: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Malformed requests.
+    pub bad_requests: AtomicU64,
+    /// Configuration changes applied without a restart.
+    pub config_reloads: AtomicU64,
+    /// Configuration changes rejected (the previous settings stayed).
+    pub config_rejected: AtomicU64,
+    /// Provisioning drop-in files redeemed.
+    pub provisioned: AtomicU64,
+    /// Provisioning drop-in files whose redemption failed.
+    pub provisioning_failed: AtomicU64,
+    /// Provisioning drop-in files refused unread (permissions, type, size).
+    pub provisioning_refused: AtomicU64,
+}
+
+/// One slot's figures, as the metrics need them.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotSample {
+    /// Its state.
+    pub state: SlotState,
+    /// Tokens handed out since start.
+    pub handouts: u64,
+    /// Successful upstream renewals since start.
+    pub renewals_ok: u64,
+    /// Failed upstream renewals since start.
+    pub renewals_failed: u64,
+    /// When its cached access token expires.
+    pub expires_at: Option<SystemTime>,
+}
 
 const STATES: [SlotState; 5] = [
     SlotState::Unenrolled,
@@ -17,13 +60,12 @@ const STATES: [SlotState; 5] = [
 ];
 
 /// Renders every metric as Prometheus text format 0.0.4.
-pub fn render(agent: &Agent, stats: &ServerStats) -> String {
+pub fn render(slots: &[SlotSample], stats: &Counters, upstream_latency: &Histogram) -> String {
     // Per-instance agents have several slots: states are counted, counters
     // summed, and the expiry is the earliest among slots holding a token.
-    let slots = agent.engine_statuses();
-    let handouts: u64 = slots.iter().map(|(_, s)| s.handouts).sum();
-    let renewals_ok: u64 = slots.iter().map(|(_, s)| s.renewals_ok).sum();
-    let renewals_failed: u64 = slots.iter().map(|(_, s)| s.renewals_failed).sum();
+    let handouts: u64 = slots.iter().map(|s| s.handouts).sum();
+    let renewals_ok: u64 = slots.iter().map(|s| s.renewals_ok).sum();
+    let renewals_failed: u64 = slots.iter().map(|s| s.renewals_failed).sum();
     let mut out = String::with_capacity(1024);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -36,7 +78,7 @@ pub fn render(agent: &Agent, stats: &ServerStats) -> String {
         .map(|st| {
             (
                 format!("{{state=\"{}\"}}", st.as_str()),
-                slots.iter().filter(|(_, s)| s.state == *st).count() as u64,
+                slots.iter().filter(|s| s.state == *st).count() as u64,
             )
         })
         .collect();
@@ -67,7 +109,7 @@ pub fn render(agent: &Agent, stats: &ServerStats) -> String {
     );
     let expiry = slots
         .iter()
-        .filter_map(|(_, s)| s.expires_at)
+        .filter_map(|s| s.expires_at)
         .min()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
@@ -144,17 +186,13 @@ pub fn render(agent: &Agent, stats: &ServerStats) -> String {
             ),
         ],
     );
-    UPSTREAM_LATENCY.render(
+    upstream_latency.render(
         &mut out,
         "regent_upstream_request_duration_seconds",
         "Time from sending a request to the license server to reading its whole answer.",
     );
     out
 }
-
-/// Latency of every answered request to the license server, process-wide
-/// (the upstream HTTP layer records into it).
-pub static UPSTREAM_LATENCY: Histogram = Histogram::new();
 
 /// Upper bounds of the latency buckets, in microseconds.
 const BUCKETS_US: [u64; 12] = [

@@ -35,8 +35,8 @@ use regent_proto::ErrorCode;
 
 use crate::agent::{Agent, EnrollOptions};
 use crate::error::{Error, Result};
-use crate::ipc::ServerStats;
 use crate::ipc::connection::AUDIT_TARGET;
+use crate::metrics::Counters;
 use crate::secret::SecretString;
 use crate::watch::watch_dir;
 
@@ -67,11 +67,7 @@ impl Drop for ProvisioningWatcher {
 ///
 /// # Errors
 /// `CONFIG` when the directory cannot be created or watched.
-pub fn watch(
-    dir: &Path,
-    agent: Arc<Agent>,
-    stats: Arc<ServerStats>,
-) -> Result<ProvisioningWatcher> {
+pub fn watch(dir: &Path, agent: Arc<Agent>, stats: Arc<Counters>) -> Result<ProvisioningWatcher> {
     create_private_dir(dir)?;
     let mut watch = watch_dir(dir, DEBOUNCE)?;
     let provisioner = Provisioner {
@@ -105,7 +101,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 struct Provisioner {
     dir: PathBuf,
     agent: Arc<Agent>,
-    stats: Arc<ServerStats>,
+    stats: Arc<Counters>,
     /// The unsafe-directory problem last logged, so that every change in an
     /// unsafe directory does not repeat it.
     last_problem: Mutex<Option<String>>,

@@ -22,7 +22,8 @@ use crate::agent::Agent;
 use crate::config::{Config, read_checked};
 use crate::engine::EngineSettings;
 use crate::error::Result;
-use crate::ipc::{ServerStats, SharedPolicy, policy_from_config, policy_with_warnings};
+use crate::ipc::{SharedPolicy, policy_from_config, policy_with_warnings};
+use crate::metrics::Counters;
 use crate::watch::{DirWatch, watch_dir};
 
 /// How long a burst of file events must stay quiet before the file is read.
@@ -40,7 +41,7 @@ pub struct ReloadTargets {
     /// The IPC access policy shared with the server.
     pub policy: SharedPolicy,
     /// Counters for the `metrics` op.
-    pub stats: Arc<ServerStats>,
+    pub stats: Arc<Counters>,
     /// Applies `[log] level`; `None` when nobody can (tests, embedded use).
     pub log_level: Option<LogLevelHook>,
 }

@@ -392,3 +392,38 @@ async fn subscription_demand_keeps_renewing_and_idle_engine_does_not() {
         "idle engine renewed"
     );
 }
+
+/// Regression (issue 14, item 1): the upstream latency histogram was one
+/// process-wide static, so every agent in a process (hundreds in the test
+/// suites) reported the others' requests. Each agent now owns its own.
+#[tokio::test]
+async fn each_agent_counts_only_its_own_upstream_requests() {
+    let server = Server::start(EmulatorConfig::default()).await;
+    let (_, token) = server.mint(json!({"count": 1})).await;
+    let (busy_dir, idle_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let busy = Agent::open(sentinel_config(&server.url(), busy_dir.path(), ""))
+        .await
+        .unwrap();
+    let idle = Agent::open(sentinel_config(&server.url(), idle_dir.path(), ""))
+        .await
+        .unwrap();
+    busy.enroll(secret(&token), EnrollOptions::default())
+        .await
+        .unwrap();
+    let counters = regent_agent::metrics::Counters::default();
+    let count = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("regent_upstream_request_duration_seconds_count "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    assert!(
+        count(&busy.render_metrics(&counters)) >= 1,
+        "the enrollment was timed"
+    );
+    assert_eq!(
+        count(&idle.render_metrics(&counters)),
+        0,
+        "another agent's requests"
+    );
+}

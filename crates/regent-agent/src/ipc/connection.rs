@@ -594,7 +594,7 @@ impl Connection<'_> {
                 self.reply(id, Reply::Status { status });
             }
             Op::Metrics {} => {
-                let text = super::super::metrics::render(&self.shared.agent, &self.shared.stats);
+                let text = self.shared.agent.render_metrics(&self.shared.stats);
                 self.reply(id, Reply::Metrics { text });
             }
             Op::Enroll { secret, force } => {

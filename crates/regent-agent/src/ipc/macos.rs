@@ -25,8 +25,6 @@ use std::path::PathBuf;
 
 use nix::libc;
 
-use super::peer::{ExeLookup, Executable, FileId, Peer, PinnedProcess, shown};
-
 /// The pid of the process at the other end of a Unix socket, as it was
 /// when it connected (`LOCAL_PEERPID`).
 ///
@@ -129,56 +127,5 @@ pub fn identify(fd: BorrowedFd<'_>, uid: Option<u32>) -> (Option<u32>, Option<St
             (Some(pid), None)
         }
         None => (Some(pid), None),
-    }
-}
-
-impl Peer {
-    /// The peer's executable as `proc_pidpath` names it, for audit lines
-    /// when `allow_executables` is not set (nothing is checked then).
-    pub fn executable(&self) -> Option<PathBuf> {
-        program(self.pid?).ok()
-    }
-
-    /// The peer's executable, for the `allow_executables` check (macOS): the
-    /// path `proc_pidpath` names and the identity of the file at that path.
-    /// The process must carry the stamp read when the connection was
-    /// accepted before and after the path is read; without a stamp the peer
-    /// is refused.
-    pub fn lookup_executable(&self, pinned: Option<PinnedProcess<'_>>) -> ExeLookup {
-        let Some(pid) = self.pid else {
-            return ExeLookup::Unknown("the kernel reported no process id (LOCAL_PEERPID)".into());
-        };
-        let Some(pinned) = pinned else {
-            return ExeLookup::Unknown(format!(
-                "process {pid} could not be pinned (proc_pidinfo refused, or the pid now belongs to another process)"
-            ));
-        };
-        if !pinned.is_still(pid) {
-            return ExeLookup::Unknown(format!(
-                "process {pid} exited before its program could be checked"
-            ));
-        }
-        let path = match program(pid) {
-            Ok(path) => path,
-            Err(e) => return ExeLookup::Unknown(format!("proc_pidpath({pid}) failed: {e}")),
-        };
-        let meta = std::fs::metadata(&path);
-        if !pinned.is_still(pid) {
-            return ExeLookup::Unknown(format!(
-                "process {pid} exited while its program was being checked"
-            ));
-        }
-        match meta {
-            Ok(meta) => {
-                use std::os::unix::fs::MetadataExt;
-                let id = FileId {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                };
-                ExeLookup::Found(Executable { path, id })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ExeLookup::Deleted(path),
-            Err(e) => ExeLookup::Unknown(format!("cannot stat {}: {e}", shown(&path))),
-        }
     }
 }

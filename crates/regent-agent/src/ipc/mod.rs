@@ -37,6 +37,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::Counters;
 use peer::Policy;
 
 /// How long shutdown waits for connections to finish their in-flight request.
@@ -478,43 +479,19 @@ fn prepare_socket_path(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
-/// Server-wide counters, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    /// Connections accepted since start.
-    pub accepted: AtomicU64,
-    /// Connections refused (permission or limit).
-    pub refused: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// Requests answered.
-    pub requests: AtomicU64,
-    /// Malformed requests.
-    pub bad_requests: AtomicU64,
-    /// Configuration changes applied without a restart.
-    pub config_reloads: AtomicU64,
-    /// Configuration changes rejected (the previous settings stayed).
-    pub config_rejected: AtomicU64,
-    /// Provisioning drop-in files redeemed.
-    pub provisioned: AtomicU64,
-    /// Provisioning drop-in files whose redemption failed.
-    pub provisioning_failed: AtomicU64,
-    /// Provisioning drop-in files refused unread (permissions, type, size).
-    pub provisioning_refused: AtomicU64,
-}
-
 /// What every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub agent: Arc<Agent>,
     pub settings: IpcSettings,
-    pub stats: Arc<ServerStats>,
+    pub stats: Arc<Counters>,
     /// One permit per live subscription, across all connections.
     pub subscriptions: Arc<Semaphore>,
 }
 
 /// Serves connections until `shutdown` resolves, then lets in-flight requests
-/// finish (up to 5 s) and removes the socket.
+/// finish (up to 5 s) and removes the socket. The agent's own shutdown is
+/// the caller's (the daemon's).
 ///
 /// # Errors
 /// Only when accepting fails persistently.
@@ -522,7 +499,7 @@ pub async fn serve(
     agent: Arc<Agent>,
     listener: IpcListener,
     settings: IpcSettings,
-    stats: Arc<ServerStats>,
+    stats: Arc<Counters>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let subscriptions = Arc::new(Semaphore::new(settings.max_subscriptions));
@@ -642,7 +619,6 @@ pub async fn serve(
     if std::fs::symlink_metadata(&path).is_ok() {
         let _ = std::fs::remove_file(&path);
     }
-    shared.agent.shutdown();
     tracing::info!(socket = %path.display(), "stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! (URL rule, proxy, trust roots) is [`super::network`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use regent_proto::ErrorCode;
@@ -13,7 +14,9 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::network::{ProxySetting, read_ca_file, with_https_proxy};
+use super::text::{root_cause, server_name};
 use crate::error::Error;
+use crate::metrics::Histogram;
 
 /// Sent as `User-Agent` on every request.
 pub const USER_AGENT: &str = concat!("regent/", env!("CARGO_PKG_VERSION"));
@@ -23,7 +26,7 @@ pub const USER_AGENT: &str = concat!("regent/", env!("CARGO_PKG_VERSION"));
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// Timeouts, limits, proxy and trust roots for talking to the license server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// Time allowed to open the TCP (and TLS) connection.
     pub connect_timeout: Duration,
@@ -37,6 +40,10 @@ pub struct HttpSettings {
     /// A PEM file of extra trust roots (a private CA, a TLS-inspecting proxy),
     /// trusted besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// Where the latency of every answered request is recorded: the agent's
+    /// own histogram (its `regent_upstream_request_duration_seconds`), or a
+    /// fresh one nobody reads.
+    pub latency: Arc<Histogram>,
 }
 
 impl Default for HttpSettings {
@@ -47,6 +54,7 @@ impl Default for HttpSettings {
             max_body_bytes: 1024 * 1024,
             proxy: ProxySetting::Environment,
             ca_file: None,
+            latency: Arc::default(),
         }
     }
 }
@@ -148,7 +156,7 @@ impl Http {
             }
             body.extend_from_slice(&chunk);
         }
-        crate::metrics::UPSTREAM_LATENCY.observe(started.elapsed());
+        self.settings.latency.observe(started.elapsed());
         tracing::debug!(
             server = %server,
             path = target.path(),
@@ -302,25 +310,6 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     )
 }
 
-/// `host[:port]` of a URL, for messages and logs (never the path, query or user).
-pub(crate) fn server_name(url: &Url) -> String {
-    let host = url.host_str().unwrap_or("?");
-    match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    }
-}
-
-/// The innermost cause of an error (e.g. "Connection refused (os error 111)").
-/// reqwest's own `Display` names the full URL; its sources do not.
-pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause: &(dyn std::error::Error + 'static) = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    sanitize(&cause.to_string(), 200)
-}
-
 fn too_large(server: &str, limit: usize) -> Error {
     Error::new(
         ErrorCode::ServerError,
@@ -339,55 +328,9 @@ fn seconds(d: Duration) -> String {
     }
 }
 
-/// Makes server-provided text safe to show: control and bidi-format characters
-/// become spaces, whitespace runs collapse, and the result is cut at `max_chars`.
-pub(crate) fn sanitize(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_chars * 4));
-    let mut count = 0;
-    let mut pending_space = false;
-    for c in text.chars() {
-        let c = if c.is_control() || is_format_char(c) {
-            ' '
-        } else {
-            c
-        };
-        if c.is_whitespace() {
-            pending_space = !out.is_empty();
-            continue;
-        }
-        if pending_space {
-            if count + 1 >= max_chars {
-                out.push('…');
-                return out;
-            }
-            out.push(' ');
-            count += 1;
-            pending_space = false;
-        }
-        if count >= max_chars {
-            out.push('…');
-            return out;
-        }
-        out.push(c);
-        count += 1;
-    }
-    out
-}
-
-/// Invisible characters that can reorder or hide text in a terminal.
-pub(crate) fn is_format_char(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn url(s: &str) -> Url {
-        Url::parse(s).unwrap()
-    }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates_and_caps_them() {
@@ -439,17 +382,6 @@ mod tests {
     }
 
     #[test]
-    fn sanitize_strips_controls_and_truncates() {
-        assert_eq!(sanitize("  a\n\tb\u{1b}[31m c  ", 100), "a b [31m c");
-        assert_eq!(sanitize("evil\u{202E}txt", 100), "evil txt");
-        let long = "x".repeat(1000);
-        let s = sanitize(&long, 200);
-        assert_eq!(s.chars().count(), 201);
-        assert!(s.ends_with('…'));
-        assert_eq!(sanitize("", 10), "");
-    }
-
-    #[test]
     fn settings_default_and_validation() {
         let d = HttpSettings::default();
         assert_eq!(d.connect_timeout, Duration::from_secs(10));
@@ -460,12 +392,5 @@ mod tests {
             ..d
         };
         assert_eq!(Http::new(zero).unwrap_err().code, ErrorCode::Config);
-    }
-
-    #[test]
-    fn server_name_is_host_and_port_only() {
-        assert_eq!(server_name(&url("https://a.example/x?y=1")), "a.example");
-        assert_eq!(server_name(&url("http://127.0.0.1:99/x")), "127.0.0.1:99");
-        assert_eq!(server_name(&url("http://[::1]:99/x")), "[::1]:99");
     }
 }

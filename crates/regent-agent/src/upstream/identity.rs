@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::http::sanitize;
+use super::text::sanitize;
 
 /// Identity sent with a Sentinel redemption; `identifier` is the slot's stable id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

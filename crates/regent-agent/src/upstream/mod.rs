@@ -21,6 +21,7 @@ pub mod network;
 pub mod oauth2;
 pub(crate) mod reply;
 pub mod sentinel;
+pub(crate) mod text;
 pub mod token;
 
 use url::Url;
@@ -54,10 +55,10 @@ impl Upstream {
     /// `host[:port]` of the license server, for status output and logs.
     pub fn server(&self) -> String {
         match self {
-            Upstream::Sentinel(s) => http::server_name(s.base_url()),
+            Upstream::Sentinel(s) => text::server_name(s.base_url()),
             Upstream::OAuth2(o) => match o.endpoint() {
                 OAuth2Endpoint::TokenUrl(url) | OAuth2Endpoint::Issuer(url) => {
-                    http::server_name(url)
+                    text::server_name(url)
                 }
             },
         }

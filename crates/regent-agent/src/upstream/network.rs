@@ -8,7 +8,7 @@ use std::path::Path;
 use regent_proto::ErrorCode;
 use url::{Host, Url};
 
-use super::http::{root_cause, sanitize, server_name};
+use super::text::{root_cause, sanitize, server_name};
 use crate::error::Error;
 
 /// How `https://` requests reach the license server (`[server] proxy`).

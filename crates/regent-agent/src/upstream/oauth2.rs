@@ -8,13 +8,14 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::http::{Http, Reply, sanitize, server_name};
+use super::http::{Http, Reply};
 use super::join_path;
 use super::network::check_url;
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
 };
+use super::text::{sanitize, server_name};
 use super::token::parse_grant;
 use crate::error::Error;
 use crate::grant::Grant;

@@ -9,7 +9,8 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, LOCATION};
 use serde_json::{Map, Value};
 
-use super::http::{Reply, sanitize};
+use super::http::Reply;
+use super::text::sanitize;
 use crate::error::Error;
 use crate::secret::{ExposeSecret, SecretString, secret};
 

@@ -12,13 +12,14 @@ use tokio::sync::Mutex;
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::http::{Http, Reply, is_format_char, sanitize, server_name};
+use super::http::{Http, Reply};
 use super::identity::DeviceIdentity;
 use super::network::check_url;
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
 };
+use super::text::{is_format_char, sanitize, server_name};
 use super::token::parse_grant;
 use super::{Redemption, join_path};
 use crate::error::Error;

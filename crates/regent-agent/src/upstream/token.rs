@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 use regent_proto::ErrorCode;
 use serde_json::{Map, Value};
 
-use super::http::sanitize;
 use super::reply::kind;
+use super::text::sanitize;
 use crate::error::Error;
 use crate::grant::Grant;
 use crate::secret::{SecretString, secret};
