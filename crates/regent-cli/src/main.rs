@@ -34,7 +34,7 @@ use regent_client::Error;
 struct Cli {
     /// The agent's socket [default: $REGENT_SOCKET, else
     /// $XDG_RUNTIME_DIR/regent/agent.sock, else /run/regent/agent.sock;
-    /// Windows: \\.\pipe\regent-agent-<your SID> if it exists, else
+    /// Windows: \\.\pipe\regent-agent-SID (your account's SID) if it exists, else
     /// \\.\pipe\regent-agent]. Only a server running as your uid, root,
     /// $REGENT_AGENT_UID or the owner of a private socket directory is
     /// trusted (Windows: your account, LocalSystem, Administrators or

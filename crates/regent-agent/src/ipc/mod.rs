@@ -393,7 +393,7 @@ pub const PIPE_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;OW)";
 const PIPE_CLIENT_RIGHTS: &str = "0x12019b";
 
 /// The pipe's access list: [`PIPE_SDDL`], plus client rights
-/// ([`PIPE_CLIENT_RIGHTS`]) for each SID of `allow_users` and `allow_groups`
+/// (`PIPE_CLIENT_RIGHTS`) for each SID of `allow_users` and `allow_groups`
 /// so that those accounts can open the pipe at all. This is the first gate
 /// only: each client is then identified by its process token and image
 /// ([`peer`]) and checked against the allow lists in force, at connect and

@@ -321,7 +321,7 @@ fn same_path(a: &Path, b: &Path) -> bool {
 }
 
 /// A Windows path in a form to compare: without the verbatim prefix
-/// ([`strip_verbatim`]), `/` read as `\`, and each character upper-cased
+/// (`strip_verbatim`), `/` read as `\`, and each character upper-cased
 /// when that gives one character, as Windows' case-insensitive comparison of
 /// NTFS names does (its upcase table maps characters one to one).
 pub fn windows_path_key(path: &str) -> String {
