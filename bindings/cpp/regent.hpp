@@ -2,7 +2,7 @@
 //
 //   regent::Client client;                       // $REGENT_SOCKET or the default socket
 //   regent::Token token = client.token(std::chrono::seconds(60));
-//   send_request("Authorization: Bearer " + std::string(token.value()));
+//   send_request("Authorization: Bearer " + std::string(token.access_token()));
 //
 // Errors are exceptions (regent::Error, carrying the regent_result code, its
 // name, the message and the agent's retry hint). Why exceptions rather than
@@ -51,7 +51,9 @@ class Error : public std::runtime_error {
   /// The stable name, e.g. "NOT_ENROLLED".
   const char *name() const noexcept { return regent_result_name(code_); }
   /// Whether trying again later may succeed without anyone changing anything.
-  bool retryable() const noexcept { return regent_result_is_retryable(code_); }
+  bool is_retryable() const noexcept { return regent_result_is_retryable(code_); }
+  /// The 0.1 name of is_retryable(); removed in 0.3.
+  bool retryable() const noexcept { return is_retryable(); }
   /// How long the agent asked to wait before retrying (0 when no hint).
   std::chrono::milliseconds retry_after() const noexcept { return retry_after_; }
 
@@ -99,10 +101,16 @@ class Token {
   /// Takes ownership of a token from the C API.
   explicit Token(regent_token *token) noexcept : token_(token) {}
 
-  /// The bearer value; valid while this Token lives. Never log it.
-  std::string_view value() const noexcept { return text(regent_token_value(get())); }
+  /// The bearer value (the wire's access_token); valid while this Token
+  /// lives. Never log it.
+  std::string_view access_token() const noexcept {
+    return text(regent_token_access_token(get()));
+  }
   /// Usually "Bearer".
-  std::string_view type() const noexcept { return text(regent_token_type(get())); }
+  std::string_view token_type() const noexcept { return text(regent_token_type(get())); }
+  /// The 0.1 names of access_token() and token_type(); removed in 0.3.
+  std::string_view value() const noexcept { return access_token(); }
+  std::string_view type() const noexcept { return token_type(); }
   /// The granted scope, when the license server named one.
   std::optional<std::string_view> scope() const noexcept {
     const char *scope = regent_token_scope(get());
@@ -218,6 +226,9 @@ struct Options {
   std::optional<std::string> instance;
   std::optional<std::chrono::milliseconds> connect_timeout;
   std::optional<std::chrono::milliseconds> request_timeout;
+  /// Per-instance agents: how long a token request waits for a free slot
+  /// before NO_FREE_INSTANCE (default: no wait).
+  std::optional<std::chrono::milliseconds> wait_for_instance;
   /// The uid the agent runs as when it is neither yours nor root's (default
   /// $REGENT_AGENT_UID); any other server on the socket is refused.
   std::optional<std::uint32_t> agent_uid;
@@ -241,6 +252,9 @@ class Client {
     if (options.request_timeout)
       detail::check(regent_client_options_set_request_timeout_ms(
           raw, detail::clamp_u32(options.request_timeout->count())));
+    if (options.wait_for_instance)
+      detail::check(regent_client_options_set_wait_for_instance_ms(
+          raw, detail::clamp_u32(options.wait_for_instance->count())));
     if (options.agent_uid)
       detail::check(regent_client_options_set_agent_uid(raw, *options.agent_uid));
     regent_client *client = nullptr;

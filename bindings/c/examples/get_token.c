@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
       /* The value goes into an "Authorization: Bearer ..." header; never log it. */
       printf("token: %s, %zu bytes, valid for %" PRIu64 " s (at least %lu asked), "
              "expires at %" PRIu64 " ms since the epoch\n",
-             regent_token_type(token), strlen(regent_token_value(token)),
+             regent_token_type(token), strlen(regent_token_access_token(token)),
              regent_token_remaining_ms(token) / 1000, min_valid,
              regent_token_expires_at_ms(token));
     }

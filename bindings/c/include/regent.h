@@ -549,6 +549,15 @@ void regent_subscription_free(struct regent_subscription *subscription);
  * # Safety
  * `token` is NULL or a live token.
  */
+const char *regent_token_access_token(const struct regent_token *token);
+
+/**
+ * The 0.1 name of `regent_token_access_token`, kept so that existing
+ * programs build; to be removed in 0.3.
+ *
+ * # Safety
+ * `token` is NULL or a live token.
+ */
 const char *regent_token_value(const struct regent_token *token);
 
 /**

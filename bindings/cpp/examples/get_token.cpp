@@ -29,7 +29,7 @@ int main(int argc, char **argv) {
     regent::Client client(options);
 
     regent::Token token = client.token(min_valid);
-    std::cout << "token: " << token.type() << ", " << token.value().size() << " bytes, valid for "
+    std::cout << "token: " << token.token_type() << ", " << token.access_token().size() << " bytes, valid for "
               << duration_cast<seconds>(token.remaining()).count() << " s (at least "
               << min_valid.count() << " asked)\n";
 
@@ -67,7 +67,7 @@ int main(int argc, char **argv) {
     regent::Client unreachable(nowhere);
   } catch (const regent::Error &e) {
     std::cout << "expected error: " << e.name() << " (" << static_cast<unsigned>(e.code())
-              << "), retryable: " << (e.retryable() ? "yes" : "no") << "\n";
+              << "), retryable: " << (e.is_retryable() ? "yes" : "no") << "\n";
   }
   return 0;
 }

@@ -8,7 +8,7 @@ path), else next to this package (``libregent.so`` / ``libregent.dylib`` /
 
     with regent.Client(app="editor") as client:          # $REGENT_SOCKET or the default socket
         token = client.token(min_valid=60)                # valid for at least 60 s
-        headers = {"Authorization": f"{token.token_type} {token.value}"}
+        headers = {"Authorization": f"{token.token_type} {token.access_token}"}
 
 Errors raise :class:`RegentError`, carrying the error table's number
 (``.code``, the same as the C ``regent_result`` and the CLI's exit status) and
@@ -65,29 +65,39 @@ class Code(enum.IntEnum):
 
 
 class RegentError(Exception):
-    """A failed call: ``code`` (the number), ``name``, ``message`` and, when
-    the agent gave one, ``retry_after`` (seconds)."""
+    """A failed call: ``code`` (a :class:`Code`, which compares equal to its
+    number; a plain ``int`` for a number this binding does not know),
+    ``name``, ``message`` and, when the agent gave one, ``retry_after``
+    (seconds)."""
 
     def __init__(self, code: int, message: str, retry_after: Optional[float] = None) -> None:
-        self.code: int = int(code)
-        self.name: str = _result_name(self.code)
+        number = int(code)
+        self.code: Union[Code, int] = (
+            Code(number) if number in Code._value2member_map_ else number
+        )
+        self.name: str = _result_name(number)
         self.message: str = message
         self.retry_after: Optional[float] = retry_after
         super().__init__(f"{self.name}: {message}" if message else self.name)
 
     @property
-    def retryable(self) -> bool:
+    def is_retryable(self) -> bool:
         """Whether trying again later may succeed without anyone changing anything."""
-        return bool(_library().regent_result_is_retryable(self.code))
+        return bool(_library().regent_result_is_retryable(int(self.code)))
+
+    @property
+    def retryable(self) -> bool:
+        """The 0.1 name of ``is_retryable``; removed in 0.3."""
+        return self.is_retryable
 
 
 @dataclass(frozen=True, repr=False)
 class Token:
-    """An access token. ``value`` goes into an ``Authorization`` header; it is
-    left out of ``repr``. (A Python string cannot be wiped from memory: keep
-    tokens no longer than needed.)"""
+    """An access token. ``access_token`` (the bearer value) goes into an
+    ``Authorization`` header; it is left out of ``repr``. (A Python string
+    cannot be wiped from memory: keep tokens no longer than needed.)"""
 
-    value: str
+    access_token: str
     token_type: str
     expires_at_ms: int
     scope: Optional[str] = None
@@ -102,9 +112,14 @@ class Token:
         now_ms = datetime.datetime.now(tz=datetime.timezone.utc).timestamp() * 1000
         return max(0.0, (self.expires_at_ms - now_ms) / 1000)
 
+    @property
+    def value(self) -> str:
+        """The 0.1 name of ``access_token``; removed in 0.3."""
+        return self.access_token
+
     def __repr__(self) -> str:
         return (
-            f"Token(value=[redacted], token_type={self.token_type!r}, "
+            f"Token(access_token=[redacted], token_type={self.token_type!r}, "
             f"expires_at={self.expires_at.isoformat()}, scope={self.scope!r})"
         )
 
@@ -159,12 +174,13 @@ _SIGNATURES = {
     "regent_client_options_set_connect_timeout_ms": ([_handle, _c_uint32], _c_uint32),
     "regent_client_options_set_request_timeout_ms": ([_handle, _c_uint32], _c_uint32),
     "regent_client_options_set_agent_uid": ([_handle, _c_uint32], _c_uint32),
+    "regent_client_options_set_wait_for_instance_ms": ([_handle, _c_uint32], _c_uint32),
     "regent_client_options_free": ([_handle], None),
     "regent_client_connect": ([_handle, _out], _c_uint32),
     "regent_client_token": ([_handle, _c_uint32, _out], _c_uint32),
     "regent_client_subscribe": ([_handle, _c_uint32, _CALLBACK, ctypes.c_void_p, _out], _c_uint32),
     "regent_client_free": ([_handle], None),
-    "regent_token_value": ([_handle], ctypes.c_char_p),
+    "regent_token_access_token": ([_handle], ctypes.c_char_p),
     "regent_token_type": ([_handle], ctypes.c_char_p),
     "regent_token_scope": ([_handle], ctypes.c_char_p),
     "regent_token_expires_at_ms": ([_handle], _c_uint64),
@@ -247,7 +263,7 @@ def _token_from(handle: int) -> Token:
     lib = _library()
     scope = lib.regent_token_scope(handle)
     return Token(
-        value=_text(lib.regent_token_value(handle)),
+        access_token=_text(lib.regent_token_access_token(handle)),
         token_type=_text(lib.regent_token_type(handle)),
         expires_at_ms=int(lib.regent_token_expires_at_ms(handle)),
         scope=_text(scope) if scope is not None else None,
@@ -299,9 +315,12 @@ class Client:
 
     ``socket``: the agent's socket (default ``$REGENT_SOCKET``, else the
     platform default); ``app``: the application's name (the agent's audit
-    log shows it); ``timeout``: seconds one call may take (default 30);
-    ``connect_timeout``: seconds to connect (default 2); ``instance``: a
-    stable instance id for per-instance licensing; ``agent_uid``: the uid
+    log shows it); ``request_timeout``: seconds one call may take (default
+    30; ``timeout``, its 0.1 name, is still accepted); ``connect_timeout``:
+    seconds to connect (default 2); ``instance``: a stable instance id for
+    per-instance licensing; ``wait_for_instance``: seconds a token request
+    waits for a free slot of a per-instance agent before
+    ``NO_FREE_INSTANCE`` (default: no wait); ``agent_uid``: the uid
     the agent runs as when it is neither yours nor root's (default
     ``$REGENT_AGENT_UID``).
 
@@ -315,12 +334,18 @@ class Client:
         self,
         socket: Union[str, "os.PathLike[str]", None] = None,
         app: Optional[str] = None,
-        timeout: Optional[float] = None,
+        request_timeout: Optional[float] = None,
         *,
         connect_timeout: Optional[float] = None,
         instance: Optional[str] = None,
+        wait_for_instance: Optional[float] = None,
         agent_uid: Optional[int] = None,
+        timeout: Optional[float] = None,
     ) -> None:
+        if timeout is not None:
+            if request_timeout is not None:
+                raise ValueError("give request_timeout or its 0.1 name timeout, not both")
+            request_timeout = timeout
         lib = _library()
         self._handle: Optional[int] = None
         # Held during each call: close() must not free the handle under a call
@@ -339,10 +364,16 @@ class Client:
                 if isinstance(agent_uid, bool) or not 0 <= agent_uid <= 0xFFFFFFFF:
                     raise ValueError(f"agent_uid must be a uid (0 to 4294967295), not {agent_uid!r}")
                 _check(lib.regent_client_options_set_agent_uid(options, agent_uid))
-            if timeout is not None:
+            if request_timeout is not None:
                 _check(
                     lib.regent_client_options_set_request_timeout_ms(
-                        options, _millis(timeout, "timeout")
+                        options, _millis(request_timeout, "request_timeout")
+                    )
+                )
+            if wait_for_instance is not None:
+                _check(
+                    lib.regent_client_options_set_wait_for_instance_ms(
+                        options, _millis(wait_for_instance, "wait_for_instance")
                     )
                 )
             if connect_timeout is not None:

@@ -11,7 +11,7 @@ use crate::Error;
 /// An access token from the agent.
 ///
 /// The bearer value is zeroized on drop and redacted in `Debug`; read it with
-/// [`Token::secret`] only where it is sent.
+/// [`Token::access_token`] only where it is sent.
 #[derive(Clone)]
 pub struct Token {
     access_token: SecretString,
@@ -39,9 +39,16 @@ impl Token {
         }
     }
 
-    /// The bearer value, for the one place that sends it.
-    pub fn secret(&self) -> &str {
+    /// The bearer value (the wire's `access_token`), for the one place that
+    /// sends it.
+    pub fn access_token(&self) -> &str {
         self.access_token.expose_secret()
+    }
+
+    /// The 0.1 name of [`Token::access_token`]; kept so that existing code
+    /// builds, and to be removed in 0.3.
+    pub fn secret(&self) -> &str {
+        self.access_token()
     }
 
     /// How long the token stays valid from now, by the wall clock; zero once expired.

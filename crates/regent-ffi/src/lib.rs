@@ -228,6 +228,10 @@ mod tests {
                 regent_client_free(ptr::null_mut());
                 None
             });
+            check("regent_token_access_token", &mut || {
+                assert!(regent_token_access_token(token).is_null());
+                None
+            });
             check("regent_token_value", &mut || {
                 assert!(regent_token_value(token).is_null());
                 None

@@ -89,13 +89,26 @@ impl regent_token {
 /// # Safety
 /// `token` is NULL or a live token.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn regent_token_value(token: *const regent_token) -> *const c_char {
-    ffi_boundary!("regent_token_value", {
+pub unsafe extern "C" fn regent_token_access_token(token: *const regent_token) -> *const c_char {
+    ffi_boundary!("regent_token_access_token", {
         // SAFETY: the caller's contract.
         match unsafe { arg_ref(token, "token") } {
             Ok(token) => token.value.as_ptr().cast(),
             Err(_) => std::ptr::null(),
         }
+    })
+}
+
+/// The 0.1 name of `regent_token_access_token`, kept so that existing
+/// programs build; to be removed in 0.3.
+///
+/// # Safety
+/// `token` is NULL or a live token.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn regent_token_value(token: *const regent_token) -> *const c_char {
+    ffi_boundary!("regent_token_value", {
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { regent_token_access_token(token) }
     })
 }
 
@@ -235,6 +248,7 @@ mod tests {
     fn accessors_read_the_token_and_null_reads_as_nothing() {
         let token = into_handle(regent_token::new(&test_token("eyJ-secret", 600)).unwrap());
         unsafe {
+            assert_eq!(text(regent_token_access_token(token)), "eyJ-secret");
             assert_eq!(text(regent_token_value(token)), "eyJ-secret");
             assert_eq!(text(regent_token_type(token)), "Bearer");
             assert_eq!(text(regent_token_scope(token)), "licensed");
@@ -244,6 +258,7 @@ mod tests {
             let left = regent_token_remaining_ms(token);
             assert!(left > 590_000 && left <= 600_000, "{left}");
 
+            assert!(regent_token_access_token(ptr::null()).is_null());
             assert!(regent_token_value(ptr::null()).is_null());
             assert!(regent_token_type(ptr::null()).is_null());
             assert!(regent_token_scope(ptr::null()).is_null());
