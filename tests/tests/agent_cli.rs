@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use regent_client::{Client, SubscriptionEvent};
 use regent_proto::ErrorCode;
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, regent, text};
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, regent, regent_bin, text};
 
 fn exit(code_: ErrorCode) -> i32 {
     i32::from(code_.number())
@@ -371,4 +371,51 @@ fn a_bad_configuration_is_refused_before_anything_is_made_on_disk() {
         "the state directory was made: {}",
         state.display()
     );
+}
+
+/// Regression (issue 14): `--client-secret-stdin` did nothing, and `regent
+/// enroll` on a terminal waited silently for input. Without a source a
+/// terminal is refused, naming the ways to give the secret; `--stdin` (the
+/// old flag is an alias) prompts and reads it. `script` gives the CLI a
+/// real terminal.
+#[test]
+fn enroll_on_a_terminal_asks_for_a_source_or_prompts_with_stdin() {
+    let run = |args: &str, input: &str| {
+        let command = format!("{} {args}", regent_bin().display());
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("REGENT_SOCKET", "/nonexistent/regent/agent.sock")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("enroll", "");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(code(&out), exit(ErrorCode::BadRequest), "{said}");
+    assert!(said.contains("--stdin to type it here"), "{said}");
+    for flag in ["--stdin", "--client-secret-stdin"] {
+        // The secret is typed, then Ctrl-D; there is no agent, so it ends
+        // AGENT_UNREACHABLE after the prompt.
+        let out = run(&format!("enroll {flag}"), "typed-secret\n\u{4}");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            said.contains("paste the registration token"),
+            "{flag}: {said}"
+        );
+        assert_eq!(
+            code(&out),
+            exit(ErrorCode::AgentUnreachable),
+            "{flag}: {said}"
+        );
+    }
 }

@@ -21,9 +21,10 @@ pub struct EnrollArgs {
     /// Read it from this environment variable.
     #[arg(long, value_name = "VAR")]
     pub from_env: Option<String>,
-    /// Read an OAuth2 client secret from stdin (stdin is also the default).
-    #[arg(long, conflicts_with_all = ["token_file", "from_env"])]
-    pub client_secret_stdin: bool,
+    /// Read it from stdin even when stdin is a terminal (type or paste it,
+    /// then Ctrl-D). Piped stdin is read without this flag.
+    #[arg(long, alias = "client-secret-stdin", conflicts_with_all = ["token_file", "from_env"])]
+    pub stdin: bool,
     /// Replace a working credential (a new redemption consumes another count).
     #[arg(long)]
     pub force: bool,
@@ -88,8 +89,21 @@ fn read_secret(args: &EnrollArgs) -> Result<SecretString, Error> {
             )
         })?
     } else {
+        use std::io::IsTerminal;
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            // Waiting silently on a terminal looks like a hang.
+            if !args.stdin {
+                return Err(Error::new(
+                    ErrorCode::BadRequest,
+                    "no secret given: pipe the registration token (or client secret) on stdin                      (`regent enroll < token.txt`), use --token-file PATH or --from-env VAR,                      or --stdin to type it here",
+                ));
+            }
+            eprintln!("regent: paste the registration token (or client secret), then Ctrl-D");
+        }
         let mut s = String::new();
-        std::io::stdin()
+        stdin
+            .lock()
             .read_to_string(&mut s)
             .map_err(|e| internal("cannot read the secret from stdin", e))?;
         s
