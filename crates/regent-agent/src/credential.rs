@@ -82,7 +82,34 @@ impl StoredCredential {
     /// # Errors
     /// `STORE_UNAVAILABLE` naming what is wrong (position and kind only:
     /// serde_json's messages can quote the value, which may be a secret).
+    ///
+    /// An `issued` entry an older agent fingerprinted with `DefaultHasher`
+    /// for the cached access token gets its stable fingerprint, so a re-issue
+    /// of that token is still recognised and not counted twice against
+    /// `max_active_tokens`. Entries of other tokens (no longer stored, so
+    /// not recomputable) keep counting until they expire, as before.
     pub fn parse(value: &SecretString) -> Result<StoredCredential> {
+        let mut credential = Self::decode(value)?;
+        credential.migrate_fingerprints();
+        Ok(credential)
+    }
+
+    fn migrate_fingerprints(&mut self) {
+        let Some(access) = &self.access else {
+            return;
+        };
+        let (legacy, stable) = (
+            legacy_fingerprint(&access.token),
+            crate::secret::fingerprint(&access.token).max(1),
+        );
+        for issued in &mut self.issued {
+            if issued.fingerprint == legacy {
+                issued.fingerprint = stable;
+            }
+        }
+    }
+
+    fn decode(value: &SecretString) -> Result<StoredCredential> {
         serde_json::from_str(value.expose_secret()).map_err(|e| {
             let kind = match e.classify() {
                 serde_json::error::Category::Eof => "unexpected end",
@@ -172,12 +199,20 @@ impl StoredCredential {
 pub(crate) use regent_proto::time::to_unix_ms as to_ms;
 
 /// A non-reversible 64-bit fingerprint of a high-entropy token, to recognise a
-/// re-issued token without storing it twice.
+/// re-issued token without storing it twice. Stable across builds (SHA-256,
+/// [`crate::secret::fingerprint`]): it is persisted in `issued`.
 pub(crate) fn fingerprint(token: &SecretString) -> u64 {
+    // 0 is reserved for "a request in flight".
+    crate::secret::fingerprint(token.expose_secret()).max(1)
+}
+
+/// The fingerprint agents before issue 14 stored: `std`'s `DefaultHasher`
+/// (SipHash-1-3, zero keys), whose output Rust does not promise to keep. Only
+/// read, to migrate a stored entry (see [`StoredCredential::parse`]).
+fn legacy_fingerprint(token: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    token.expose_secret().hash(&mut h);
-    // 0 is reserved for "a request in flight".
+    token.hash(&mut h);
     h.finish().max(1)
 }
 
@@ -719,6 +754,31 @@ mod tests {
             .err()
             .unwrap();
         assert!(!e.message.contains("hunter2"), "{}", e.message);
+    }
+
+    /// A credential stored before issue 14 fingerprinted its tokens with
+    /// `DefaultHasher`: after an upgrade, a re-issue of its cached token is
+    /// still one token, not two, against `max_active_tokens`.
+    #[test]
+    fn a_legacy_fingerprint_is_migrated_on_load() {
+        let expires = to_ms(SystemTime::now()) + 60_000;
+        let stored = StoredCredential::parse(&secret(format!(
+            r#"{{"client_secret": "s",
+                "access": {{"token": "tok-a", "token_type": "Bearer",
+                "received_at_ms": 1, "expires_at_ms": {expires}}},
+                "issued": [{{"fingerprint": {}, "expires_at_ms": {expires}}},
+                           {{"fingerprint": 77, "expires_at_ms": {expires}}}]}}"#,
+            legacy_fingerprint("tok-a")
+        )))
+        .unwrap();
+        let prints: Vec<u64> = stored.issued.iter().map(|t| t.fingerprint).collect();
+        assert_eq!(prints, [fingerprint(&secret("tok-a".into())), 77]);
+        let ledger = Ledger::default();
+        ledger.load(0, &stored.issued);
+        ledger.reserve(0, 3, Duration::from_secs(5)).unwrap();
+        assert_eq!(ledger.settle(0, Some(&grant("tok-a", 60))).len(), 2);
+        // The stable fingerprint is what `std` cannot change under us.
+        assert_eq!(fingerprint(&secret("abc".into())), 0xba78_16bf_8f01_cfea);
     }
 
     #[test]
