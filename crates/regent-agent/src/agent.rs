@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::config::{Config, InstanceMode, Profile};
-use crate::crash::crash_point;
+use crate::crash::{CrashPoint, crash_point};
 use crate::credential::{IssuedToken, Ledger, SlotRenewer, StoredCredential, to_ms};
 use crate::engine::{DemandGuard, Engine, EngineSettings, EngineStatus, Event, Renewer, SlotState};
 use crate::error::{Error, Result};
@@ -175,12 +175,14 @@ impl Agent {
     /// # Errors
     /// `CONFIG` naming the key.
     pub fn preflight(config: &Config) -> Result<()> {
+        crate::crash::check_env()?;
         checked_upstream(config, Arc::default()).map(drop)
     }
 
     pub async fn open(config: Config) -> Result<Arc<Agent>> {
         // Everything the configuration can get wrong is refused before a
         // directory is made or a file written.
+        crate::crash::check_env()?;
         let upstream_latency = Arc::new(Histogram::new());
         let upstream = Arc::new(checked_upstream(&config, Arc::clone(&upstream_latency))?);
         let state_dir = config.state_dir()?;
@@ -563,7 +565,7 @@ impl Agent {
             return Err(e);
         }
         drop(current);
-        crash_point("before-redeem");
+        crash_point(CrashPoint::BeforeRedeem);
         self.slot(slot).engine.begin_enrolling();
         Ok(())
     }
@@ -638,7 +640,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        crash_point("after-redeem");
+        crash_point(CrashPoint::AfterRedeem);
         // Held until the credential is stored and active: `unenroll` either
         // comes before (and the answer is dropped) or after (and deletes it).
         let current = self.epoch.lock().await;
@@ -665,7 +667,7 @@ impl Agent {
             engine.enrolling_failed(e.clone());
             return Err(e);
         }
-        crash_point("after-store");
+        crash_point(CrashPoint::AfterStore);
         self.clear_pending(slot, true).await;
         let expires_at = redemption.grant.expires_at;
         let renewer = self.renewer(slot, credential);

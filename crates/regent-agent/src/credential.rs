@@ -27,7 +27,7 @@ use regent_proto::time::from_unix_ms;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::crash::crash_point;
+use crate::crash::{CrashPoint, crash_point};
 use crate::engine::{BoxFuture, Renewer};
 use crate::error::{Error, Result};
 use crate::grant::Grant;
@@ -341,7 +341,7 @@ impl Renewer for SlotRenewer {
                     ),
                 ));
             }
-            crash_point("before-refresh");
+            crash_point(CrashPoint::BeforeRefresh);
             let grant = match self.upstream.as_ref() {
                 Upstream::Sentinel(sentinel) => {
                     let Some(refresh_token) = credential.refresh_token.clone().map(secret) else {
@@ -354,7 +354,7 @@ impl Renewer for SlotRenewer {
                 }
                 Upstream::OAuth2(oauth2) => self.oauth2_renew(oauth2, &mut credential).await?,
             };
-            crash_point("after-refresh");
+            crash_point(CrashPoint::AfterRefresh);
             // The rotated refresh token is durable before anyone uses the new
             // access token. If the store fails, the new credential stays in
             // memory (the session is not lost) and is saved before anything
