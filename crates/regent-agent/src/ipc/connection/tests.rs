@@ -1,6 +1,6 @@
-use super::*;
 #[cfg(windows)]
 use super::admission::peer_of;
+use super::*;
 use crate::secret::secret;
 
 fn grant(token: &str, scope: Option<&str>) -> Arc<Grant> {
