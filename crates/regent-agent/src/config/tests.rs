@@ -1,6 +1,6 @@
-use super::*;
 #[cfg(unix)]
 use super::file::check_file_owner_and_mode;
+use super::*;
 
 fn parse(text: &str) -> Result<Config> {
     Config::parse(text, Path::new("/etc/regent/regent.toml"))
