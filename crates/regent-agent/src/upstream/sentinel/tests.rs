@@ -1,5 +1,5 @@
-use std::time::Duration;
 use super::outcome::{parse_redemption, redemption_refused, refresh_refused};
+use std::time::Duration;
 
 use reqwest::header::RETRY_AFTER;
 
