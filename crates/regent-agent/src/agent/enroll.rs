@@ -81,9 +81,12 @@ impl Agent {
             }
         }
         let _activating = first.activating.lock().await;
-        let result = match self.config.server.profile {
-            Profile::Sentinel => self.enroll_sentinel(FIRST_SLOT, secret_value).await,
-            Profile::OAuth2 => self.enroll_oauth2(FIRST_SLOT, secret_value).await,
+        let result = match self.upstream.enroll_kind() {
+            EnrollKind::Redemption => self.enroll_by_redemption(FIRST_SLOT, secret_value).await,
+            EnrollKind::ClientSecret => {
+                self.enroll_with_client_secret(FIRST_SLOT, secret_value)
+                    .await
+            }
         };
         if let Err(e) = &result
             && !e.is_retryable()

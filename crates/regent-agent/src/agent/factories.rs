@@ -23,7 +23,7 @@ pub(super) fn open_store(config: &Config) -> Result<SecretStore> {
 
 /// The upstream client, once the paths the agent will write are known to
 /// be valid too ([`Agent::preflight`]).
-pub(super) fn checked_upstream(config: &Config, latency: Arc<Histogram>) -> Result<Upstream> {
+pub(super) fn checked_upstream(config: &Config, latency: Arc<Histogram>) -> Result<Arc<Upstream>> {
     let upstream = open_upstream(config, latency)?;
     config.state_dir()?;
     if config.store.kind == StoreKind::File {
@@ -32,7 +32,7 @@ pub(super) fn checked_upstream(config: &Config, latency: Arc<Histogram>) -> Resu
     Ok(upstream)
 }
 
-pub(super) fn open_upstream(config: &Config, latency: Arc<Histogram>) -> Result<Upstream> {
+pub(super) fn open_upstream(config: &Config, latency: Arc<Histogram>) -> Result<Arc<Upstream>> {
     let s = &config.server;
     let http = Http::new(HttpSettings {
         connect_timeout: Duration::from_secs(s.connect_timeout),
@@ -51,7 +51,7 @@ pub(super) fn open_upstream(config: &Config, latency: Arc<Histogram>) -> Result<
     Ok(match s.profile {
         Profile::Sentinel => {
             let url = s.url.clone().ok_or_else(|| missing("url"))?;
-            Upstream::Sentinel(Sentinel::new(http, url)?)
+            Arc::new(Sentinel::new(http, url)?)
         }
         Profile::OAuth2 => {
             let endpoint = match (&s.token_url, &s.issuer) {
@@ -60,7 +60,7 @@ pub(super) fn open_upstream(config: &Config, latency: Arc<Histogram>) -> Result<
                 (None, None) => return Err(missing("token_url")),
             };
             let client_id = s.client_id.clone().ok_or_else(|| missing("client_id"))?;
-            Upstream::OAuth2(OAuth2::new(http, endpoint, client_id, s.scope.clone())?)
+            Arc::new(OAuth2::new(http, endpoint, client_id, s.scope.clone())?)
         }
     })
 }

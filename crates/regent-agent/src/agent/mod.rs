@@ -15,12 +15,12 @@
 //! identifier (Sentinel) or holds its own token from the same client
 //! credentials (OAuth2). At most `instances.max` slots ever exist.
 
+mod client_secret;
 mod enroll;
 mod factories;
 mod leases;
-mod oauth2;
 mod records;
-mod sentinel;
+mod redemption;
 mod status;
 
 use std::collections::BTreeMap;
@@ -45,13 +45,13 @@ use crate::store::{SecretStore, StateFile, StoreKind};
 use crate::upstream::http::{Http, HttpSettings};
 use crate::upstream::oauth2::{OAuth2, OAuth2Endpoint};
 use crate::upstream::sentinel::Sentinel;
-use crate::upstream::{DeviceIdentity, Upstream};
+use crate::upstream::{DeviceIdentity, EnrollKind, Upstream};
 
 use self::factories::{backon_delays, checked_upstream, open_store};
 use self::records::{
     PersistentState, SlotRecord, credential_entry, now_secs, random_id, registration_entry,
 };
-use self::sentinel::INLINE_CALL_LIMIT;
+use self::redemption::INLINE_CALL_LIMIT;
 
 /// The slot `shared` mode uses, and the first slot in `per-instance` mode.
 const FIRST_SLOT: u32 = 0;
@@ -156,7 +156,7 @@ impl Agent {
         // directory is made or a file written.
         crate::crash::check_env()?;
         let upstream_latency = Arc::new(Histogram::new());
-        let upstream = Arc::new(checked_upstream(&config, Arc::clone(&upstream_latency))?);
+        let upstream = checked_upstream(&config, Arc::clone(&upstream_latency))?;
         let state_dir = config.state_dir()?;
         crate::store::state_dir::create_state_dir(&state_dir)?;
         let store = open_store(&config)?;
@@ -395,8 +395,8 @@ impl Agent {
                 "this device is not enrolled: run `regent enroll` with a registration token",
             ));
         };
-        let result = match self.config.server.profile {
-            Profile::Sentinel => {
+        let result = match self.upstream.enroll_kind() {
+            EnrollKind::Redemption => {
                 self.begin_redemption(number, &secret, epoch).await?;
                 // The instance is waiting on its call: a silent server is given
                 // up on in time; the marker stays and its next request replays.
@@ -405,7 +405,7 @@ impl Agent {
                     .await
                     .map(|_| ())
             }
-            Profile::OAuth2 => {
+            EnrollKind::ClientSecret => {
                 let mut credential = StoredCredential::default();
                 credential.client_secret = Some(secret.expose_secret().to_owned());
                 // Nothing is stored once the device was unenrolled meanwhile.
@@ -413,7 +413,7 @@ impl Agent {
                 if *current != epoch {
                     return Err(unenrolled_meanwhile());
                 }
-                // Slot first, credential second: see `enroll_oauth2`.
+                // Slot first, credential second: see `enroll_with_client_secret`.
                 self.record_oauth2_slot(number).await?;
                 self.store
                     .set(&credential_entry(number), credential.to_secret()?)

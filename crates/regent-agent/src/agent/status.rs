@@ -59,11 +59,7 @@ impl Agent {
             })
             .collect();
         AgentStatus {
-            profile: match self.config.server.profile {
-                Profile::Sentinel => "sentinel",
-                Profile::OAuth2 => "oauth2",
-            }
-            .to_owned(),
+            profile: self.upstream.profile().to_owned(),
             instance_mode: if self.per_instance() {
                 "per-instance"
             } else {

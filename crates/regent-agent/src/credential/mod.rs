@@ -36,8 +36,7 @@ use crate::error::{Error, Result};
 use crate::grant::Grant;
 use crate::secret::{ExposeSecret, SecretString, secret};
 use crate::store::SecretStore;
-use crate::upstream::Upstream;
-use crate::upstream::oauth2::OAuth2;
+use crate::upstream::{Held, Upstream};
 
 pub(crate) use self::ledger::Ledger;
 pub(crate) use self::renewer::SlotRenewer;

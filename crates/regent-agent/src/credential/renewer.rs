@@ -48,18 +48,23 @@ impl Renewer for SlotRenewer {
                 ));
             }
             crash_point(CrashPoint::BeforeRefresh);
-            let grant = match self.upstream.as_ref() {
-                Upstream::Sentinel(sentinel) => {
-                    let Some(refresh_token) = credential.refresh_token.clone().map(secret) else {
-                        return Err(Error::new(
-                            ErrorCode::Revoked,
-                            "the stored credential has no refresh token; enroll again",
-                        ));
-                    };
-                    sentinel.refresh(&refresh_token).await?
-                }
-                Upstream::OAuth2(oauth2) => self.oauth2_renew(oauth2, &mut credential).await?,
+            let mut held = Held {
+                refresh_token: credential.refresh_token.clone().map(secret),
+                client_secret: credential.client_secret.clone().map(secret),
             };
+            let counted = self.upstream.counts_tokens();
+            if counted && let Some(max) = self.max_active_tokens {
+                self.ledger.reserve(self.slot, max, self.request_timeout)?;
+            }
+            let result = self.upstream.renew(&mut held).await;
+            if counted {
+                credential.issued = self.ledger.settle(self.slot, result.as_ref().ok());
+            }
+            if held.refresh_token.is_none() {
+                // The profile dropped a refresh token the server refused.
+                credential.refresh_token = None;
+            }
+            let grant = result?;
             crash_point(CrashPoint::AfterRefresh);
             // The rotated refresh token is durable before anyone uses the new
             // access token. If the store fails, the new credential stays in
@@ -113,34 +118,5 @@ impl SlotRenewer {
                 self.slot, e.message
             ),
         )
-    }
-
-    pub(super) async fn oauth2_renew(
-        &self,
-        oauth2: &OAuth2,
-        credential: &mut StoredCredential,
-    ) -> Result<Grant> {
-        let Some(client_secret) = credential.client_secret.clone().map(secret) else {
-            return Err(Error::new(
-                ErrorCode::Revoked,
-                "the stored credential has no client secret; enroll again",
-            ));
-        };
-        if let Some(max) = self.max_active_tokens {
-            self.ledger.reserve(self.slot, max, self.request_timeout)?;
-        }
-        let result = match credential.refresh_token.clone().map(secret) {
-            Some(refresh_token) => match oauth2.refresh(&client_secret, &refresh_token).await {
-                Err(e) if e.code == ErrorCode::Revoked => {
-                    tracing::info!("refresh token refused; falling back to client credentials");
-                    credential.refresh_token = None;
-                    oauth2.client_credentials(&client_secret).await
-                }
-                other => other,
-            },
-            None => oauth2.client_credentials(&client_secret).await,
-        };
-        credential.issued = self.ledger.settle(self.slot, result.as_ref().ok());
-        result
     }
 }

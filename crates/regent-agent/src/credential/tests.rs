@@ -130,7 +130,7 @@ async fn redeemed_renewer(
     credential.set_grant(&redemption.grant);
     let renewer = SlotRenewer {
         slot: 0,
-        upstream: Arc::new(Upstream::Sentinel(sentinel)),
+        upstream: Arc::new(sentinel),
         store: SecretStore::from_backend(
             Arc::clone(store) as Arc<dyn crate::store::SecretBackend>,
             Duration::from_secs(5),

@@ -27,8 +27,6 @@ mod schedule;
 mod settings;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,7 +45,7 @@ use self::schedule::{FAR_FUTURE, backoff_delay, jittered_renewal_point, plan, sc
 pub use self::settings::EngineSettings;
 
 /// A boxed, sendable future (the [`Renewer`] trait stays object-safe).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::upstream::BoxFuture;
 
 /// Gets a fresh grant from upstream. Implementations persist rotated secrets
 /// before returning, so a grant the engine receives is already crash-safe.

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use super::http::{Http, Reply};
 use super::identity::DeviceIdentity;
 use super::network::check_url;
+use super::profile::{BoxFuture, EnrollKind, Enrollment, Held, UpstreamProfile};
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
@@ -204,6 +205,54 @@ impl<'a> From<&'a DeviceIdentity> for WireIdentity<'a> {
             ref_id1: id.ref_id1.as_deref(),
             ref_id2: id.ref_id2.as_deref(),
         }
+    }
+}
+
+impl UpstreamProfile for Sentinel {
+    fn profile(&self) -> &'static str {
+        "sentinel"
+    }
+
+    fn server(&self) -> String {
+        server_name(self.base_url())
+    }
+
+    fn enroll_kind(&self) -> EnrollKind {
+        EnrollKind::Redemption
+    }
+
+    /// Redeems the registration token, sending the device's identity.
+    fn enroll<'a>(
+        &'a self,
+        registration_token: &'a SecretString,
+        identity: Option<&'a DeviceIdentity>,
+    ) -> BoxFuture<'a, Result<Enrollment, Error>> {
+        Box::pin(async move {
+            let Some(identity) = identity else {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    "a Sentinel redemption needs the device's identity",
+                ));
+            };
+            let redemption = self.redeem(registration_token, identity).await?;
+            Ok(Enrollment {
+                auth_token_id: Some(redemption.auth_token_id),
+                grant: redemption.grant,
+            })
+        })
+    }
+
+    /// Refreshes with the held refresh token (which the answer may rotate).
+    fn renew<'a>(&'a self, held: &'a mut Held) -> BoxFuture<'a, Result<Grant, Error>> {
+        Box::pin(async move {
+            let Some(refresh_token) = held.refresh_token.as_ref() else {
+                return Err(Error::new(
+                    ErrorCode::Revoked,
+                    "the stored credential has no refresh token; enroll again",
+                ));
+            };
+            self.refresh(refresh_token).await
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! Sentinel enrollment: a crash-safe redemption of a registration token
+//! Enrollment by redemption ([`EnrollKind::Redemption`], the sentinel
+//! profile): a crash-safe redemption of a registration token
 //! (DESIGN §5): marker, identifier and registration token durable first; the
 //! auth token stored before success is reported.
 
@@ -18,7 +19,7 @@ pub(super) const INLINE_RETRY_BUDGET: Duration = Duration::from_secs(20);
 pub(super) const INLINE_CALL_LIMIT: Duration = Duration::from_secs(25);
 
 impl Agent {
-    pub(super) async fn enroll_sentinel(
+    pub(super) async fn enroll_by_redemption(
         self: &Arc<Self>,
         slot: u32,
         registration: SecretString,
@@ -127,12 +128,6 @@ impl Agent {
         deadline: Option<Instant>,
         epoch: u64,
     ) -> Result<Enrolled> {
-        let Upstream::Sentinel(sentinel) = self.upstream.as_ref() else {
-            return Err(Error::new(
-                ErrorCode::Internal,
-                "redemption needs the sentinel profile",
-            ));
-        };
         let engine = &self.slot(slot).engine;
         let identifier = {
             let state = self.state.lock().await;
@@ -154,11 +149,11 @@ impl Agent {
         identity.ref_id1 = self.config.server.ref_id1.clone();
         identity.ref_id2 = self.config.server.ref_id2.clone();
         let answer = match deadline {
-            None => sentinel.redeem(registration, &identity).await,
+            None => self.upstream.enroll(registration, Some(&identity)).await,
             Some(deadline) => {
                 match tokio::time::timeout_at(
                     deadline.into(),
-                    sentinel.redeem(registration, &identity),
+                    self.upstream.enroll(registration, Some(&identity)),
                 )
                 .await
                 {
@@ -201,7 +196,7 @@ impl Agent {
         }
         // The auth token is in the store before success is reported.
         let mut credential = StoredCredential::default();
-        credential.auth_token_id = Some(redemption.auth_token_id.clone());
+        credential.auth_token_id = redemption.auth_token_id.clone();
         credential.set_grant(&redemption.grant);
         if let Err(e) = self
             .store
@@ -220,7 +215,7 @@ impl Agent {
         tracing::info!(slot, identifier = %crate::secret::short_hash(&identifier), "enrolled: registration token redeemed for an auth token");
         Ok(Enrolled {
             identifier,
-            auth_token_id: Some(redemption.auth_token_id),
+            auth_token_id: redemption.auth_token_id,
             expires_at: time::OffsetDateTime::from(expires_at),
         })
     }

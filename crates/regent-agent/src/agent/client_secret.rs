@@ -1,26 +1,21 @@
-//! OAuth2 enrollment: the client secret is proven by a first token request,
-//! then stored.
+//! Enrollment with a reusable client secret ([`EnrollKind::ClientSecret`],
+//! the oauth2 profile): the secret is proven by a first token request, then
+//! stored.
 
 use super::*;
 
 impl Agent {
-    pub(super) async fn enroll_oauth2(
+    pub(super) async fn enroll_with_client_secret(
         self: &Arc<Self>,
         slot: u32,
         client_secret: SecretString,
     ) -> Result<Enrolled> {
-        let Upstream::OAuth2(oauth2) = self.upstream.as_ref() else {
-            return Err(Error::new(
-                ErrorCode::Internal,
-                "client secrets need the oauth2 profile",
-            ));
-        };
         let engine = &self.slot(slot).engine;
         engine.begin_enrolling();
         // Proving the secret works is the enrollment: nothing is stored until
         // the server accepts it.
-        let grant = match oauth2.client_credentials(&client_secret).await {
-            Ok(g) => g,
+        let grant = match self.upstream.enroll(&client_secret, None).await {
+            Ok(enrollment) => enrollment.grant,
             Err(e) => {
                 engine.enrolling_failed(e.clone());
                 return Err(e);
