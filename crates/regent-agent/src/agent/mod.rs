@@ -48,9 +48,8 @@ use crate::upstream::sentinel::Sentinel;
 use crate::upstream::{DeviceIdentity, EnrollKind, Upstream};
 
 use self::factories::{backon_delays, checked_upstream, open_store};
-use self::records::{
-    PersistentState, SlotRecord, credential_entry, now_secs, random_id, registration_entry,
-};
+pub(crate) use self::records::PersistentState;
+use self::records::{SlotRecord, credential_entry, now_secs, random_id, registration_entry};
 use self::redemption::INLINE_CALL_LIMIT;
 
 /// The slot `shared` mode uses, and the first slot in `per-instance` mode.
