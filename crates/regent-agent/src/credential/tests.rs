@@ -359,3 +359,87 @@ fn ledger_counts_every_slot_and_reservations() {
     ledger.reserve(0, 3, timeout).unwrap();
     assert_eq!(ledger.settle(0, Some(&grant("a", 60))).len(), 1);
 }
+
+/// A profile that needs no server: renews with the held client secret,
+/// drops the held refresh token as if the server refused it, and counts
+/// its tokens like an OAuth2 multi-token server.
+#[derive(Debug)]
+struct FakeProfile;
+
+impl crate::upstream::UpstreamProfile for FakeProfile {
+    fn profile(&self) -> &'static str {
+        "fake"
+    }
+
+    fn server(&self) -> String {
+        "fake.invalid".into()
+    }
+
+    fn enroll_kind(&self) -> crate::upstream::EnrollKind {
+        crate::upstream::EnrollKind::ClientSecret
+    }
+
+    fn counts_tokens(&self) -> bool {
+        true
+    }
+
+    fn enroll<'a>(
+        &'a self,
+        _secret: &'a SecretString,
+        _identity: Option<&'a crate::upstream::DeviceIdentity>,
+    ) -> BoxFuture<'a, Result<crate::upstream::Enrollment>> {
+        Box::pin(async { Err(Error::new(ErrorCode::Internal, "not used")) })
+    }
+
+    fn renew<'a>(&'a self, held: &'a mut Held) -> BoxFuture<'a, Result<Grant>> {
+        Box::pin(async move {
+            assert_eq!(
+                held.client_secret.as_ref().map(|s| s.expose_secret()),
+                Some("the-secret")
+            );
+            held.refresh_token = None;
+            Ok(grant("fresh", 60))
+        })
+    }
+}
+
+/// The renewer only sees the profile trait: what the profile drops from the
+/// held secrets is dropped from the stored credential, and a profile that
+/// counts its tokens has them in the ledger and in `issued`.
+#[tokio::test]
+async fn the_renewer_follows_any_profile() {
+    let store = Arc::new(FlakyStore::default());
+    let mut credential = StoredCredential::default();
+    credential.client_secret = Some("the-secret".into());
+    credential.refresh_token = Some("refused".into());
+    let ledger = Arc::new(Ledger::default());
+    let renewer = SlotRenewer {
+        slot: 3,
+        upstream: Arc::new(FakeProfile),
+        store: SecretStore::from_backend(
+            Arc::clone(&store) as Arc<dyn crate::store::SecretBackend>,
+            Duration::from_secs(5),
+        ),
+        entry: "slot-3.credential".into(),
+        max_active_tokens: Some(1),
+        request_timeout: Duration::from_secs(5),
+        ledger: Arc::clone(&ledger),
+        credential: tokio::sync::Mutex::new(credential),
+        unsaved: AtomicBool::new(false),
+    };
+    let got = renewer.renew().await.unwrap();
+    assert!(got.same_token_as(&grant("fresh", 60)));
+    let stored = store.stored("slot-3.credential");
+    assert_eq!(
+        stored.refresh_token, None,
+        "the refused refresh token is gone"
+    );
+    assert_eq!(stored.issued.len(), 1);
+    assert_eq!(
+        stored.issued[0].fingerprint,
+        fingerprint(&secret("fresh".into()))
+    );
+    // The one live token fills max_active_tokens = 1: the next renewal waits.
+    let e = renewer.renew().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::TokenLimit);
+}
