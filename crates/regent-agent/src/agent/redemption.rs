@@ -1,7 +1,8 @@
 //! Enrollment by redemption ([`EnrollKind::Redemption`], the sentinel
 //! profile): a crash-safe redemption of a registration token
 //! (DESIGN §5): marker, identifier and registration token durable first; the
-//! auth token stored before success is reported.
+//! auth token stored before success is reported; a redemption left pending is
+//! resumed in the background.
 
 use super::*;
 
@@ -218,5 +219,68 @@ impl Agent {
             auth_token_id: redemption.auth_token_id,
             expires_at: time::OffsetDateTime::from(expires_at),
         })
+    }
+
+    /// Deletes a registration token that no redemption needs any more (best
+    /// effort): it must not outlive its enrollment in the store.
+    pub(super) async fn remove_used_registration(&self, slot: u32) {
+        if let Err(e) = self.store.delete(&registration_entry(slot)).await {
+            tracing::warn!(slot, error = %e, "could not delete a used registration token from the store");
+        }
+    }
+
+    /// Retries an interrupted redemption until it succeeds, is refused for
+    /// good, or the device is unenrolled (the `epoch` it was begun in ends).
+    pub(super) async fn resume_redemption(
+        self: Arc<Self>,
+        slot: u32,
+        registration: SecretString,
+        epoch: u64,
+    ) {
+        let slot_ref = self.slot(slot);
+        let mut delays = backon_delays(&self.config);
+        loop {
+            let attempt = {
+                // Held per attempt, not across the sleep: an enroll may come in between.
+                let _activating = slot_ref.activating.lock().await;
+                if *self.epoch.lock().await != epoch || !self.is_pending(slot).await {
+                    return; // someone enrolled or unenrolled meanwhile
+                }
+                // Shown as enrolling while it runs, never as unenrolled with
+                // no redemption pending while one completes.
+                slot_ref.engine.begin_enrolling();
+                self.redeem(slot, &registration, None, epoch).await
+            };
+            match attempt {
+                Ok(_) => return,
+                Err(e) if !e.is_retryable() => return,
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                    let delay = delay.max(e.retry_after.unwrap_or_default());
+                    tracing::warn!(slot, code = %e.code, error = %e.message, retry_in_s = delay.as_secs(), "redemption not finished; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Drops the pending marker and the slot's stored registration token.
+    pub(super) async fn clear_pending(&self, slot: u32, enrolled: bool) {
+        {
+            let mut state = self.state.lock().await;
+            if let Some(record) = state.slots.get_mut(&slot) {
+                record.pending_since = None;
+                if enrolled {
+                    record.enrolled_at = Some(now_secs());
+                }
+            }
+            let snapshot = state.clone();
+            if let Err(e) = self.state_file.save_async(&snapshot).await {
+                tracing::warn!(error = %e, "could not clear the pending-redemption marker");
+            }
+        }
+        if let Err(e) = self.store.delete(&registration_entry(slot)).await {
+            tracing::warn!(error = %e, "could not delete the used registration token from the store");
+        }
     }
 }

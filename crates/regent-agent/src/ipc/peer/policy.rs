@@ -260,3 +260,30 @@ impl Policy {
         }
     }
 }
+
+impl Policy {
+    /// Windows: the agent's own account, LocalSystem and elevated
+    /// administrators (Administrators enabled in the token) administer;
+    /// `allow_users` and `allow_groups` (enabled groups only) fetch tokens;
+    /// everyone else is refused. SIDs compare case-insensitively.
+    pub fn account_access(&self, sid: &str, groups: &[String]) -> Access {
+        let is = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        if self.own_sid.as_deref().is_some_and(|own| is(own, sid))
+            || is(sid, LOCAL_SYSTEM_SID)
+            || groups.iter().any(|g| is(g, ADMINISTRATORS_SID))
+        {
+            return Access::Admin;
+        }
+        if self.allow_sids.iter().any(|a| is(a, sid)) {
+            return Access::Tokens;
+        }
+        let in_group = groups
+            .iter()
+            .any(|g| self.allow_group_sids.iter().any(|a| is(a, g)));
+        if in_group {
+            Access::Tokens
+        } else {
+            Access::Denied
+        }
+    }
+}

@@ -1,6 +1,7 @@
-//! Windows: pipe clients are accounts (SIDs) and image paths rather than uids
-//! and `/proc`. Compiled everywhere (the decisions are plain data and
-//! tested on every platform); the Win32 calls sit in `regent_client::win32`.
+//! Windows: a pipe client's program is the image path read when it connected
+//! (there is no `/proc`). Compiled wherever `/proc` is (it is plain data and
+//! tested there too); the Win32 calls sit in `regent_client::win32`, and the
+//! account checks (SIDs) in [`Policy::account_access`].
 
 use super::*;
 
@@ -21,33 +22,6 @@ impl Peer {
                 "cannot open {}, the image of process {pid}, to identify it",
                 shown(&path)
             )),
-        }
-    }
-}
-
-impl Policy {
-    /// Windows: the agent's own account, LocalSystem and elevated
-    /// administrators (Administrators enabled in the token) administer;
-    /// `allow_users` and `allow_groups` (enabled groups only) fetch tokens;
-    /// everyone else is refused. SIDs compare case-insensitively.
-    pub fn account_access(&self, sid: &str, groups: &[String]) -> Access {
-        let is = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-        if self.own_sid.as_deref().is_some_and(|own| is(own, sid))
-            || is(sid, LOCAL_SYSTEM_SID)
-            || groups.iter().any(|g| is(g, ADMINISTRATORS_SID))
-        {
-            return Access::Admin;
-        }
-        if self.allow_sids.iter().any(|a| is(a, sid)) {
-            return Access::Tokens;
-        }
-        let in_group = groups
-            .iter()
-            .any(|g| self.allow_group_sids.iter().any(|a| is(a, g)));
-        if in_group {
-            Access::Tokens
-        } else {
-            Access::Denied
         }
     }
 }
