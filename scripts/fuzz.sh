@@ -16,7 +16,7 @@
 # properties) is saved under fuzz/artifacts/TARGET/ and the script exits 1.
 # Reproduce one with: scripts/fuzz.sh --repro fuzz/artifacts/TARGET/crash-…
 # The committed corpus is also replayed by a normal test on stable Rust:
-# cargo test -p regent-agent --test fuzz_corpus.
+# cargo test -p regent-agent --features fuzzing --test fuzz_corpus.
 set -euo pipefail
 caller=$PWD
 self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"

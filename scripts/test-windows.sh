@@ -101,7 +101,7 @@ clippy() { cargo clippy --locked --quiet --target "$TARGET" "$@" -- -D warnings;
 if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
   clippy -p regent-agent -p regent-ffi --lib --bins &&
   clippy -p regent-agent --lib --profile test &&
-  clippy -p regent-agent --test fuzz_corpus; then
+  clippy -p regent-agent --features fuzzing --test fuzz_corpus; then
   pass "clippy for $TARGET"
 else
   fail "clippy for $TARGET"
@@ -127,7 +127,7 @@ run_tests "regent-proto, regent-client (lib, platform_ipc)" \
 # The peer, config and reload unit tests run in their Windows forms (issue
 # 13, item 2: file identities by volume serial + file index, absolute paths
 # with a drive letter); the Unix-only ones are #[cfg(unix)].
-run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --lib --test fuzz_corpus
+run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --features fuzzing --lib --test fuzz_corpus
 run_tests "regent-cli (unit tests)" -p regent-cli --bins
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"

@@ -559,6 +559,13 @@ pub fn wait_for_crash_point(
         if let Some(line) = agent.log_text().lines().find(|l| l.contains(&needle)) {
             return Some(line.to_owned());
         }
+        if agent.log_text().contains("this build has no crash points") {
+            eprintln!(
+                "the regent binary has no crash points: build it with \
+                 `cargo build -p regent-cli --features crash-points` (cargo test --workspace does)"
+            );
+            return None;
+        }
         if Instant::now() > deadline || matches!(agent.child.try_wait(), Ok(Some(_))) {
             return None;
         }

@@ -419,3 +419,42 @@ fn enroll_on_a_terminal_asks_for_a_source_or_prompts_with_stdin() {
         );
     }
 }
+
+/// Issue 14: a crash point named with a typo never fired, so a crash test
+/// waited for nothing. The agent now refuses the value at startup, naming
+/// the known points, before anything is made on disk. (A `regent` built
+/// without the `crash-points` feature ignores the variable and runs: then
+/// there is nothing to check.)
+#[test]
+fn an_unknown_crash_point_is_refused_naming_the_known_ones() {
+    use std::process::{Command, Stdio};
+    let home = AgentHome::new("http://127.0.0.1:9", "");
+    let mut agent = Command::new(regent_tests::regent_bin())
+        .args(["agent", "--no-watch", "--config"])
+        .arg(&home.config)
+        .env("REGENT_CRASH_POINT", "after-redem")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while agent.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = agent.try_wait().unwrap().is_none();
+    if running {
+        agent.kill().unwrap();
+    }
+    let out = agent.wait_with_output().unwrap();
+    if running && text(&out).contains("this build has no crash points") {
+        eprintln!(
+            "skipped: this regent has no crash points (build it with --features crash-points)"
+        );
+        return;
+    }
+    assert_eq!(code(&out), exit(ErrorCode::Config), "{}", text(&out));
+    assert!(text(&out).contains("\"after-redem\""), "{}", text(&out));
+    assert!(text(&out).contains("after-redeem"), "{}", text(&out));
+    assert!(!home.dir.path().join("state").exists());
+}

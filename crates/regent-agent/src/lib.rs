@@ -19,8 +19,9 @@
 //! - [`watch`]: a debounced directory watch (`notify`) as a tokio channel.
 //! - [`reload`]: live configuration: log level, allow lists, refresh settings.
 //! - [`provision`]: the registration-token drop-in directory.
-//! - `fuzzing` (hidden): the parsers of hostile input with their properties, for
-//!   the fuzz targets in `fuzz/` and the corpus replay test.
+//! - `fuzzing` (hidden, the `fuzzing` feature): the parsers of hostile input
+//!   with their properties, for the fuzz targets in `fuzz/` and the corpus
+//!   replay test.
 
 pub mod agent;
 pub mod config;
@@ -29,6 +30,7 @@ pub(crate) mod credential;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grant;

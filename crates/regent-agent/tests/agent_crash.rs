@@ -2,8 +2,8 @@
 //! redemption but before anything was stored; the restarted agent recovers the
 //! same auth token and no second count is consumed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-// Crash points exist only in debug builds (see `regent_agent::crash`).
-#![cfg(debug_assertions)]
+// Crash points exist only with the `crash-points` feature (see `regent_agent::crash`).
+#![cfg(feature = "crash-points")]
 
 mod common;
 

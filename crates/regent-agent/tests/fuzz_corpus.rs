@@ -10,6 +10,8 @@
 //! `REGENT_MUTATION_SEED=N` replays a run. Under `REGENT_LONG=1` each seed
 //! gets ten times as many mutations.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The entry points are behind the `fuzzing` feature (tests/Cargo.toml turns it on).
+#![cfg(feature = "fuzzing")]
 
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,8 @@
 //! and readable; the next write succeeds and leaves no stray chunk behind.
 //! Runs against a real Secret Service (see `support/secret_service.rs`).
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
-// Crash points exist only in debug builds (see `regent_agent::crash`).
-#![cfg(debug_assertions)]
+// Crash points exist only with the `crash-points` feature (see `regent_agent::crash`).
+#![cfg(feature = "crash-points")]
 
 #[path = "support/secret_service.rs"]
 mod secret_service;

@@ -47,10 +47,10 @@ impl Progress {
 /// A short, non-reversible tag for a token, so renewals are visible without
 /// printing the secret.
 fn tag(secret: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    secret.hash(&mut h);
-    format!("#{:04x}", h.finish() & 0xffff)
+    format!(
+        "#{:04x}",
+        regent_agent::secret::fingerprint(secret) & 0xffff
+    )
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Error> {

@@ -42,7 +42,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     temp.write_and_sync(bytes)?;
     // A crash here leaves the old file whole and the temporary file behind
     // (see `remove_stale_temp_files`).
-    crate::crash::crash_point_with("mid-store-write", || {
+    crate::crash::crash_point_with(crate::crash::CrashPoint::MidStoreWrite, || {
         file_name.to_string_lossy().into_owned()
     });
     temp.persist(path)?;

@@ -210,7 +210,7 @@ impl<S: EntryStore> Chunked<S> {
                     return Err(e);
                 }
                 // A crash here leaves the old head, which names the old chunks.
-                crate::crash::crash_point_with("mid-chunk-write", || {
+                crate::crash::crash_point_with(crate::crash::CrashPoint::MidChunkWrite, || {
                     format!("{name}: part {} of {} written", i + 1, chunks.len())
                 });
             }

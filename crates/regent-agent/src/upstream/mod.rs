@@ -8,6 +8,8 @@
 //! - [`sentinel`]: registration token → auth token → refresh cycle (DESIGN §3.1).
 //! - [`oauth2`]: client credentials and refresh tokens, Reltio style (DESIGN §3.2).
 //! - [`identity`]: the device facts sent with a Sentinel redemption.
+//! - [`profile`]: the [`UpstreamProfile`] trait every profile implements
+//!   (enroll, renew); the agent holds an [`Upstream`] (`dyn UpstreamProfile`).
 //!
 //! Every failure is an [`Error`](crate::Error) with a code from the one table: refusals that
 //! need a person (`REVOKED`, registration-token codes, `CLIENT_CREDENTIALS_INVALID`,
@@ -19,6 +21,7 @@ pub mod http;
 pub mod identity;
 pub mod network;
 pub mod oauth2;
+pub mod profile;
 pub(crate) mod reply;
 pub mod sentinel;
 pub(crate) mod text;
@@ -30,55 +33,11 @@ pub use self::http::{Http, HttpSettings, MAX_RETRY_AFTER};
 pub use self::identity::DeviceIdentity;
 pub use self::network::{ProxySetting, check_url, with_https_proxy};
 pub use self::oauth2::{OAuth2, OAuth2Endpoint};
+pub use self::profile::{BoxFuture, EnrollKind, Enrollment, Held, Upstream, UpstreamProfile};
 pub use self::sentinel::{IdpConfig, Sentinel};
 pub use self::token::MAX_EXPIRES_IN;
 use crate::grant::Grant;
 
-/// The configured license-server profile.
-#[derive(Debug)]
-pub enum Upstream {
-    /// Registration token → auth token → refresh cycle.
-    Sentinel(Sentinel),
-    /// Client credentials (and refresh tokens when the server sends them).
-    OAuth2(OAuth2),
-}
-
-impl Upstream {
-    /// The profile's name in the configuration: `"sentinel"` or `"oauth2"`.
-    pub fn profile(&self) -> &'static str {
-        match self {
-            Upstream::Sentinel(_) => "sentinel",
-            Upstream::OAuth2(_) => "oauth2",
-        }
-    }
-
-    /// `host[:port]` of the license server, for status output and logs.
-    pub fn server(&self) -> String {
-        match self {
-            Upstream::Sentinel(s) => text::server_name(s.base_url()),
-            Upstream::OAuth2(o) => match o.endpoint() {
-                OAuth2Endpoint::TokenUrl(url) | OAuth2Endpoint::Issuer(url) => {
-                    text::server_name(url)
-                }
-            },
-        }
-    }
-}
-
-impl From<Sentinel> for Upstream {
-    fn from(s: Sentinel) -> Self {
-        Upstream::Sentinel(s)
-    }
-}
-
-impl From<OAuth2> for Upstream {
-    fn from(o: OAuth2) -> Self {
-        Upstream::OAuth2(o)
-    }
-}
-
-/// What a Sentinel redemption returns: the auth token's id on the server and
-/// the first grant (always with a refresh token).
 #[derive(Debug, Clone)]
 pub struct Redemption {
     /// The auth token's id (what the administrator deletes to revoke it).
@@ -125,7 +84,7 @@ mod tests {
     fn upstream_names_profile_and_server() {
         let http = Http::new(HttpSettings::default()).unwrap();
         let s = Sentinel::new(http, Url::parse("https://ems.example:8443/x/").unwrap()).unwrap();
-        let up = Upstream::from(s);
+        let up: &Upstream = &s;
         assert_eq!(up.profile(), "sentinel");
         assert_eq!(up.server(), "ems.example:8443");
     }

@@ -9,8 +9,10 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::http::{Http, Reply};
+use super::identity::DeviceIdentity;
 use super::join_path;
 use super::network::check_url;
+use super::profile::{BoxFuture, EnrollKind, Enrollment, Held, UpstreamProfile};
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
@@ -362,6 +364,65 @@ pub(crate) fn discovery_outcome(reply: &Reply) -> Result<Url, Error> {
     })?;
     tracing::debug!(issuer = %server, token_server = %server_name(&token_url), "discovered the token endpoint");
     Ok(token_url)
+}
+
+impl UpstreamProfile for OAuth2 {
+    fn profile(&self) -> &'static str {
+        "oauth2"
+    }
+
+    fn server(&self) -> String {
+        match self.endpoint() {
+            OAuth2Endpoint::TokenUrl(url) | OAuth2Endpoint::Issuer(url) => server_name(url),
+        }
+    }
+
+    fn enroll_kind(&self) -> EnrollKind {
+        EnrollKind::ClientSecret
+    }
+
+    fn counts_tokens(&self) -> bool {
+        true
+    }
+
+    /// Proves the client secret: the first client-credentials token.
+    fn enroll<'a>(
+        &'a self,
+        client_secret: &'a SecretString,
+        _identity: Option<&'a DeviceIdentity>,
+    ) -> BoxFuture<'a, Result<Enrollment, Error>> {
+        Box::pin(async move {
+            let grant = self.client_credentials(client_secret).await?;
+            Ok(Enrollment {
+                auth_token_id: None,
+                grant,
+            })
+        })
+    }
+
+    /// The held refresh token if there is one, falling back to client
+    /// credentials (and dropping it) when the server refuses it.
+    fn renew<'a>(&'a self, held: &'a mut Held) -> BoxFuture<'a, Result<Grant, Error>> {
+        Box::pin(async move {
+            let Some(client_secret) = held.client_secret.clone() else {
+                return Err(Error::new(
+                    ErrorCode::Revoked,
+                    "the stored credential has no client secret; enroll again",
+                ));
+            };
+            match held.refresh_token.clone() {
+                Some(refresh_token) => match self.refresh(&client_secret, &refresh_token).await {
+                    Err(e) if e.code == ErrorCode::Revoked => {
+                        tracing::info!("refresh token refused; falling back to client credentials");
+                        held.refresh_token = None;
+                        self.client_credentials(&client_secret).await
+                    }
+                    other => other,
+                },
+                None => self.client_credentials(&client_secret).await,
+            }
+        })
+    }
 }
 
 #[cfg(test)]
