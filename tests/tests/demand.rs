@@ -155,9 +155,11 @@ async fn a_subscription_for_nearly_a_whole_lifetime_renews_at_the_spacing() {
 
 /// Regression (issue 14): `regent token` (default `--min-valid 60`) against a
 /// server issuing 20-second tokens failed every time with "cannot issue a
-/// longer one yet … retry in 12.9s", and each call renewed upstream. Now it
-/// fails at once with `BAD_REQUEST` naming the server's lifetime and the
-/// `--min-valid` to use, without calling the server, and that value works.
+/// longer one yet … retry in 12.9s", and each call renewed upstream. Now
+/// the first call's renewal shows the server's lifetime (the token from the
+/// enrollment may be a re-issue, so it does not count), and every call
+/// fails with `BAD_REQUEST` naming that lifetime and the `--min-valid` to
+/// use, without calling the server again; that value works.
 #[tokio::test]
 async fn asking_for_longer_than_the_server_ever_issues_names_the_lifetime_and_the_fix() {
     let lifetime = 20;
@@ -173,10 +175,9 @@ async fn asking_for_longer_than_the_server_ever_issues_names_the_lifetime_and_th
             "{said}"
         );
     }
-    assert_eq!(
-        UpstreamCounts::fetch(&emulator.url).refreshes(),
-        before,
-        "a request no token can satisfy must not renew upstream"
+    assert!(
+        UpstreamCounts::fetch(&emulator.url).refreshes() <= before + 1,
+        "one renewal at most: requests no token can satisfy must not renew upstream"
     );
     let out = home.regent(&["token", "--min-valid", "10"], None);
     assert!(

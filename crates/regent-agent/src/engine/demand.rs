@@ -120,14 +120,15 @@ pub(super) fn demand_may_renew(inner: &Inner, min_valid: Duration, now: SystemTi
     Ok(())
 }
 
-/// A request for at least as long as the server's tokens last (the longest
-/// lifetime of any token seen) can never be served, and retrying cannot
+/// A request for at least as long as the server's tokens last (the lifetime
+/// of the last newly issued token, `Inner::issued_lifetime`) can never be
+/// served, and retrying cannot
 /// help: `BAD_REQUEST` naming the lifetime and what to ask for instead, with
 /// no upstream call (asking again for the same 20-second token would not
 /// make it longer). Half the lifetime is what the agent keeps on hand even
 /// when renewals are spaced ([`demand_may_renew`]).
 pub(super) fn beyond_lifetime(inner: &Inner, min_valid: Duration) -> Option<Error> {
-    let lifetime = inner.longest_lifetime?;
+    let lifetime = inner.issued_lifetime?;
     if min_valid < lifetime {
         return None;
     }

@@ -144,10 +144,12 @@ struct Inner {
     renewer: Option<Arc<dyn Renewer>>,
     state: SlotState,
     grant: Option<Arc<Grant>>,
-    /// The longest lifetime (received to expiry) of any token seen: how long
-    /// the server's tokens last. The current grant's may be shorter (a
-    /// server without multi-token support re-issues a token mid-life).
-    longest_lifetime: Option<Duration>,
+    /// The lifetime (received to expiry) of the last token a renewal newly
+    /// issued in place of a different one: how long the server's tokens
+    /// last. A token loaded at start, the first one after enrollment, or one
+    /// re-issued mid-life by a server without multi-token support says
+    /// nothing about that, so it is not counted.
+    issued_lifetime: Option<Duration>,
     /// The jittered renewal point chosen for the current grant.
     renew_at: Option<SystemTime>,
     /// No upstream call before this (backoff, or a re-issued token's expiry).
@@ -188,7 +190,7 @@ impl Engine {
                 renewer: None,
                 state: SlotState::Unenrolled,
                 grant: None,
-                longest_lifetime: None,
+                issued_lifetime: None,
                 renew_at: None,
                 not_before: None,
                 last_error: None,
@@ -287,7 +289,6 @@ impl Engine {
                 .map(|g| jittered_renewal_point(g, &inner.settings));
             if let Some(g) = &grant {
                 inner.last_renewal = Some(g.received_at);
-                inner.longest_lifetime = inner.longest_lifetime.max(Some(g.lifetime()));
             }
             inner.grant = grant.map(Arc::new);
             inner.not_before = None;
@@ -433,6 +434,11 @@ impl Engine {
                 return Ok(handout);
             }
             drop(flight);
+            // The renewal may just have shown that the server's tokens are
+            // never that long.
+            if let Some(e) = beyond_lifetime(&inner, min_valid) {
+                return Err(e);
+            }
             let retry = inner.not_before.unwrap_or(now);
             return Err(unavailable(&inner, min_valid, retry, now));
         }
@@ -545,7 +551,9 @@ impl Engine {
                 inner.last_error = None;
                 inner.state = SlotState::Active;
                 let expires_at = grant.expires_at;
-                inner.longest_lifetime = inner.longest_lifetime.max(Some(grant.lifetime()));
+                if !reissued && inner.grant.is_some() {
+                    inner.issued_lifetime = Some(grant.lifetime());
+                }
                 inner.grant = Some(Arc::new(grant));
                 drop(inner);
                 tracing::info!(

@@ -144,8 +144,9 @@ async fn a_token_that_aged_while_a_request_waited_is_renewed_again() {
 }
 
 /// The other side of that rule: when the server's tokens are simply too
-/// short for `min_valid`, waiters share the outcome (UNAVAILABLE) and
-/// never call upstream once each.
+/// short for `min_valid`, waiters share the outcome — `BAD_REQUEST` naming
+/// the lifetime the renewal showed, since retrying cannot help — and never
+/// call upstream once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_too_short_for_min_valid_are_not_renewed_by_every_waiter() {
     let renewer = Counting::new(Duration::from_secs(200), Duration::ZERO);
@@ -161,7 +162,8 @@ async fn tokens_too_short_for_min_valid_are_not_renewed_by_every_waiter() {
             .expect("answered")
             .unwrap()
             .unwrap_err();
-        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+        assert!(e.message.contains("valid for 200s"), "{e:?}");
     }
     assert_eq!(renewer.calls(), 1);
 }
@@ -212,7 +214,7 @@ fn demand_pulls_renewal_earlier_and_idle_uses_keepalive() {
         renewer: None,
         state: SlotState::Active,
         grant: Some(Arc::new(grant)),
-        longest_lifetime: None,
+        issued_lifetime: None,
         not_before: None,
         last_error: None,
         last_renewal: Some(t0),
@@ -286,7 +288,7 @@ fn absurd_demands_and_settings_do_not_overflow() {
         renewer: Some(Arc::new(Never)),
         state: SlotState::Active,
         grant: Some(Arc::new(grant_at(t0, Duration::from_secs(300)))),
-        longest_lifetime: None,
+        issued_lifetime: None,
         not_before: None,
         last_error: None,
         last_renewal: Some(t0),
@@ -346,12 +348,14 @@ async fn requests_cannot_renew_sooner_than_the_spacing_allows() {
     assert!(after > Duration::from_secs(50), "{after:?}");
 }
 
-/// As much validity as a whole token gives (or more) can never be
-/// served: refused as `BAD_REQUEST` naming the lifetime and what to ask
-/// for, with no upstream call (it was UNAVAILABLE after one renewal per
-/// renewal point, with a retry time that could never help).
+/// As much validity as a whole token gives (or more) can never be served:
+/// one renewal shows the server's lifetime (a token loaded at start may be
+/// a re-issue, so it does not count), then every request is `BAD_REQUEST`
+/// naming the lifetime and what to ask for, with no upstream call (it was
+/// UNAVAILABLE after one renewal per renewal point, with a retry time that
+/// could never help).
 #[tokio::test]
-async fn a_demand_for_the_whole_lifetime_is_refused_without_calling_upstream() {
+async fn a_demand_for_the_whole_lifetime_is_refused_after_one_renewal() {
     let renewer = Counting::new(LIFETIME, Duration::ZERO);
     let engine = stale_engine(Arc::clone(&renewer)).await;
     for _ in 0..10 {
@@ -366,7 +370,7 @@ async fn a_demand_for_the_whole_lifetime_is_refused_without_calling_upstream() {
             e.message
         );
     }
-    assert_eq!(renewer.calls(), 0);
+    assert_eq!(renewer.calls(), 1);
 }
 
 /// Regression (issue 18, item 6): the largest subscribed `min_valid` was
