@@ -120,8 +120,9 @@ run_tests() {
   fi
 }
 : >"$test_log"
-run_tests "regent-proto, regent-client (lib, platform_ipc)" \
-  -p regent-proto -p regent-client --lib --test platform_ipc
+# The client's tests against a scripted agent on a pipe of their own.
+run_tests "regent-proto, regent-client (lib, platform_ipc, async_client, blocking)" \
+  -p regent-proto -p regent-client --lib --test platform_ipc --test async_client --test blocking
 # Skipped, with the reason: these unit tests hold Unix meanings (programs
 # listed as /usr/bin/…, groups by name, a peer's executable read from /proc).
 # The Windows per-peer checks (issue 13, item 2) bring their Windows forms.
