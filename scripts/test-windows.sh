@@ -92,14 +92,13 @@ if [ -n "$e2e_only" ]; then
   log "REGENT_WINDOWS_E2E_ONLY: no clippy, no unit tests"
 else
 log "cargo clippy --target $TARGET (-D warnings)"
-# Every library and binary, and the tests that run below; the other test
-# files (Unix-only helpers: the agent's integration tests, regent-ffi's
-# scripted Unix-socket agent) wait for their port.
+# Every library and binary, and the tests that run below (the agent's
+# Unix-only test files compile to nothing here).
 clippy() { cargo clippy --locked --quiet --target "$TARGET" "$@" -- -D warnings; }
 if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
   clippy -p regent-agent -p regent-ffi --lib --bins &&
   clippy -p regent-agent --lib --profile test &&
-  clippy -p regent-agent --test fuzz_corpus; then
+  clippy -p regent-agent --tests; then
   pass "clippy for $TARGET"
 else
   fail "clippy for $TARGET"
@@ -138,6 +137,13 @@ agent_skips=(
 )
 run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --lib --test fuzz_corpus \
   -- "${agent_skips[@]/#/--skip=}"
+# The agent's integration tests on named pipes of their own, the keychain
+# ones against the Credential Manager (docs/operations.md lists what stays
+# Unix-only and why).
+run_tests "regent-agent (IPC, instances, engine, Credential Manager, upstream, faults)" \
+  -p regent-agent --test ipc --test instances --test agent_sentinel --test agent_oauth2 \
+  --test agent_crash --test log_secrecy --test keychain --test keychain_crash \
+  --test upstream_sentinel --test upstream_oauth2 --test upstream_hostile --test network_faults
 run_tests "regent-cli (unit tests)" -p regent-cli --bins
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"
