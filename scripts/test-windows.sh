@@ -98,7 +98,8 @@ clippy() { cargo clippy --locked --quiet --target "$TARGET" "$@" -- -D warnings;
 if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
   clippy -p regent-agent -p regent-ffi --lib --bins &&
   clippy -p regent-agent --lib --profile test &&
-  clippy -p regent-agent --tests; then
+  clippy -p regent-agent --tests &&
+  clippy -p regent-tests --lib --test ffi --test ffi_instances; then
   pass "clippy for $TARGET"
 else
   fail "clippy for $TARGET"
@@ -106,6 +107,8 @@ fi
 fi
 
 # --- unit and IPC tests under Wine -----------------------------------------------
+# A Linux path as Wine sees it (drive Z: is /).
+winpath() { printf 'Z:%s' "$(realpath -m "$1" | sed 's|/|\\|g')"; }
 test_log="$work/cargo-test.log"
 run_tests() {
   local what=$1
@@ -144,6 +147,27 @@ run_tests "regent-agent (IPC, instances, engine, Credential Manager, upstream, f
   -p regent-agent --test ipc --test instances --test agent_sentinel --test agent_oauth2 \
   --test agent_crash --test log_secrecy --test keychain --test keychain_crash \
   --test upstream_sentinel --test upstream_oauth2 --test upstream_hostile --test network_faults
+# libregent from C (tests/tests/ffi.rs): the C examples are built here with
+# mingw-w64 against regent.dll's import library and libregent.a, since a test
+# under Wine cannot run the Linux compiler (Wine starts a Linux program but
+# neither waits for it nor reports its status); the test runs them against
+# an agent on a pipe. ffi_instances.rs calls the C ABI from Rust.
+c_programs="$work/c-programs"
+build_c_programs() {
+  local cc=(x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -Wpedantic -Werror -g -Ibindings/c/include)
+  mkdir -p "$c_programs" && cp "$out/regent.dll" "$c_programs/" &&
+    "${cc[@]}" bindings/c/examples/get_token.c -L"$out" -lregent -o "$c_programs/get_token.exe" &&
+    "${cc[@]}" bindings/c/examples/subscribe.c -L"$out" -lregent \
+      -Wl,-Bstatic -lwinpthread -Wl,-Bdynamic -o "$c_programs/subscribe.exe" &&
+    # The libraries `rustc --print native-static-libs` names for this target.
+    "${cc[@]}" bindings/c/examples/get_token.c "$out/libregent.a" \
+      -lkernel32 -lntdll -luserenv -lws2_32 -ldbghelp -o "$c_programs/get_token-static.exe"
+}
+if [ -z "$e2e_only" ]; then
+  if build_c_programs; then pass "C examples built with mingw-w64 for tests/ffi.rs"; else fail "C examples built with mingw-w64"; fi
+fi
+REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances)" \
+  -p regent-tests --test ffi --test ffi_instances
 run_tests "regent-cli (unit tests)" -p regent-cli --bins
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"
@@ -154,8 +178,6 @@ failed=$((failed + unit_failed))
 e2e="$work/e2e"
 mkdir -p "$e2e"
 regent="$out/regent.exe"
-# A Linux path as Wine sees it (drive Z: is /).
-winpath() { printf 'Z:%s' "$(realpath -m "$1" | sed 's|/|\\|g')"; }
 # Runs the Windows `regent` with a bound, so a hang fails instead of stalling CI.
 run() { timeout 60 "$WINE_DIR/wine64" "$regent" "$@"; }
 # Waits (at most $1 seconds) until the command after it succeeds.
