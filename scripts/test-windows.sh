@@ -99,7 +99,8 @@ if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
   clippy -p regent-agent -p regent-ffi --lib --bins &&
   clippy -p regent-agent --lib --profile test &&
   clippy -p regent-agent --tests &&
-  clippy -p regent-tests --lib --test ffi --test ffi_instances; then
+  clippy -p regent-tests --lib --test ffi --test ffi_instances &&
+  clippy -p regent-emulator --tests; then
   pass "clippy for $TARGET"
 else
   fail "clippy for $TARGET"
@@ -115,10 +116,11 @@ run_tests() {
   shift
   if [ -n "$e2e_only" ]; then return 0; fi
   log "cargo test --target $TARGET $what (under Wine)"
+  local start=$SECONDS
   if cargo test --locked --no-fail-fast --target "$TARGET" "$@" 2>&1 | tee -a "$test_log"; then
-    pass "tests: $what"
+    pass "tests: $what ($((SECONDS - start)) s)"
   else
-    fail "tests: $what"
+    fail "tests: $what ($((SECONDS - start)) s)"
   fi
 }
 : >"$test_log"
@@ -168,7 +170,8 @@ if [ -z "$e2e_only" ]; then
 fi
 REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances)" \
   -p regent-tests --test ffi --test ffi_instances
-run_tests "regent-cli (unit tests)" -p regent-cli --bins
+run_tests "regent-emulator (all tests; HTTP on loopback)" -p regent-emulator --tests
+run_tests "regent-cli (unit tests, cli)" -p regent-cli --bins --test cli
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"
 passed=$((passed + unit_passed))
