@@ -99,7 +99,7 @@ if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
   clippy -p regent-agent -p regent-ffi --lib --bins &&
   clippy -p regent-agent --lib --profile test &&
   clippy -p regent-agent --tests &&
-  clippy -p regent-tests --lib --test ffi --test ffi_instances &&
+  clippy -p regent-tests --lib --test ffi --test ffi_instances --test agent_cli --test demand &&
   clippy -p regent-emulator --tests; then
   pass "clippy for $TARGET"
 else
@@ -168,8 +168,9 @@ build_c_programs() {
 if [ -z "$e2e_only" ]; then
   if build_c_programs; then pass "C examples built with mingw-w64 for tests/ffi.rs"; else fail "C examples built with mingw-w64"; fi
 fi
-REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances)" \
-  -p regent-tests --test ffi --test ffi_instances
+# With agent_cli and demand: the real regent.exe as agent, emulator and CLI.
+REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances; agent_cli; demand)" \
+  -p regent-tests --test ffi --test ffi_instances --test agent_cli --test demand
 run_tests "regent-emulator (all tests; HTTP on loopback)" -p regent-emulator --tests
 run_tests "regent-cli (unit tests, cli)" -p regent-cli --bins --test cli
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
