@@ -94,14 +94,15 @@ if [ -n "$e2e_only" ]; then
   log "REGENT_WINDOWS_E2E_ONLY: no clippy, no unit tests"
 else
 log "cargo clippy --target $TARGET (-D warnings)"
-# Every library and binary, and the tests that run below; the other test
-# files (Unix-only helpers: the agent's integration tests, regent-ffi's
-# scripted Unix-socket agent) wait for their port.
+# Every library and binary, and the tests that run below (the agent's
+# Unix-only test files compile to nothing here).
 clippy() { cargo clippy --locked --quiet --target "$TARGET" "$@" -- -D warnings; }
 if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
   clippy -p regent-agent -p regent-ffi --lib --bins &&
   clippy -p regent-agent --lib --profile test &&
-  clippy -p regent-agent --features fuzzing --test fuzz_corpus; then
+  clippy -p regent-agent --features crash-points,fuzzing --tests &&
+  clippy -p regent-tests --lib --test ffi --test ffi_instances --test agent_cli --test demand &&
+  clippy -p regent-emulator --tests; then
   pass "clippy for $TARGET"
 else
   fail "clippy for $TARGET"
@@ -109,26 +110,60 @@ fi
 fi
 
 # --- unit and IPC tests under Wine -----------------------------------------------
+# A Linux path as Wine sees it (drive Z: is /).
+winpath() { printf 'Z:%s' "$(realpath -m "$1" | sed 's|/|\\|g')"; }
 test_log="$work/cargo-test.log"
 run_tests() {
   local what=$1
   shift
   if [ -n "$e2e_only" ]; then return 0; fi
   log "cargo test --target $TARGET $what (under Wine)"
+  local start=$SECONDS
   if cargo test --locked --no-fail-fast --target "$TARGET" "$@" 2>&1 | tee -a "$test_log"; then
-    pass "tests: $what"
+    pass "tests: $what ($((SECONDS - start)) s)"
   else
-    fail "tests: $what"
+    fail "tests: $what ($((SECONDS - start)) s)"
   fi
 }
 : >"$test_log"
-run_tests "regent-proto, regent-client (lib, platform_ipc)" \
-  -p regent-proto -p regent-client --lib --test platform_ipc
+# The client's tests against a scripted agent on a pipe of their own.
+run_tests "regent-proto, regent-client (lib, platform_ipc, async_client, blocking)" \
+  -p regent-proto -p regent-client --lib --test platform_ipc --test async_client --test blocking
 # The peer, config and reload unit tests run in their Windows forms (issue
 # 13, item 2: file identities by volume serial + file index, absolute paths
 # with a drive letter); the Unix-only ones are #[cfg(unix)].
 run_tests "regent-agent (lib, fuzz_corpus)" -p regent-agent --features fuzzing --lib --test fuzz_corpus
-run_tests "regent-cli (unit tests)" -p regent-cli --bins
+# The agent's integration tests on named pipes of their own, the keychain
+# ones against the Credential Manager (docs/operations.md lists what stays
+# Unix-only and why).
+run_tests "regent-agent (IPC, instances, engine, Credential Manager, upstream, faults)" \
+  -p regent-agent --features crash-points --test ipc --test instances --test agent_sentinel --test agent_oauth2 \
+  --test agent_crash --test log_secrecy --test keychain --test keychain_crash \
+  --test upstream_sentinel --test upstream_oauth2 --test upstream_hostile --test network_faults
+# libregent from C (tests/tests/ffi.rs): the C examples are built here with
+# mingw-w64 against regent.dll's import library and libregent.a, since a test
+# under Wine cannot run the Linux compiler (Wine starts a Linux program but
+# neither waits for it nor reports its status); the test runs them against
+# an agent on a pipe. ffi_instances.rs calls the C ABI from Rust.
+c_programs="$work/c-programs"
+build_c_programs() {
+  local cc=(x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -Wpedantic -Werror -g -Ibindings/c/include)
+  mkdir -p "$c_programs" && cp "$out/regent.dll" "$c_programs/" &&
+    "${cc[@]}" bindings/c/examples/get_token.c -L"$out" -lregent -o "$c_programs/get_token.exe" &&
+    "${cc[@]}" bindings/c/examples/subscribe.c -L"$out" -lregent \
+      -Wl,-Bstatic -lwinpthread -Wl,-Bdynamic -o "$c_programs/subscribe.exe" &&
+    # The libraries `rustc --print native-static-libs` names for this target.
+    "${cc[@]}" bindings/c/examples/get_token.c "$out/libregent.a" \
+      -lkernel32 -lntdll -luserenv -lws2_32 -ldbghelp -o "$c_programs/get_token-static.exe"
+}
+if [ -z "$e2e_only" ]; then
+  if build_c_programs; then pass "C examples built with mingw-w64 for tests/ffi.rs"; else fail "C examples built with mingw-w64"; fi
+fi
+# With agent_cli and demand: the real regent.exe as agent, emulator and CLI.
+REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances; agent_cli; demand)" \
+  -p regent-tests --test ffi --test ffi_instances --test agent_cli --test demand
+run_tests "regent-emulator (all tests; HTTP on loopback)" -p regent-emulator --tests
+run_tests "regent-cli (unit tests, cli)" -p regent-cli --bins --test cli
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"
 passed=$((passed + unit_passed))
@@ -138,8 +173,6 @@ failed=$((failed + unit_failed))
 e2e="$work/e2e"
 mkdir -p "$e2e"
 regent="$out/regent.exe"
-# A Linux path as Wine sees it (drive Z: is /).
-winpath() { printf 'Z:%s' "$(realpath -m "$1" | sed 's|/|\\|g')"; }
 # Runs the Windows `regent` with a bound, so a hang fails instead of stalling CI.
 run() { timeout 60 "$WINE_DIR/wine64" "$regent" "$@"; }
 # Waits (at most $1 seconds) until the command after it succeeds.

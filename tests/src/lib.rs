@@ -158,20 +158,17 @@ impl AgentHome {
     /// A sentinel-profile agent with a file store; `extra` is appended to the config.
     pub fn new(server_url: &str, extra: &str) -> AgentHome {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("run/agent.sock");
+        let socket = endpoint(dir.path());
         let config = dir.path().join("regent.toml");
         let text = format!(
             "[server]\nprofile = \"sentinel\"\nurl = \"{server_url}\"\nrequest_timeout = 5\n\n\
-             [store]\nkind = \"file\"\n\n[state]\ndir = \"{}\"\n\n{extra}\n",
-            dir.path().join("state").display()
+             [store]\nkind = \"file\"\n\n[state]\ndir = {}\n\n{extra}\n",
+            toml_path(&dir.path().join("state"))
         );
         let text = if text.contains("[ipc]") {
-            text.replace(
-                "[ipc]",
-                &format!("[ipc]\nsocket = \"{}\"", socket.display()),
-            )
+            text.replace("[ipc]", &format!("[ipc]\nsocket = {}", toml_path(&socket)))
         } else {
-            format!("{text}\n[ipc]\nsocket = \"{}\"\n", socket.display())
+            format!("{text}\n[ipc]\nsocket = {}\n", toml_path(&socket))
         };
         std::fs::write(&config, text).unwrap();
         AgentHome {
@@ -281,12 +278,22 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitS
     }
 }
 
-/// Waits until something accepts connections on `socket`.
+/// Waits until something accepts connections on `socket` (on Windows: a
+/// pipe name that can be opened).
 pub fn wait_for_socket(socket: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         #[cfg(unix)]
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return;
+        }
+        #[cfg(windows)]
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(socket)
+            .is_ok()
+        {
             return;
         }
         assert!(
@@ -409,6 +416,31 @@ pub fn regent_bin_for_any_user() -> (tempfile::TempDir, PathBuf) {
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     (dir, bin)
+}
+
+/// Where a test agent in `dir` listens: `run/agent.sock`, or on Windows a
+/// pipe name of this process's own (`\\.\pipe\regent-test-<pid>-<n>`), never
+/// the default one, so tests meet neither each other nor a real agent.
+pub fn endpoint(dir: &Path) -> PathBuf {
+    #[cfg(windows)]
+    {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let _ = dir;
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        PathBuf::from(format!(r"\\.\pipe\regent-test-{}-{n}", std::process::id()))
+    }
+    #[cfg(not(windows))]
+    {
+        dir.join("run/agent.sock")
+    }
+}
+
+/// `path` as a TOML basic string: a Windows path's `\` would otherwise be
+/// read as escapes (`\u…` in `C:\users`).
+pub fn toml_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The repository's root.

@@ -1,6 +1,13 @@
 //! End to end: libregent from C, C++ and Python against the real `regent
 //! agent` and `regent emulator`. The C and C++ examples are compiled here with
 //! warnings as errors and AddressSanitizer (LeakSanitizer included), then run.
+//!
+//! On Windows (under Wine in `scripts/test-windows.sh`) the C examples run as
+//! Windows programs, linked with mingw-w64 against regent.dll (and
+//! libregent.a), against an agent on a named pipe. They come prebuilt
+//! ([`prebuilt`]): a test under Wine cannot run the Linux compiler (Wine
+//! starts a Linux program but neither waits for it nor reports its status).
+//! The `ignore` reasons say what stays Unix-only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -12,14 +19,21 @@ use std::time::{Duration, Instant};
 
 use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, repo_root, text};
 
-/// Where cargo put libregent.so / libregent.a: `target/<profile>/deps`, built
-/// because this package dev-depends on regent-ffi.
+/// The shared library: libregent.so, or on Windows regent.dll.
+const SHARED_LIB: &str = if cfg!(windows) {
+    "regent.dll"
+} else {
+    "libregent.so"
+};
+
+/// Where cargo put libregent.so / libregent.a (regent.dll on Windows):
+/// `target/<profile>/deps`, built because this package dev-depends on regent-ffi.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap().to_owned();
     assert!(
-        deps.join("libregent.so").exists(),
-        "{} has no libregent.so: build it with `cargo build -p regent-ffi`",
+        deps.join(SHARED_LIB).exists(),
+        "{} has no {SHARED_LIB}: build it with `cargo build -p regent-ffi`",
         deps.display()
     );
     deps
@@ -33,10 +47,42 @@ fn include_dirs() -> [PathBuf; 2] {
 }
 
 /// Sanitizers on every build: a leak, overflow or use-after-free fails the run.
+#[cfg(unix)]
 const SANITIZE: &str = "-fsanitize=address,undefined";
+
+/// Windows: the program `scripts/test-windows.sh` built from `source` with
+/// mingw-w64 (`-Wall -Wextra -Wpedantic -Werror`, no sanitizers: mingw-w64
+/// has none) into `REGENT_TEST_C_PROGRAMS`, beside a copy of regent.dll:
+/// `get_token.exe`, or `get_token-static.exe` when linked with libregent.a.
+#[cfg(windows)]
+fn prebuilt(source: &Path, extra: &[&str]) -> PathBuf {
+    let dir = std::env::var_os("REGENT_TEST_C_PROGRAMS").unwrap_or_else(|| {
+        panic!(
+            "REGENT_TEST_C_PROGRAMS is not set: on Windows it names the directory of the C \
+             examples built with mingw-w64 (scripts/test-windows.sh builds them)"
+        )
+    });
+    let stem = source.file_stem().unwrap().to_string_lossy();
+    let linked_statically = extra.iter().any(|a| a.ends_with(".a"));
+    let name = if linked_statically {
+        format!("{stem}-static.exe")
+    } else {
+        format!("{stem}.exe")
+    };
+    let exe = Path::new(&dir).join(name);
+    assert!(exe.exists(), "{} was not built", exe.display());
+    exe
+}
+
+/// On Windows: the [`prebuilt`] program.
+#[cfg(windows)]
+fn compile(_compiler: &str, source: &Path, _out_dir: &Path, extra: &[&str]) -> PathBuf {
+    prebuilt(source, extra)
+}
 
 /// Compiles `source` with `compiler` and strict warnings into `out_dir`,
 /// linking libregent (shared, found at run time through an rpath).
+#[cfg(unix)]
 fn compile(compiler: &str, source: &Path, out_dir: &Path, extra: &[&str]) -> PathBuf {
     let exe = out_dir.join(source.file_stem().unwrap());
     let lib = lib_dir();
@@ -90,8 +136,9 @@ fn run(exe: &Path, args: &[&str], socket: &Path) -> Output {
         .unwrap()
 }
 
+/// A program's stdout, with Windows' `\r\n` line ends made `\n`.
 fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
 }
 
 /// An emulator and an agent; enrolled unless asked not to.
@@ -189,8 +236,13 @@ fn c_get_token_example_against_a_live_agent() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(stdout(&out).contains("token: Bearer, "), "{}", text(&out));
 
-    // Nothing listening: AGENT_UNREACHABLE (14), naming the socket.
-    let nowhere = build.path().join("nobody.sock");
+    // Nothing listening: AGENT_UNREACHABLE (14), naming the socket (a pipe
+    // name no one serves, on Windows).
+    let nowhere = if cfg!(windows) {
+        regent_tests::endpoint(build.path())
+    } else {
+        build.path().join("nobody.sock")
+    };
     let out = run(&exe, &[], &nowhere);
     assert_eq!(code(&out), 14, "{}", text(&out));
     assert!(
@@ -203,6 +255,7 @@ fn c_get_token_example_against_a_live_agent() {
 /// 10,000 get/free cycles under LeakSanitizer: no leak. A deliberately
 /// leaking program shows that the detector works here.
 #[test]
+#[cfg_attr(windows, ignore = "LeakSanitizer: mingw-w64 has no sanitizers")]
 fn c_get_token_leaks_nothing_over_10000_cycles() {
     let live = Live::start(300, true);
     let build = tempfile::tempdir().unwrap();
@@ -373,6 +426,10 @@ fn c_subscribe_example_sees_renewals_and_revocation() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "needs mingw-w64 g++, which the Windows job does not install"
+)]
 fn cpp_wrapper_example_against_a_live_agent() {
     let live = Live::start(300, true);
     let build = tempfile::tempdir().unwrap();
@@ -408,6 +465,7 @@ fn cpp_wrapper_example_against_a_live_agent() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "needs a Windows Python, which Wine does not have")]
 fn python_binding_tests_pass_against_a_live_agent() {
     let live = Live::start(300, true);
     let out = Command::new("python3")
@@ -441,6 +499,7 @@ fn python_binding_tests_pass_against_a_live_agent() {
 /// The shared library exports the C API and nothing else, and exactly what
 /// the header declares.
 #[test]
+#[cfg_attr(windows, ignore = "reads the ELF symbol table (nm -D) of libregent.so")]
 fn the_library_exports_only_regent_symbols() {
     let out = Command::new("nm")
         .args(["-D", "--defined-only", "--format=posix"])
@@ -479,6 +538,10 @@ fn the_library_exports_only_regent_symbols() {
 
 /// The header compiles as C and as C++ on its own (cbindgen's C++ guards).
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "compile-only (the same header everywhere), and no compiler runs under Wine"
+)]
 fn the_header_compiles_alone_in_c_and_cpp() {
     let build = tempfile::tempdir().unwrap();
     let probe = build.path().join("probe.c");
@@ -520,6 +583,10 @@ fn the_header_compiles_alone_in_c_and_cpp() {
 /// The C, C++ and Python examples in bindings/README.md compile (C and C++
 /// with warnings as errors), so the documentation cannot rot.
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "compile-only (the same text everywhere), and no compiler runs under Wine"
+)]
 fn the_readme_examples_compile() {
     let readme = std::fs::read_to_string(repo_root().join("bindings/README.md")).unwrap();
     let build = tempfile::tempdir().unwrap();

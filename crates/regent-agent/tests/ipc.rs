@@ -1,16 +1,18 @@
 //! The IPC server under hostile and heavy use: malformed, oversize and
 //! half-sent frames, 1,000 clients at once, and a caller with another uid.
-//! One bad client never affects another.
+//! One bad client never affects another. Runs on Windows too, over a named
+//! pipe (under Wine in `scripts/test-windows.sh`), but for the other-uid
+//! test (Linux: Wine has one user).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{RunningAgent, Server, sentinel_server};
+use common::{RunningAgent, Server, platform, sentinel_server};
+use interprocess::local_socket::Stream;
 use regent_agent::ErrorCode;
 use regent_client::{Client, ClientOptions};
 use regent_emulator::EmulatorConfig;
@@ -39,7 +41,7 @@ async fn enrolled_agent(dir: &Path, ipc_extra: &str) -> (Server, RunningAgent, C
 }
 
 /// Reads one response frame from a raw stream.
-fn read_response(stream: &mut UnixStream) -> Option<Response> {
+fn read_response(stream: &mut Stream) -> Option<Response> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header).ok()?;
     let len = u32::from_be_bytes(header) as usize;
@@ -55,13 +57,11 @@ fn error_code(r: &Response) -> Option<ErrorCode> {
     }
 }
 
-fn raw(socket: &Path) -> UnixStream {
-    let s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
+fn raw(socket: &Path) -> Stream {
+    platform::connect_raw(socket).unwrap()
 }
 
-fn send_json(stream: &mut UnixStream, value: &serde_json::Value) {
+fn send_json(stream: &mut Stream, value: &serde_json::Value) {
     let mut out = Vec::new();
     frame::encode(value, &mut out).unwrap();
     stream.write_all(&out).unwrap();
@@ -152,12 +152,27 @@ async fn malformed_oversize_and_stalled_frames_get_bad_request_and_others_keep_w
 }
 
 #[tokio::test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine 8: 1,000 in-process pipe clients mostly wait out their 20 s connect (a hundred pass)"
+)]
 async fn a_thousand_clients_at_once_all_get_tokens() {
+    clients_at_once_all_get_tokens(1000).await;
+}
+
+/// The burst a Wine run can carry (see above), so concurrent pipe clients
+/// are tested on Windows too.
+#[tokio::test]
+async fn a_hundred_clients_at_once_all_get_tokens() {
+    clients_at_once_all_get_tokens(100).await;
+}
+
+async fn clients_at_once_all_get_tokens(clients: usize) {
     let dir = tempfile::tempdir().unwrap();
     let (server, agent, healthy) = enrolled_agent(dir.path(), "max_connections = 2048").await;
     let before = server.total("realm_token").await;
     let mut tasks = Vec::new();
-    for i in 0..1000 {
+    for i in 0..clients {
         let socket = agent.socket.clone();
         tasks.push(tokio::spawn(async move {
             let c = Client::connect(
@@ -170,12 +185,14 @@ async fn a_thousand_clients_at_once_all_get_tokens() {
         }));
     }
     let mut ok = 0;
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
     for t in tasks {
-        if t.await.unwrap().is_ok() {
-            ok += 1;
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => *errors.entry(e.to_string()).or_default() += 1,
         }
     }
-    assert_eq!(ok, 1000, "every client got a token");
+    assert_eq!(ok, clients, "every client got a token; errors: {errors:#?}");
     assert_eq!(
         server.total("realm_token").await,
         before,

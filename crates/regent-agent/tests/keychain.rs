@@ -1,7 +1,8 @@
 //! The keychain secret store against a real Secret Service: a private
 //! `dbus-daemon` and an unlocked `gnome-keyring-daemon` per test, with a
 //! temporary `HOME` (DESIGN §14). The keychain calls run in a child process; see
-//! `support/secret_service.rs` for why.
+//! `support/secret_service.rs` for why. On Windows the same tests run against
+//! the Credential Manager (under Wine in `scripts/test-windows.sh`).
 #![allow(clippy::panic, clippy::expect_used)] // Test code: a panic is how a test (or its helper) fails.
 
 #[path = "support/secret_service.rs"]
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use regent_agent::secret::{ExposeSecret, SecretString, secret};
 use regent_agent::store::SecretStore;
-use secret_service::{TestKeyring, child_phase, run_child};
+use secret_service::{TestKeyring, child_phase, run_child, service};
 
 const SERVICE: &str = "regent-test";
 const PASSWORD: &str = "correct horse battery staple";
@@ -28,7 +29,7 @@ fn block_on<F: std::future::Future<Output = ()>>(scenario: F) {
 }
 
 fn store() -> SecretStore {
-    SecretStore::keychain(SERVICE, TIMEOUT).expect("keychain store")
+    SecretStore::keychain(&service(SERVICE), TIMEOUT).expect("keychain store")
 }
 
 async fn get(store: &SecretStore, name: &str) -> Option<String> {
@@ -41,7 +42,7 @@ async fn get(store: &SecretStore, name: &str) -> Option<String> {
 
 /// What the keychain holds under `account`, read directly, without chunking.
 fn raw_entry(account: &str) -> Option<String> {
-    let entry = keyring::Entry::new(SERVICE, account).expect("keyring entry");
+    let entry = keyring::Entry::new(&service(SERVICE), account).expect("keyring entry");
     match entry.get_password() {
         Ok(value) => Some(value),
         Err(keyring::Error::NoEntry) => None,
@@ -49,9 +50,10 @@ fn raw_entry(account: &str) -> Option<String> {
     }
 }
 
-/// A 6,000-byte value that is not a repetition, so a misplaced chunk shows.
+/// A 3,000-character value (three chunks) that is not a repetition, so a
+/// misplaced chunk shows.
 fn long_value(seed: u32) -> String {
-    (0..6000u32)
+    (0..3000u32)
         .map(|i| char::from(b'!' + ((i.wrapping_mul(7919) ^ seed) % 90) as u8))
         .collect()
 }
@@ -61,7 +63,10 @@ fn keychain_set_get_delete_round_trip() {
     if child_phase().is_some() {
         return block_on(async {
             let store = store();
-            assert_eq!(store.describe(), "OS keychain (service regent-test)");
+            assert_eq!(
+                store.describe(),
+                format!("OS keychain (service {})", service(SERVICE))
+            );
             assert_eq!(get(&store, "refresh_token").await, None, "missing entry");
             store
                 .delete("refresh_token")
@@ -122,7 +127,7 @@ fn keychain_long_values_are_chunked_and_round_trip() {
             store
                 .set("access_token", secret(long.clone()))
                 .await
-                .expect("set 6,000 bytes");
+                .expect("set 3,000 characters");
             assert_eq!(get(&store, "access_token").await, Some(long));
             // Every entry fits a Windows credential; the head points to 3 chunks.
             assert_eq!(
@@ -131,11 +136,13 @@ fn keychain_long_values_are_chunked_and_round_trip() {
             );
             for i in 1..=3 {
                 let chunk = raw_entry(&format!("access_token#1.{i}")).expect("chunk");
-                assert!(chunk.len() <= 2000, "chunk {i} is {} bytes", chunk.len());
+                // Windows keeps 2,560 bytes per credential, as UTF-16.
+                let bytes = chunk.encode_utf16().count() * 2;
+                assert!(bytes <= 2560, "chunk {i} is {bytes} bytes as UTF-16");
             }
 
             // Replacing with a shorter chunked value removes the old chunks.
-            let shorter = long_value(2)[..4100].to_owned();
+            let shorter = long_value(2)[..2050].to_owned();
             store
                 .set("access_token", secret(shorter.clone()))
                 .await

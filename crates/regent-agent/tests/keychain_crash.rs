@@ -2,7 +2,8 @@
 //! `mid-chunk-write` point): a process SIGKILLed after writing some chunks of a
 //! new value, before switching the head entry, leaves the previous value whole
 //! and readable; the next write succeeds and leaves no stray chunk behind.
-//! Runs against a real Secret Service (see `support/secret_service.rs`).
+//! Runs against a real Secret Service (see `support/secret_service.rs`), or on
+//! Windows the Credential Manager, the writer ended by TerminateProcess.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 // Crash points exist only with the `crash-points` feature (see `regent_agent::crash`).
 #![cfg(feature = "crash-points")]
@@ -17,7 +18,7 @@ use std::time::Duration;
 use regent_agent::crash::CRASH_POINT_ENV;
 use regent_agent::secret::{ExposeSecret, secret};
 use regent_agent::store::SecretStore;
-use secret_service::{TestKeyring, child_phase, run_child};
+use secret_service::{TestKeyring, child_phase, run_child, service};
 
 const TEST: &str = "killed_mid_chunk_write_keeps_the_previous_value";
 const SERVICE: &str = "regent-crash-test";
@@ -26,15 +27,15 @@ const PASSWORD: &str = "crash matrix";
 /// Must match `support/secret_service.rs`.
 const PHASE_VAR: &str = "REGENT_TEST_KEYCHAIN_PHASE";
 
-/// A 6,000-byte value (three chunks) that is not a repetition.
+/// A 3,000-character value (three chunks) that is not a repetition.
 fn long_value(seed: u32) -> String {
-    (0..6000u32)
+    (0..3000u32)
         .map(|i| char::from(b'!' + ((i.wrapping_mul(7919) ^ seed) % 90) as u8))
         .collect()
 }
 
 fn raw_entry(account: &str) -> Option<String> {
-    let entry = keyring::Entry::new(SERVICE, account).expect("keyring entry");
+    let entry = keyring::Entry::new(&service(SERVICE), account).expect("keyring entry");
     match entry.get_password() {
         Ok(value) => Some(value),
         Err(keyring::Error::NoEntry) => None,
@@ -49,7 +50,7 @@ fn child(phase: &str) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let store = SecretStore::keychain(SERVICE, Duration::from_secs(10)).unwrap();
+        let store = SecretStore::keychain(&service(SERVICE), Duration::from_secs(10)).unwrap();
         let get = || async {
             store
                 .get(NAME)
@@ -116,7 +117,7 @@ fn killed_mid_chunk_write_keeps_the_previous_value() {
             .recv_timeout(Duration::from_secs(60))
             .expect("the writer reached the crash point");
         assert!(line.contains(&format!("part {n} of 3 written")), "{line}");
-        writer.kill().unwrap(); // SIGKILL
+        writer.kill().unwrap(); // SIGKILL; TerminateProcess on Windows
         writer.wait().unwrap();
         run_child(TEST, "read-old", &env);
     }

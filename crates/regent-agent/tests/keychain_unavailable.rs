@@ -3,6 +3,10 @@
 //! store's timeout, never hang (DESIGN §5). Each case runs in its own child
 //! process, because `keyring` keeps its first connection (or failure) for the
 //! life of a process.
+//!
+//! Unix only: a missing bus, a locked keyring and a frozen daemon are Secret
+//! Service states; the Windows Credential Manager is unlocked by the logon.
+#![cfg(unix)]
 #![allow(clippy::panic, clippy::expect_used)] // Test code: a panic is how a test (or its helper) fails.
 
 #[path = "support/secret_service.rs"]

@@ -790,13 +790,13 @@ impl World {
             }
         };
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
+        let socket = common::platform::endpoint(dir.path());
         let text = format!(
             "{server_section}connect_timeout = {CONNECT_TIMEOUT}\nrequest_timeout = {request_timeout}\n\
-             [store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n\
-             [refresh]\nbackoff_min = 1\nbackoff_max = 2\n[ipc]\nsocket = \"{}\"\n",
-            dir.path().join("state").display(),
-            socket.display()
+             [store]\nkind = \"file\"\n[state]\ndir = {}\n\
+             [refresh]\nbackoff_min = 1\nbackoff_max = 2\n[ipc]\nsocket = {}\n",
+            common::platform::toml_path(&dir.path().join("state")),
+            common::platform::toml_path(&socket)
         );
         let config = Config::parse(&text, std::path::Path::new("agent.toml")).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1656,6 +1656,8 @@ fn long_run() -> bool {
     std::env::var("REGENT_LONG").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Linux only (`/proc`); 0 elsewhere, where the long form's descriptor
+/// check is therefore not made.
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }

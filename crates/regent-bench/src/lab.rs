@@ -403,6 +403,26 @@ impl Drop for ChildProc {
     }
 }
 
+/// Where a lab agent in `dir` listens: `agent.sock` there, or on Windows a
+/// pipe name of this process's own (a path is not a pipe name there).
+fn endpoint(dir: &Path) -> PathBuf {
+    if cfg!(windows) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        PathBuf::from(format!(r"\\.\pipe\regent-bench-{}-{n}", std::process::id()))
+    } else {
+        dir.join("agent.sock")
+    }
+}
+
+/// `path` as a TOML basic string: a Windows path's `\` would otherwise be
+/// read as escapes (`\u…` in `C:\users`).
+fn toml_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 /// An agent's home: config file, state directory, socket.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -421,14 +441,14 @@ impl Home {
     /// # Errors
     /// When the config file cannot be written.
     pub fn new(dir: &Path, server_url: &str, refresh: &str) -> Result<Home> {
-        let socket = dir.join("agent.sock");
+        let socket = endpoint(dir);
         let config = dir.join("regent.toml");
         let text = format!(
             "[server]\nprofile = \"sentinel\"\nurl = \"{server_url}\"\nrequest_timeout = 5\nconnect_timeout = 2\n\n\
-             [store]\nkind = \"file\"\n\n[state]\ndir = \"{}\"\n\n\
-             [ipc]\nsocket = \"{}\"\nmax_connections = 30000\n\n[refresh]\n{refresh}\n\n[log]\nlevel = \"info\"\n",
-            dir.join("state").display(),
-            socket.display()
+             [store]\nkind = \"file\"\n\n[state]\ndir = {}\n\n\
+             [ipc]\nsocket = {}\nmax_connections = 30000\n\n[refresh]\n{refresh}\n\n[log]\nlevel = \"info\"\n",
+            toml_path(&dir.join("state")),
+            toml_path(&socket)
         );
         std::fs::write(&config, text)
             .with_context(|| format!("cannot write {}", config.display()))?;
@@ -652,4 +672,25 @@ pub fn total(counters: &Value, route: &str) -> u64 {
         .as_object()
         .map(|m| m.values().filter_map(Value::as_u64).sum())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The agent reads back the very paths written, a Windows one included
+    /// (`\u` in `C:\users` is no escape).
+    #[test]
+    fn the_lab_config_holds_paths_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path(), "http://127.0.0.1:9", "").unwrap();
+        let text = std::fs::read_to_string(&home.config).unwrap();
+        let windows = Path::new(r#"C:\users\bench "lab"\state"#);
+        let text = text.replace(&toml_path(&dir.path().join("state")), &toml_path(windows));
+        let config = regent_agent::config::Config::parse(&text, &home.config).unwrap();
+        assert_eq!(config.state.dir.as_deref(), Some(windows));
+        assert_eq!(config.ipc.socket.as_deref(), Some(home.socket.as_path()));
+    }
 }

@@ -1,5 +1,6 @@
-//! The blocking client against a scripted agent on a real Unix socket.
-#![cfg(unix)]
+//! The blocking client against a scripted agent on the platform's real IPC (a Unix
+//! socket, or a named pipe on Windows, where `scripts/test-windows.sh` runs
+//! it under Wine).
 // Test code: unwrapping and panicking is how a test (or its helper) fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,8 +17,7 @@ use regent_proto::message::{Event, Op, WireError};
 
 #[test]
 fn a_missing_agent_is_reported_at_once_with_the_remedy() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nobody-home.sock");
+    let (_dir, socket) = common::endpoint();
     let started = Instant::now();
     let e = Client::connect(ClientOptions::new("app").socket(&socket)).unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(500));

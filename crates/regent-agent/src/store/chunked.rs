@@ -1,7 +1,9 @@
 //! Splitting long secrets over several keychain entries. Windows Credential
-//! Manager keeps at most about 2,560 bytes per credential (DESIGN §5), so values
-//! longer than 2,000 bytes are stored as entries `NAME#G.1` … `NAME#G.N` plus a
-//! head entry `NAME` holding `regent-chunked:v1:G:N`. The generation `G` changes
+//! Manager keeps at most 2,560 bytes per credential (DESIGN §5), and `keyring`
+//! stores a password there as UTF-16 (two bytes per unit), so values longer
+//! than 1,000 UTF-16 units (1,000 characters of an ASCII token) are stored as
+//! entries `NAME#G.1` … `NAME#G.N` plus a head entry `NAME` holding
+//! `regent-chunked:v1:G:N`. The generation `G` changes
 //! on every chunked write and the head is written last, so a crash mid-write
 //! leaves the previous value readable. A value that itself starts with
 //! `regent-chunked:` is always stored chunked, so every value round-trips.
@@ -15,13 +17,15 @@ use zeroize::Zeroizing;
 use crate::error::Error;
 use crate::secret::{ExposeSecret, SecretString, secret};
 
-/// Largest value stored in one entry; longer ones are chunked. Below the Windows
-/// Credential Manager limit (about 2,560 bytes) with room to spare.
-const CHUNK_BYTES: usize = 2000;
+/// Largest value stored in one entry, in UTF-16 units; longer ones are
+/// chunked. Windows keeps 2,560 bytes per credential, as UTF-16: 1,280 units,
+/// so 2,000 bytes leave room to spare. (Counted in UTF-8 bytes, as before
+/// issue 13, a 2,000-byte chunk was 4,000 bytes on Windows and refused.)
+const CHUNK_UNITS: usize = 1000;
 
-/// Most chunks one value may take (128,000 bytes). Bounds what a damaged head
-/// entry can make the reader allocate.
-const MAX_CHUNKS: usize = 64;
+/// Most chunks one value may take (128,000 UTF-16 units). Bounds what a
+/// damaged head entry can make the reader allocate.
+const MAX_CHUNKS: usize = 128;
 
 /// How a head entry that points to chunks begins.
 const CHUNKED_PREFIX: &str = "regent-chunked:";
@@ -72,19 +76,27 @@ fn chunk_account(name: &str, generation: u32, index: usize) -> String {
     format!("{name}#{generation}.{index}")
 }
 
-/// Splits `value` into pieces of at most [`CHUNK_BYTES`] bytes, on character
-/// boundaries.
+/// A value's length as Windows stores it: UTF-16 units.
+fn utf16_units(value: &str) -> usize {
+    value.chars().map(char::len_utf16).sum()
+}
+
+/// Splits `value` into pieces of at most [`CHUNK_UNITS`] UTF-16 units, on
+/// character boundaries.
 fn split_chunks(value: &str) -> Vec<&str> {
-    let mut chunks = Vec::with_capacity(value.len() / CHUNK_BYTES + 1);
-    let mut rest = value;
-    while !rest.is_empty() {
-        let mut end = rest.len().min(CHUNK_BYTES);
-        while !rest.is_char_boundary(end) {
-            end -= 1;
+    let mut chunks = Vec::with_capacity(value.len() / CHUNK_UNITS + 1);
+    let mut start = 0;
+    let mut units = 0;
+    for (at, c) in value.char_indices() {
+        if units + c.len_utf16() > CHUNK_UNITS {
+            chunks.push(&value[start..at]);
+            start = at;
+            units = 0;
         }
-        let (chunk, tail) = rest.split_at(end);
-        chunks.push(chunk);
-        rest = tail;
+        units += c.len_utf16();
+    }
+    if start < value.len() {
+        chunks.push(&value[start..]);
     }
     chunks
 }
@@ -157,7 +169,7 @@ impl<S: EntryStore> Chunked<S> {
                 "has an unreadable chunk header (written by a newer regent?)",
             )),
             Head::Chunked { generation, count } => {
-                let mut value = Zeroizing::new(String::with_capacity(count * CHUNK_BYTES));
+                let mut value = Zeroizing::new(String::with_capacity(count * CHUNK_UNITS));
                 for index in 1..=count {
                     match self.entries.read(&chunk_account(name, generation, index))? {
                         Some(chunk) => value.push_str(&chunk),
@@ -182,7 +194,7 @@ impl<S: EntryStore> Chunked<S> {
             Some(head) => parse_head(&head),
             None => Head::Plain,
         };
-        if value.len() <= CHUNK_BYTES && !value.starts_with(CHUNKED_PREFIX) {
+        if utf16_units(value) <= CHUNK_UNITS && !value.starts_with(CHUNKED_PREFIX) {
             self.entries.write(name, value)?;
         } else {
             let chunks = split_chunks(value);
@@ -190,10 +202,10 @@ impl<S: EntryStore> Chunked<S> {
                 return Err(Error::new(
                     ErrorCode::StoreUnavailable,
                     format!(
-                        "the secret {name} is {} bytes, more than the {} can hold ({} bytes)",
-                        value.len(),
+                        "the secret {name} is {} UTF-16 units long, more than the {} can hold ({} units)",
+                        utf16_units(value),
                         self.entries.describe(),
-                        MAX_CHUNKS * CHUNK_BYTES
+                        MAX_CHUNKS * CHUNK_UNITS
                     ),
                 ));
             }
@@ -302,10 +314,11 @@ mod tests {
                 }
                 *left -= 1;
             }
+            // Windows' rule: 2,560 bytes of UTF-16 per credential.
             assert!(
-                value.len() <= 2500,
-                "entry {account} is {} bytes",
-                value.len()
+                utf16_units(value) * 2 <= 2560,
+                "entry {account} is {} bytes as UTF-16",
+                utf16_units(value) * 2
             );
             self.entries
                 .lock()
@@ -340,7 +353,7 @@ mod tests {
         assert_eq!(store.entries.accounts(), ["refresh_token"]);
         assert_eq!(store.entries.raw("refresh_token").as_deref(), Some("rt"));
         assert_eq!(get(&store, "refresh_token").as_deref(), Some("rt"));
-        let exact = "x".repeat(CHUNK_BYTES);
+        let exact = "x".repeat(CHUNK_UNITS);
         set(&store, "exact", &exact);
         assert_eq!(store.entries.raw("exact"), Some(exact));
     }
@@ -348,7 +361,7 @@ mod tests {
     #[test]
     fn long_values_are_chunked_and_reassembled() {
         let store = Chunked::new(MemoryEntries::default());
-        let long: String = (0..6000)
+        let long: String = (0..3000)
             .map(|i| char::from(b'a' + (i % 26) as u8))
             .collect();
         set(&store, "access_token", &long);
@@ -371,13 +384,19 @@ mod tests {
     #[test]
     fn multibyte_text_is_split_on_character_boundaries() {
         let store = Chunked::new(MemoryEntries::default());
-        // 3-byte characters: 2000 is not a multiple of 3.
+        // 3-byte characters (one unit each) and 4-byte ones (two units):
+        // no chunk splits a character or passes the limit.
         let long = "€".repeat(1500);
         set(&store, "t", &long);
         assert_eq!(get(&store, "t"), Some(long));
-        for chunk in split_chunks(&"é€😀".repeat(700)) {
-            assert!(chunk.len() <= CHUNK_BYTES && !chunk.is_empty());
+        let mixed = "é€😀".repeat(700);
+        let chunks = split_chunks(&mixed);
+        assert_eq!(chunks.concat(), mixed);
+        for chunk in chunks {
+            assert!(utf16_units(chunk) <= CHUNK_UNITS && !chunk.is_empty());
         }
+        let emoji = "😀".repeat(CHUNK_UNITS);
+        assert_eq!(split_chunks(&emoji).len(), 2);
     }
 
     #[test]
@@ -396,13 +415,13 @@ mod tests {
     #[test]
     fn replacing_and_deleting_leave_no_stale_chunks() {
         let store = Chunked::new(MemoryEntries::default());
-        set(&store, "t", &"a".repeat(7000));
-        set(&store, "t", &"b".repeat(4500));
+        set(&store, "t", &"a".repeat(3500));
+        set(&store, "t", &"b".repeat(2250));
         assert_eq!(store.entries.accounts(), ["t", "t#2.1", "t#2.2", "t#2.3"]);
-        assert_eq!(get(&store, "t"), Some("b".repeat(4500)));
+        assert_eq!(get(&store, "t"), Some("b".repeat(2250)));
         set(&store, "t", "short");
         assert_eq!(store.entries.accounts(), ["t"]);
-        set(&store, "t", &"c".repeat(2500));
+        set(&store, "t", &"c".repeat(1250));
         store.delete("t").unwrap();
         assert!(store.entries.accounts().is_empty());
         assert_eq!(get(&store, "t"), None);
@@ -412,17 +431,17 @@ mod tests {
     #[test]
     fn a_failed_write_keeps_the_previous_value() {
         let store = Chunked::new(MemoryEntries::default());
-        let old = "o".repeat(5000);
+        let old = "o".repeat(2500);
         set(&store, "t", &old);
         // The second chunk of the new value fails, as if the keyring locked.
         store.entries.fail_after(1);
-        let err = store.set("t", &secret("n".repeat(5000))).unwrap_err();
+        let err = store.set("t", &secret("n".repeat(2500))).unwrap_err();
         assert_eq!(err.code, ErrorCode::StoreUnavailable);
         *store.entries.writes_before_failure.lock().unwrap() = None;
         assert_eq!(get(&store, "t"), Some(old.clone()));
         // The head is written last: failing it also keeps the old value.
         store.entries.fail_after(3);
-        assert!(store.set("t", &secret("n".repeat(5000))).is_err());
+        assert!(store.set("t", &secret("n".repeat(2500))).is_err());
         *store.entries.writes_before_failure.lock().unwrap() = None;
         assert_eq!(get(&store, "t"), Some(old));
         assert_eq!(store.entries.accounts(), ["t", "t#1.1", "t#1.2", "t#1.3"]);
@@ -431,7 +450,7 @@ mod tests {
     #[test]
     fn damaged_heads_and_missing_chunks_are_errors() {
         let store = Chunked::new(MemoryEntries::default());
-        set(&store, "t", &"a".repeat(5000));
+        set(&store, "t", &"a".repeat(2500));
         store.entries.remove("t#1.2").unwrap();
         let err = store.get("t").unwrap_err();
         assert!(
@@ -458,7 +477,7 @@ mod tests {
     fn oversized_values_and_bad_names_are_refused() {
         let store = Chunked::new(MemoryEntries::default());
         let err = store
-            .set("t", &secret("z".repeat(MAX_CHUNKS * CHUNK_BYTES + 1)))
+            .set("t", &secret("z".repeat(MAX_CHUNKS * CHUNK_UNITS + 1)))
             .unwrap_err();
         assert!(err.message.contains("128000"), "{}", err.message);
         assert!(store.entries.accounts().is_empty());

@@ -1,8 +1,8 @@
 //! The OS keychain secret store, through `keyring` 4: Secret Service on Linux
 //! (pure-Rust zbus), Keychain on macOS, Credential Manager on Windows (DESIGN §5).
 //! Entries live under one service name (`regent`), one account per secret name;
-//! values longer than 2,000 bytes are split over several entries to fit Windows'
-//! limit (see `store/chunked.rs`).
+//! values longer than 1,000 UTF-16 units are split over several entries to fit
+//! Windows' limit (see `store/chunked.rs`).
 //!
 //! A Secret Service without a default collection answers every lookup with "no
 //! entry", so the first "no entry" is confirmed by writing and removing a probe

@@ -2,6 +2,8 @@
 //! loopback, its admin API, and agent configs in temporary directories.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod platform;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,8 +180,8 @@ pub fn short_tokens(seconds: u64) -> EmulatorConfig {
 pub fn sentinel_config(url: &str, dir: &Path, refresh: &str) -> Config {
     let text = format!(
         "[server]\nprofile = \"sentinel\"\nurl = \"{url}\"\nrequest_timeout = 5\nconnect_timeout = 2\n\
-         [store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n[refresh]\n{refresh}\n",
-        dir.display()
+         [store]\nkind = \"file\"\n[state]\ndir = {}\n[refresh]\n{refresh}\n",
+        platform::toml_path(dir)
     );
     Config::parse(&text, Path::new("test.toml")).unwrap()
 }
@@ -194,8 +196,8 @@ pub fn oauth2_config(
 ) -> Config {
     let text = format!(
         "[server]\nprofile = \"oauth2\"\ntoken_url = \"{url}/oauth/token\"\nclient_id = \"{client_id}\"\nrequest_timeout = 5\nconnect_timeout = 2\n{extra_server}\n\
-         [store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n[refresh]\n{refresh}\n",
-        dir.display()
+         [store]\nkind = \"file\"\n[state]\ndir = {}\n[refresh]\n{refresh}\n",
+        platform::toml_path(dir)
     );
     Config::parse(&text, Path::new("test.toml")).unwrap()
 }
@@ -251,16 +253,16 @@ impl RunningAgent {
     /// Starts an agent with a file store in `dir`; `server` is the `[server]`
     /// section, `extra` more sections (the `[ipc]` section gets the socket).
     pub async fn start(dir: &Path, server: &str, extra: &str) -> RunningAgent {
-        let socket = dir.join("agent.sock");
-        let ipc = format!("[ipc]\nsocket = \"{}\"", socket.display());
+        let socket = platform::endpoint(dir);
+        let ipc = format!("[ipc]\nsocket = {}", platform::toml_path(&socket));
         let extra = if extra.contains("[ipc]") {
             extra.replace("[ipc]", &ipc)
         } else {
             format!("{extra}\n{ipc}\n")
         };
         let text = format!(
-            "{server}\nrequest_timeout = 5\n[store]\nkind = \"file\"\n[state]\ndir = \"{}\"\n{extra}\n",
-            dir.join("state").display()
+            "{server}\nrequest_timeout = 5\n[store]\nkind = \"file\"\n[state]\ndir = {}\n{extra}\n",
+            platform::toml_path(&dir.join("state"))
         );
         let config = Config::parse(&text, Path::new("agent.toml")).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -268,7 +270,7 @@ impl RunningAgent {
             let _ = stopped.await;
         }));
         let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        while platform::connect_raw(&socket).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "agent socket not ready"

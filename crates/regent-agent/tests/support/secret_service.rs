@@ -1,6 +1,11 @@
 //! A real, private Secret Service for tests (DESIGN §14): a `dbus-daemon` session
 //! bus and a `gnome-keyring-daemon` with a temporary `HOME`, killed on drop.
 //!
+//! On Windows the keychain is the Credential Manager, which every process of
+//! the user (under Wine: of the prefix) shares: there [`TestKeyring`] starts
+//! nothing and gives each test a service name of its own ([`service`]), so
+//! tests running at once never touch each other's entries.
+//!
 //! `keyring` reads `DBUS_SESSION_BUS_ADDRESS` and connects once per process, and
 //! changing the environment of a running multi-threaded test process is unsound,
 //! so the code that talks to the keychain runs in a child process: the test
@@ -26,12 +31,19 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+#[cfg(unix)]
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+#[cfg(unix)]
+use std::path::PathBuf;
+#[cfg(unix)]
+use std::process::Child;
+use std::process::{Command, Stdio};
+#[cfg(unix)]
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 /// How to get the daemons on a fresh Debian machine.
 pub const INSTALL_HINT: &str =
     "run `apt-get install -y --no-install-recommends dbus gnome-keyring` (scripts/test.sh does)";
@@ -39,6 +51,7 @@ pub const INSTALL_HINT: &str =
 /// Set in a child process started by [`run_child`]: which phase to run.
 const PHASE_VAR: &str = "REGENT_TEST_KEYCHAIN_PHASE";
 
+#[cfg(unix)]
 /// A session bus that allows everything and activates nothing.
 const BUS_CONFIG_WITHOUT_ACTIVATION: &str = r#"<!DOCTYPE busconfig PUBLIC
  "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -54,12 +67,14 @@ const BUS_CONFIG_WITHOUT_ACTIVATION: &str = r#"<!DOCTYPE busconfig PUBLIC
 </busconfig>
 "#;
 
+#[cfg(unix)]
 /// How long the daemons get to become ready.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a child process gets to run its phase.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
 
+#[cfg(unix)]
 /// A running session bus with a gnome-keyring Secret Service on it.
 pub struct TestKeyring {
     /// `XDG_RUNTIME_DIR` of the daemons (0700); holds the bus socket and logs.
@@ -70,6 +85,7 @@ pub struct TestKeyring {
     bus: Option<Child>,
 }
 
+#[cfg(unix)]
 impl TestKeyring {
     /// Starts a bus and a keyring daemon whose keyrings live under `home`.
     ///
@@ -281,12 +297,14 @@ impl TestKeyring {
     }
 }
 
+#[cfg(unix)]
 impl Drop for TestKeyring {
     fn drop(&mut self) {
         self.stop_daemons();
     }
 }
 
+#[cfg(unix)]
 fn spawn(command: &mut Command, program: &str) -> Child {
     match command.spawn() {
         Ok(child) => child,
@@ -297,6 +315,7 @@ fn spawn(command: &mut Command, program: &str) -> Child {
     }
 }
 
+#[cfg(unix)]
 /// SIGTERM (and SIGCONT, in case it is frozen), then SIGKILL if the process has
 /// not exited within 5 s.
 fn terminate(mut child: Child) {
@@ -314,10 +333,50 @@ fn terminate(mut child: Child) {
     let _ = child.wait();
 }
 
+#[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .expect("set directory mode");
+}
+
+/// Set by [`TestKeyring::env`] on Windows: the test's own service name.
+const SERVICE_VAR: &str = "REGENT_TEST_KEYCHAIN_SERVICE";
+
+/// The keychain service a test (or its child) uses: `base`, or on Windows
+/// the name its [`TestKeyring`] chose.
+pub fn service(base: &str) -> String {
+    std::env::var(SERVICE_VAR).unwrap_or_else(|_| base.to_owned())
+}
+
+/// The Credential Manager, shared by every process of the user (the Wine
+/// prefix): nothing to start; each test gets a service name of its own.
+#[cfg(windows)]
+pub struct TestKeyring {
+    service: String,
+}
+
+#[cfg(windows)]
+impl TestKeyring {
+    /// A service name of `home`'s own (temporary directories have unique
+    /// names), so a test's "same HOME" is the same store, as on Unix, and no
+    /// other test uses it. The password has no Windows meaning (the logon
+    /// unlocks the Credential Manager).
+    pub fn start(home: &Path, _unlock_password: Option<&str>) -> TestKeyring {
+        let name = home.file_name().unwrap_or_default().to_string_lossy();
+        TestKeyring {
+            service: format!("regent-test-{}", name.trim_start_matches('.')),
+        }
+    }
+
+    /// The environment a child needs: the service name.
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        vec![(SERVICE_VAR, OsString::from(&self.service))]
+    }
+
+    /// A new session of the same store: on Windows the next process simply
+    /// reads the Credential Manager again.
+    pub fn stop(self) {}
 }
 
 /// In a child started by [`run_child`]: the phase it was asked to run.

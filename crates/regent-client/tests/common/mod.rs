@@ -1,14 +1,18 @@
-//! A tiny scripted agent on a real Unix socket, speaking the real protocol:
-//! a test peer for client-side behaviour (timeouts, reconnects, pipelining,
-//! error mapping, subscriptions), not a stand-in for end-to-end tests.
+//! A tiny scripted agent on the platform's real IPC (a Unix socket, or a
+//! named pipe on Windows: `platform`), speaking the real protocol: a test
+//! peer for client-side behaviour (timeouts, reconnects, pipelining, error
+//! mapping, subscriptions), not a stand-in for end-to-end tests.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+mod platform;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+pub use platform::endpoint;
+use platform::{Conn, Listener};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use regent_client::ClientOptions;
@@ -31,7 +35,9 @@ pub enum Action {
 type Handler = dyn Fn(&Request) -> Vec<Action> + Send + Sync;
 
 struct Peer {
-    writer: Mutex<UnixStream>,
+    conn: Conn,
+    /// One response at a time on the wire.
+    writing: Mutex<()>,
 }
 
 impl Peer {
@@ -42,14 +48,8 @@ impl Peer {
     }
     fn send_raw(&self, bytes: &[u8]) {
         // The client may be gone already; that is its business.
-        let _ = self.writer.lock().unwrap().write_all(bytes);
-    }
-    fn shutdown(&self) {
-        let _ = self
-            .writer
-            .lock()
-            .unwrap()
-            .shutdown(std::net::Shutdown::Both);
+        let _writing = self.writing.lock().unwrap();
+        let _ = self.conn.write_all(bytes);
     }
 }
 
@@ -61,10 +61,13 @@ struct Shared {
     peers: Mutex<Vec<Arc<Peer>>>,
     subscribers: Mutex<Vec<(Arc<Peer>, u64)>>,
     stopping: AtomicBool,
+    /// Each connection's thread, joined when the fake stops (so the pipe
+    /// name is free again for a restart on Windows).
+    serving: Mutex<Vec<JoinHandle<()>>>,
 }
 
 pub struct FakeAgent {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     pub path: PathBuf,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
@@ -73,8 +76,7 @@ pub struct FakeAgent {
 impl FakeAgent {
     /// Starts a fake answering with `handler` (see [`standard`] for the defaults).
     pub fn start(handler: impl Fn(&Request) -> Vec<Action> + Send + Sync + 'static) -> FakeAgent {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.sock");
+        let (dir, path) = platform::endpoint();
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             log: Mutex::new(Vec::new()),
@@ -83,6 +85,7 @@ impl FakeAgent {
             peers: Mutex::new(Vec::new()),
             subscribers: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            serving: Mutex::new(Vec::new()),
         });
         let mut agent = FakeAgent {
             _dir: dir,
@@ -103,22 +106,27 @@ impl FakeAgent {
     }
 
     fn listen(&mut self) {
-        let listener = UnixListener::bind(&self.path).unwrap();
+        let listener = Listener::bind(&self.path);
         self.shared.stopping.store(false, Ordering::SeqCst);
         let shared = Arc::clone(&self.shared);
         self.accept = Some(std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            loop {
+                let conn = listener.accept();
                 if shared.stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                let Ok(stream) = stream else { return };
+                let Ok(conn) = conn else { return };
                 shared.connections.fetch_add(1, Ordering::SeqCst);
                 let peer = Arc::new(Peer {
-                    writer: Mutex::new(stream.try_clone().unwrap()),
+                    conn,
+                    writing: Mutex::new(()),
                 });
                 shared.peers.lock().unwrap().push(Arc::clone(&peer));
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || serve(stream, peer, shared));
+                let serving = {
+                    let shared = Arc::clone(&shared);
+                    std::thread::spawn(move || serve(peer, shared))
+                };
+                shared.serving.lock().unwrap().push(serving);
             }
         }));
     }
@@ -127,11 +135,18 @@ impl FakeAgent {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.kill_connections();
         // Wake the accept loop so it sees `stopping`.
-        let _ = UnixStream::connect(&self.path);
+        platform::poke(&self.path);
         if let Some(accept) = self.accept.take() {
             accept.join().unwrap();
         }
-        let _ = std::fs::remove_file(&self.path);
+        // A connection accepted while stopping is closed too.
+        self.kill_connections();
+        let serving: Vec<_> = self.shared.serving.lock().unwrap().drain(..).collect();
+        for thread in serving {
+            thread.join().unwrap();
+        }
+        self.shared.peers.lock().unwrap().clear();
+        platform::remove(&self.path);
     }
 
     /// An agent restart: every connection closes, then the socket is bound anew.
@@ -148,7 +163,7 @@ impl FakeAgent {
     /// Closes every connection (the listener stays).
     pub fn kill_connections(&self) {
         for peer in self.shared.peers.lock().unwrap().drain(..) {
-            peer.shutdown();
+            peer.conn.kill();
         }
         self.shared.subscribers.lock().unwrap().clear();
     }
@@ -203,7 +218,7 @@ impl Drop for FakeAgent {
     }
 }
 
-fn serve(mut stream: UnixStream, peer: Arc<Peer>, shared: Arc<Shared>) {
+fn serve(peer: Arc<Peer>, shared: Arc<Shared>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut greeted = false;
@@ -233,13 +248,13 @@ fn serve(mut stream: UnixStream, peer: Arc<Peer>, shared: Arc<Shared>) {
                     Action::Send(response) => peer.send(&response),
                     Action::Raw(bytes) => peer.send_raw(&bytes),
                     Action::Close => {
-                        peer.shutdown();
+                        peer.conn.close();
                         return;
                     }
                 }
             }
         }
-        match stream.read(&mut chunk) {
+        match peer.conn.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
