@@ -39,6 +39,8 @@ summary() { printf 'windows: %d passed, %d failed\n' "$passed" "$failed"; }
 missing=()
 [ -x "$WINE_DIR/wine64" ] || missing+=(wine64)
 command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || missing+=(gcc-mingw-w64-x86-64)
+# The C++ wrapper's example uses std::thread: the posix threading model.
+command -v x86_64-w64-mingw32-g++-posix >/dev/null 2>&1 || missing+=(g++-mingw-w64-x86-64-posix)
 command -v wixl >/dev/null 2>&1 || missing+=(wixl)
 command -v msibuild >/dev/null 2>&1 || missing+=(msitools)
 apt_install ${missing[@]+"${missing[@]}"}
@@ -267,6 +269,23 @@ if start_agent "$e2e/file.toml" "$e2e/agent-file.log" "$pipe"; then
       REGENT_SOCKET="$pipe" timeout 60 "$WINE_DIR/wine64" "$e2e/get_token.exe" 60 3 >"$e2e/get_token.log" 2>&1
   }
   check "the C example gets tokens through libregent (regent.dll)" c_example
+
+  # The C++ wrapper (bindings/cpp/regent.hpp) and its example, built with
+  # mingw-w64's g++ (posix threads; -static links its runtime in and takes
+  # regent.dll through its import library, named so that libregent.a is not
+  # picked): a token valid for 45 s, a subscription's
+  # first token, and the wrapper's exception for an agent that is not there.
+  cpp_example() {
+    x86_64-w64-mingw32-g++-posix -std=c++17 -Wall -Wextra -Werror bindings/cpp/examples/get_token.cpp \
+      -Ibindings/c/include -Ibindings/cpp -L"$out" -l:libregent.dll.a -static \
+      -o "$e2e/get_token_cpp.exe" &&
+      REGENT_SOCKET="$pipe" timeout 60 "$WINE_DIR/wine64" "$e2e/get_token_cpp.exe" 45 >"$e2e/get_token_cpp.log" 2>&1 &&
+      grep -q '^token: Bearer, [0-9]* bytes, valid for' "$e2e/get_token_cpp.log" &&
+      grep -q '^subscription: token' "$e2e/get_token_cpp.log" &&
+      grep -q 'expected error: AGENT_UNREACHABLE (14), retryable: yes' "$e2e/get_token_cpp.log" ||
+      { tail -n 20 "$e2e/get_token_cpp.log" >&2 2>/dev/null; return 1; }
+  }
+  check "the C++ wrapper's example gets tokens and a subscription through regent.dll" cpp_example
   check "agent stops on Ctrl-C with status 0" stop_agent
 else
   fail "agent (file store) did not answer: $(tail -n 20 "$e2e/agent-file.log")"

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use regent_client::{Client, SubscriptionEvent};
 use regent_proto::ErrorCode;
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, regent, regent_bin, text};
+use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, regent, text};
 
 fn exit(code_: ErrorCode) -> i32 {
     i32::from(code_.number())
@@ -259,7 +259,11 @@ fn the_demo_runs_start_to_finish() {
         "minted a registration token",
         // The socket and the secrets file, each named for what it is (it
         // said "a 0600 file store at …/agent.sock").
-        "secrets.json (mode 0600)",
+        if cfg!(windows) {
+            "secrets.json (readable by this account only)"
+        } else {
+            "secrets.json (mode 0600)"
+        },
         "enrolled",
         "got token",
         "deleting auth token",
@@ -377,11 +381,12 @@ fn a_bad_configuration_is_refused_before_anything_is_made_on_disk() {
 /// enroll` on a terminal waited silently for input. Without a source a
 /// terminal is refused, naming the ways to give the secret; `--stdin` (the
 /// old flag is an alias) prompts and reads it. `script` gives the CLI a
-/// real terminal.
+/// real terminal (Unix only: Wine gives no pseudo-terminal to drive).
+#[cfg(unix)]
 #[test]
 fn enroll_on_a_terminal_asks_for_a_source_or_prompts_with_stdin() {
     let run = |args: &str, input: &str| {
-        let command = format!("{} {args}", regent_bin().display());
+        let command = format!("{} {args}", regent_tests::regent_bin().display());
         let mut child = std::process::Command::new("script")
             .args(["-qec", &command, "/dev/null"])
             .env("REGENT_SOCKET", "/nonexistent/regent/agent.sock")
