@@ -58,6 +58,8 @@ mod exe;
 #[cfg(target_os = "macos")]
 mod macos;
 mod policy;
+// Its `impl Peer` is the non-macOS one (macOS has its own in `macos.rs`).
+#[cfg(not(target_os = "macos"))]
 mod windows;
 
 use std::path::{Path, PathBuf};
