@@ -507,13 +507,13 @@ sys.stdin.read()
 fn a_socket_mode_open_to_every_user_is_refused_at_start_up() {
     let emulator = EmulatorProc::start(300);
     for mode in ["0666", "0662"] {
-        let home = AgentHome::new(&emulator.url, &format!("[ipc]\nmode = \"{mode}\""));
+        let home = AgentHome::new(&emulator.url, &format!("[ipc]\nsocket_mode = \"{mode}\""));
         let mut agent = AgentProc::spawn(&home);
         let status = wait_timeout(&mut agent.child, WAIT);
         let log = agent.log_text();
         assert_eq!(status.code(), Some(exit(ErrorCode::Config)), "{log}");
         assert!(
-            log.contains(&format!("[ipc] mode = \"{mode}\"")) && log.contains("every user"),
+            log.contains(&format!("[ipc] socket_mode = \"{mode}\"")) && log.contains("every user"),
             "{log}"
         );
         assert!(!home.socket.exists(), "{log}");

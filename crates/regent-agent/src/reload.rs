@@ -371,13 +371,13 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     let (a, b) = (&running.ipc, &new.ipc);
     if a.socket != b.socket
-        || a.mode != b.mode
+        || a.socket_mode != b.socket_mode
         || a.max_connections != b.max_connections
         || a.read_timeout != b.read_timeout
         || a.max_subscriptions_per_connection != b.max_subscriptions_per_connection
         || a.max_subscriptions != b.max_subscriptions
     {
-        out.push("[ipc] socket, mode, max_connections, read_timeout, max_subscriptions_per_connection, max_subscriptions");
+        out.push("[ipc] socket, socket_mode, max_connections, read_timeout, max_subscriptions_per_connection, max_subscriptions");
     }
     if new.provisioning != running.provisioning {
         out.push("[provisioning]");
@@ -440,7 +440,7 @@ mod tests {
             restart_needed(&a, &c),
             vec![
                 "[server]",
-                "[ipc] socket, mode, max_connections, read_timeout, max_subscriptions_per_connection, max_subscriptions",
+                "[ipc] socket, socket_mode, max_connections, read_timeout, max_subscriptions_per_connection, max_subscriptions",
                 "[log] format"
             ]
         );

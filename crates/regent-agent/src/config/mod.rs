@@ -242,8 +242,10 @@ pub struct IpcConfig {
     /// Octal mode of the socket file, e.g. `"0600"` or `"0660"`. A mode that
     /// gives other users access (last digit not 0) is refused: who may fetch
     /// tokens is said with `allow_uids` / `allow_groups` and the socket's group.
-    #[serde(default = "defaults::socket_mode")]
-    pub mode: String,
+    /// `mode`, its 0.1 name, is still read (`[instances] mode` is another
+    /// thing: the slot mode).
+    #[serde(default = "defaults::socket_mode", alias = "mode")]
+    pub socket_mode: String,
     /// Uids allowed to fetch tokens, besides the agent's own uid and root
     /// (Unix; on Windows a `CONFIG` error: name accounts in `allow_users`).
     #[serde(default)]
@@ -288,7 +290,7 @@ impl Default for IpcConfig {
     fn default() -> Self {
         IpcConfig {
             socket: None,
-            mode: defaults::socket_mode(),
+            socket_mode: defaults::socket_mode(),
             allow_uids: Vec::new(),
             allow_users: Vec::new(),
             allow_groups: Vec::new(),
@@ -452,8 +454,8 @@ impl Config {
 
 impl IpcConfig {
     /// The socket mode as a number, if the string is valid octal.
-    pub fn socket_mode(&self) -> Option<u32> {
-        u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+    pub fn socket_mode_bits(&self) -> Option<u32> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
     }

@@ -13,7 +13,7 @@ fn minimal_sentinel_config_gets_defaults() {
     assert_eq!(c.store.kind, StoreKind::Keychain);
     assert_eq!(c.refresh, RefreshConfig::default());
     assert_eq!(c.instances.mode, InstanceMode::Shared);
-    assert_eq!(c.ipc.socket_mode(), Some(0o600));
+    assert_eq!(c.ipc.socket_mode_bits(), Some(0o600));
 }
 
 /// Regression (issue 18, item 1): `http://localhost` was accepted as
@@ -111,12 +111,18 @@ fn out_of_range_values_are_refused() {
     for open in ["0666", "0606", "0601", "0o664"] {
         let e = parse(&format!("{base}[ipc]\nmode = \"{open}\"\n")).unwrap_err();
         assert!(
-            e.message.contains("[ipc] mode") && e.message.contains("every user"),
+            e.message.contains("[ipc] socket_mode") && e.message.contains("every user"),
             "{open}: {}",
             e.message
         );
     }
     assert!(parse(&format!("{base}[ipc]\nmode = \"0660\"\n")).is_ok());
+    // `socket_mode` is the name (issue 14: `[instances] mode` is the slot
+    // mode); `mode`, the 0.1 name, still reads the same.
+    let new = parse(&format!("{base}[ipc]\nsocket_mode = \"0660\"\n")).unwrap();
+    let old = parse(&format!("{base}[ipc]\nmode = \"0660\"\n")).unwrap();
+    assert_eq!(new.ipc.socket_mode_bits(), Some(0o660));
+    assert_eq!(old.ipc.socket_mode_bits(), Some(0o660));
     assert!(parse(&format!("{base}[instances]\nmax = 3\n")).is_err());
     assert!(
         parse(&format!(

@@ -102,18 +102,18 @@ impl Config {
                     .into(),
             );
         }
-        if self.ipc.socket_mode().is_none() {
+        if self.ipc.socket_mode_bits().is_none() {
             return Err(format!(
-                "[ipc] mode = {:?} is not an octal file mode such as \"0600\" or \"0660\"",
-                self.ipc.mode
+                "[ipc] socket_mode = {:?} is not an octal file mode such as \"0600\" or \"0660\"",
+                self.ipc.socket_mode
             ));
         }
-        if let Some(mode) = self.ipc.socket_mode()
+        if let Some(mode) = self.ipc.socket_mode_bits()
             && mode & 0o007 != 0
         {
             return Err(format!(
-                "[ipc] mode = {:?} gives every user on this machine access to the socket (the last digit is not 0); use \"0600\" (the agent's user only) or \"0660\" with the socket's group, and name who may fetch tokens in [ipc] allow_uids / allow_groups",
-                self.ipc.mode
+                "[ipc] socket_mode = {:?} gives every user on this machine access to the socket (the last digit is not 0); use \"0600\" (the agent's user only) or \"0660\" with the socket's group, and name who may fetch tokens in [ipc] allow_uids / allow_groups",
+                self.ipc.socket_mode
             ));
         }
         for exe in &self.ipc.allow_executables {

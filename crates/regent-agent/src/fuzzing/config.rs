@@ -69,7 +69,7 @@ fn valid(c: &Config) {
     assert!(r.backoff_min >= 1 && r.backoff_max >= r.backoff_min);
     assert!(c.instances.max >= 1);
     assert!(c.instances.mode == InstanceMode::PerInstance || c.instances.max == 1);
-    assert!(c.ipc.socket_mode().is_some_and(|m| m <= 0o777));
+    assert!(c.ipc.socket_mode_bits().is_some_and(|m| m <= 0o777));
     assert!(c.store.timeout >= 1);
     // Every duration lies in its key's range, and so far from saturating.
     for bound in c.duration_keys() {

@@ -74,10 +74,13 @@ impl IpcSettings {
     /// `CONFIG` for a bad mode or an unknown group.
     pub fn from_config(config: &Config) -> Result<IpcSettings> {
         let ipc = &config.ipc;
-        let mode = ipc.socket_mode().ok_or_else(|| {
+        let mode = ipc.socket_mode_bits().ok_or_else(|| {
             Error::new(
                 ErrorCode::Config,
-                format!("[ipc] mode = {:?} is not an octal mode", ipc.mode),
+                format!(
+                    "[ipc] socket_mode = {:?} is not an octal mode",
+                    ipc.socket_mode
+                ),
             )
         })?;
         let policy = policy_from_config(config)?;
