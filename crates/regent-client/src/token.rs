@@ -93,10 +93,12 @@ pub struct Enrolled {
 /// Who answered `hello`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentInfo {
-    /// The negotiated protocol version.
-    pub protocol: u32,
-    /// The agent's software version.
-    pub version: String,
+    /// The negotiated protocol version (the `hello` reply's `version`).
+    pub version: u32,
+    /// The agent's software version, e.g. `"0.1.0"` (the `hello` reply's
+    /// `agent`). Until 0.2 `version` held this and `protocol` the protocol
+    /// version: the names now mean what they mean on the wire.
+    pub agent: String,
 }
 
 /// Something a subscription reports.

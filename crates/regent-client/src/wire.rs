@@ -190,10 +190,9 @@ fn reply_kind(reply: &Reply) -> &'static str {
 /// when it picked a version this client does not speak.
 pub(crate) fn agent_info(socket: &Path, response: Response) -> Result<AgentInfo> {
     match into_reply(socket, "hello", response)? {
-        Reply::Hello { version, agent } if SUPPORTED_VERSIONS.contains(&version) => Ok(AgentInfo {
-            protocol: version,
-            version: agent,
-        }),
+        Reply::Hello { version, agent } if SUPPORTED_VERSIONS.contains(&version) => {
+            Ok(AgentInfo { version, agent })
+        }
         Reply::Hello { version, agent } => Err(Error::new(
             regent_proto::ErrorCode::UnsupportedVersion,
             format!(
@@ -427,7 +426,7 @@ mod tests {
                 agent: "0.1.0".into(),
             }),
         };
-        assert_eq!(agent_info(socket, ok).unwrap().version, "0.1.0");
+        assert_eq!(agent_info(socket, ok).unwrap().agent, "0.1.0");
         let future = Response {
             id: 1,
             outcome: Outcome::Ok(Reply::Hello {

@@ -46,7 +46,7 @@ async fn connecting_says_hello_and_every_call_maps_its_reply() {
     let client = Client::connect(agent.options().instance("i-1"))
         .await
         .unwrap();
-    assert_eq!(client.agent_info().version, "fake-0.1");
+    assert_eq!(client.agent_info().agent, "fake-0.1");
     let token = client.token(Duration::from_millis(1)).await.unwrap();
     assert_eq!(token.secret(), "token-1");
     let status = client.status().await.unwrap();

@@ -31,7 +31,7 @@ fn a_missing_agent_is_reported_at_once_with_the_remedy() {
 fn connecting_says_hello_and_tokens_carry_the_reply() {
     let agent = FakeAgent::start(standard);
     let client = Client::connect(agent.options().instance("i-7")).unwrap();
-    assert_eq!(client.agent_info().version, "fake-0.1");
+    assert_eq!(client.agent_info().agent, "fake-0.1");
     // Sub-second parts round up: never ask for less validity than needed.
     let token = client.token(Duration::from_millis(90_500)).unwrap();
     assert_eq!(token.secret(), "token-91");

@@ -70,8 +70,8 @@ impl Connection {
             io: super::pipe::PipeIo::new().map_err(|e| error::connect_failed(socket, &e))?,
             broken: false,
             agent: AgentInfo {
-                protocol: 0,
-                version: String::new(),
+                version: 0,
+                agent: String::new(),
             },
         };
         let id = conn.send(wire::hello(opts)).map_err(Failure::into_error)?;

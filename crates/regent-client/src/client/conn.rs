@@ -272,8 +272,8 @@ impl Conn {
             ids,
             tasks: [reader.abort_handle(), writer.abort_handle()],
             agent: AgentInfo {
-                protocol: 0,
-                version: String::new(),
+                version: 0,
+                agent: String::new(),
             },
         }
     }
