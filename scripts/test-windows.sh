@@ -236,23 +236,23 @@ else
 fi
 mint() { run emulator mint --url "$url" --count "$1" | tr -d '\r'; }
 
+# Writes $e2e/NAME.toml: the emulator at $url, the [store] lines STORE,
+# state in $e2e/NAME-state and, when given, the [ipc] lines that follow (none:
+# the default pipe). Single-quoted TOML strings: a Windows path is taken as
+# written.
+agent_config() {
+  local name=$1 store=$2
+  shift 2
+  {
+    printf '[server]\nprofile = "sentinel"\nurl = "%s"\n\n[store]\n%s\n\n[state]\ndir = '"'"'%s'"'"'\n' \
+      "$url" "$store" "$(winpath "$e2e/$name-state")"
+    if [ "$#" -gt 0 ]; then printf '\n[ipc]\n'; printf '%s\n' "$@"; fi
+  } >"$e2e/$name.toml"
+}
+
 # Agent 1: the file store on a pipe of its own.
 pipe='\\.\pipe\regent-e2e-file-'$$
-# Single-quoted TOML strings: a Windows path is taken as written.
-cat >"$e2e/file.toml" <<EOF
-[server]
-profile = "sentinel"
-url = "$url"
-
-[store]
-kind = "file"
-
-[state]
-dir = '$(winpath "$e2e/file-state")'
-
-[ipc]
-socket = '$pipe'
-EOF
+agent_config file 'kind = "file"' "socket = '$pipe'"
 if start_agent "$e2e/file.toml" "$e2e/agent-file.log" "$pipe"; then
   pass "agent (file store) answers on $pipe"
   enroll_file() { mint 1 | run enroll --socket "$pipe"; }
@@ -294,21 +294,7 @@ fi
 
 # Agent 2: the Credential Manager store, enrolled once, then restarted.
 pipe='\\.\pipe\regent-e2e-credman-'$$
-cat >"$e2e/credman.toml" <<EOF
-[server]
-profile = "sentinel"
-url = "$url"
-
-[store]
-kind = "keychain"
-service = "regent-e2e"
-
-[state]
-dir = '$(winpath "$e2e/credman-state")'
-
-[ipc]
-socket = '$pipe'
-EOF
+agent_config credman $'kind = "keychain"\nservice = "regent-e2e"' "socket = '$pipe'"
 if start_agent "$e2e/credman.toml" "$e2e/agent-credman.log" "$pipe"; then
   enroll_credman() { mint 1 | run enroll --socket "$pipe"; }
   check "enroll with the Credential Manager store" enroll_credman
@@ -337,17 +323,7 @@ log "per-peer checks under Wine"
 peer_start=$SECONDS
 # Agent P1: no [ipc] socket, so the per-user default pipe
 # \\.\pipe\regent-agent-<SID>; the client finds it with no --socket.
-cat >"$e2e/peer-default.toml" <<TOML
-[server]
-profile = "sentinel"
-url = "$url"
-
-[store]
-kind = "file"
-
-[state]
-dir = '$(winpath "$e2e/peer-default-state")'
-TOML
+agent_config peer-default 'kind = "file"'
 "$WINE_DIR/wine64" "$regent" agent --no-watch --config "$(winpath "$e2e/peer-default.toml")" >"$e2e/agent-peer-default.log" 2>&1 &
 agent_pid=$!
 listening() { grep -q 'listening' "$1"; }
@@ -404,23 +380,10 @@ pipe='\\.\pipe\regent-e2e-peer-'$$
 [ -f "$e2e/get_token.exe" ] || x86_64-w64-mingw32-gcc -Wall -Wextra -Wpedantic -Werror bindings/c/examples/get_token.c \
   -Ibindings/c/include -L"$out" -lregent -o "$e2e/get_token.exe"
 cp "$out/regent.dll" "$e2e/"
-cat >"$e2e/peer-lists.toml" <<TOML
-[server]
-profile = "sentinel"
-url = "$url"
-
-[store]
-kind = "file"
-
-[state]
-dir = '$(winpath "$e2e/peer-lists-state")'
-
-[ipc]
-socket = '$pipe'
-allow_users = ['$user_name'${sid:+", '$sid'"}]
-allow_groups = ['Users']
-allow_executables = ['$(winpath "$e2e/get_token.exe")']
-TOML
+agent_config peer-lists 'kind = "file"' "socket = '$pipe'" \
+  "allow_users = ['$user_name'${sid:+", '$sid'"}]" \
+  "allow_groups = ['Users']" \
+  "allow_executables = ['$(winpath "$e2e/get_token.exe")']"
 if start_agent "$e2e/peer-lists.toml" "$e2e/agent-peer-lists.log" "$pipe"; then
   pass "agent with allow_users ($user_name by name and by SID), allow_groups (Users), allow_executables"
   # The agent's own regent.exe still administers (enroll, status)...
@@ -449,8 +412,7 @@ printf 'SKIPPED a refusal by account (SID not listed): Wine has one account, the
 # Configuration errors: an unknown account, and allow_uids on Windows.
 config_refused() {
   local name=$1 lines=$2 expect=$3 rc=0
-  printf '[server]\nprofile = "sentinel"\nurl = "%s"\n[store]\nkind = "file"\n[state]\ndir = '"'"'%s'"'"'\n[ipc]\nsocket = '"'"'%s'"'"'\n%s\n' \
-    "$url" "$(winpath "$e2e/peer-bad-state")" "$pipe-bad" "$lines" >"$e2e/$name.toml"
+  agent_config "$name" 'kind = "file"' "socket = '$pipe-bad'" "$lines"
   timeout 60 "$WINE_DIR/wine64" "$regent" agent --no-watch --config "$(winpath "$e2e/$name.toml")" >"$e2e/$name.log" 2>&1 || rc=$?
   [ "$rc" -eq 17 ] && grep -qF "$expect" "$e2e/$name.log"
 }
@@ -469,20 +431,7 @@ check "regent demo" demo || tail -n 20 "$e2e/demo.log" >&2
 # The service `regent` (the name install.ps1 registers): created, started,
 # answering, stopped, deleted through the service control manager.
 pipe='\\.\pipe\regent-e2e-service-'$$
-cat >"$e2e/service.toml" <<EOF
-[server]
-profile = "sentinel"
-url = "$url"
-
-[store]
-kind = "file"
-
-[state]
-dir = '$(winpath "$e2e/service-state")'
-
-[ipc]
-socket = '$pipe'
-EOF
+agent_config service 'kind = "file"' "socket = '$pipe'"
 service_create() {
   timeout 60 "$WINE_DIR/wine64" sc create regent \
     binPath= "$(winpath "$regent") agent --windows-service --no-watch --config $(winpath "$e2e/service.toml")" >"$e2e/sc-create.log" 2>&1

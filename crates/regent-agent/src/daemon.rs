@@ -73,11 +73,11 @@ pub async fn run_with(
     let settings = IpcSettings::from_config(&config)?;
     // The whole configuration is checked before the socket (and its
     // directory) or the state directory is made.
-    Agent::preflight(&config)?;
+    let checked = Agent::preflight(config.clone())?;
     let listener = ipc::bind(&settings)?;
     // Held until the daemon returns: one agent per state directory.
     let _state_lock = crate::store::state_dir::lock_state_dir(&config.state_dir()?)?;
-    let agent = Agent::open(config.clone()).await?;
+    let agent = Agent::open_checked(checked).await?;
     let stats = Arc::new(Counters::default());
     let _config_watch = match &options.config_path {
         Some(path) => Some(reload::watch(

@@ -267,18 +267,11 @@ pub fn summarize(status: &AgentStatus) -> String {
         status.profile, status.instance_mode, status.instances_max, status.store
     ));
     for slot in &status.slots {
-        let leased = match &slot.leased_by {
-            Some(h) => format!(
-                ", leased by {}{} (pid {})",
-                h.app,
-                h.instance
-                    .as_deref()
-                    .map(|i| format!("/{i}"))
-                    .unwrap_or_default(),
-                h.pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
-            ),
-            None => String::new(),
-        };
+        let leased = slot
+            .leased_by
+            .as_ref()
+            .map(|h| format!(", leased by {h}"))
+            .unwrap_or_default();
         out.push_str(&format!(
             "slot {}: {}{}{leased}\n",
             slot.slot,

@@ -12,6 +12,7 @@
 //! Unknown fields are ignored and an unknown state or reason decodes as
 //! `Unknown`, so an older client reads a newer agent's document.
 
+use std::fmt;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,21 @@ pub struct Holder {
     /// The peer's process id, when known.
     #[serde(default)]
     pub pid: Option<u32>,
+}
+
+/// `app/instance (pid N)`, as status lines and the all-slots-in-use message
+/// name a lease holder (`?` for an unknown pid).
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.app)?;
+        if let Some(instance) = &self.instance {
+            write!(f, "/{instance}")?;
+        }
+        match self.pid {
+            Some(pid) => write!(f, " (pid {pid})"),
+            None => f.write_str(" (pid ?)"),
+        }
+    }
 }
 
 /// The agent's status.
@@ -289,6 +305,18 @@ mod tests {
         let mut none = status(slot(SlotState::Active));
         none.slots.clear();
         assert_eq!(none.health(now), Err(ErrorCode::NotEnrolled));
+    }
+
+    #[test]
+    fn a_holder_reads_app_instance_and_pid() {
+        let mut h = Holder {
+            app: "editor".into(),
+            instance: Some("w1".into()),
+            pid: Some(42),
+        };
+        assert_eq!(h.to_string(), "editor/w1 (pid 42)");
+        (h.instance, h.pid) = (None, None);
+        assert_eq!(h.to_string(), "editor (pid ?)");
     }
 
     #[test]

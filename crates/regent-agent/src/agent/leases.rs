@@ -34,17 +34,7 @@ impl Agent {
                     let who: Vec<String> = all
                         .holders
                         .iter()
-                        .map(|(slot, h)| {
-                            format!(
-                                "slot {slot}: {}{} (pid {})",
-                                h.app,
-                                h.instance
-                                    .as_deref()
-                                    .map(|i| format!("/{i}"))
-                                    .unwrap_or_default(),
-                                h.pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
-                            )
-                        })
+                        .map(|(slot, h)| format!("slot {slot}: {h}"))
                         .collect();
                     message.push_str(&format!(" — {}", who.join(", ")));
                 }

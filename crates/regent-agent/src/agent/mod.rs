@@ -128,7 +128,36 @@ pub struct Agent {
     epoch: Mutex<u64>,
 }
 
+/// A configuration [`Agent::preflight`] has checked, with the upstream
+/// client it built: what [`Agent::open_checked`] opens, so the daemon checks
+/// before it binds its socket and builds nothing twice.
+#[derive(Debug)]
+pub struct Preflight {
+    config: Config,
+    upstream: Arc<Upstream>,
+    upstream_latency: Arc<Histogram>,
+}
+
 impl Agent {
+    /// Checks what [`Agent::open`] would refuse in `config` — the crash-point
+    /// variable, the server settings (URL, profile keys, proxy, CA file), the
+    /// state directory and the file store's path — without touching the
+    /// filesystem, so that the daemon refuses a bad configuration before it
+    /// binds its socket.
+    ///
+    /// # Errors
+    /// `CONFIG` naming the key.
+    pub fn preflight(config: Config) -> Result<Preflight> {
+        crate::crash::check_env()?;
+        let upstream_latency = Arc::new(Histogram::new());
+        let upstream = checked_upstream(&config, Arc::clone(&upstream_latency))?;
+        Ok(Preflight {
+            config,
+            upstream,
+            upstream_latency,
+        })
+    }
+
     /// Opens the agent: loads state, every slot's stored credential and cached
     /// token, and resumes interrupted redemptions in the background. A slot
     /// whose credential cannot be read reports `STORE_UNAVAILABLE` (naming the
@@ -138,24 +167,22 @@ impl Agent {
     /// # Errors
     /// `CONFIG` for a bad server URL or state directory; `STORE_UNAVAILABLE`
     /// when `state.json` cannot be read or written.
-    /// Checks what [`Agent::open`] would refuse in `config` — the server
-    /// settings (URL, profile keys, proxy, CA file), the state directory and
-    /// the file store's path — without touching the filesystem, so that the
-    /// daemon refuses a bad configuration before it binds its socket.
-    ///
-    /// # Errors
-    /// `CONFIG` naming the key.
-    pub fn preflight(config: &Config) -> Result<()> {
-        crate::crash::check_env()?;
-        checked_upstream(config, Arc::default()).map(drop)
+    pub async fn open(config: Config) -> Result<Arc<Agent>> {
+        Agent::open_checked(Agent::preflight(config)?).await
     }
 
-    pub async fn open(config: Config) -> Result<Arc<Agent>> {
-        // Everything the configuration can get wrong is refused before a
-        // directory is made or a file written.
-        crate::crash::check_env()?;
-        let upstream_latency = Arc::new(Histogram::new());
-        let upstream = checked_upstream(&config, Arc::clone(&upstream_latency))?;
+    /// [`Agent::open`] for a configuration already checked: everything the
+    /// configuration can get wrong was refused before a directory is made or
+    /// a file written.
+    ///
+    /// # Errors
+    /// As [`Agent::open`].
+    pub async fn open_checked(checked: Preflight) -> Result<Arc<Agent>> {
+        let Preflight {
+            config,
+            upstream,
+            upstream_latency,
+        } = checked;
         let state_dir = config.state_dir()?;
         crate::store::state_dir::create_state_dir(&state_dir)?;
         let store = open_store(&config)?;
