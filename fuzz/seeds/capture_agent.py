@@ -17,8 +17,10 @@ emu = subprocess.Popen([regent, "emulator", "--listen", "127.0.0.1:0"], env=env,
 url = next(w for w in emu.stdout.readline().split() if w.startswith("http://")).rstrip("/")
 agent = None
 try:
-    token = subprocess.run([regent, "emulator", "mint", "--url", url, "--count", "3"], env=env,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    admin_env = dict(env, REGENT_ADMIN_URL=url, REGENT_ADMIN_USER="admin",
+                     REGENT_ADMIN_PASSWORD="admin")
+    token = subprocess.run([regent, "admin", "registration-token", "create", "--count", "3"],
+                           env=admin_env, capture_output=True, text=True, check=True).stdout.strip()
     sock_path = os.path.join(home, "agent.sock")
     cfg = os.path.join(home, "regent.toml")
     with open(cfg, "w") as f:

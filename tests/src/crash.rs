@@ -70,6 +70,20 @@ impl Rng {
 // The emulator's control API
 // ---------------------------------------------------------------------------
 
+/// The emulator's admin bearer token, from the one admin client's login.
+fn admin_bearer(url: &str) -> String {
+    use regent_agent::secret::ExposeSecret;
+    use regent_agent::upstream::AdminClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = runtime
+        .block_on(AdminClient::login_to(url, "admin", "admin"))
+        .unwrap();
+    admin.bearer().expose_secret().to_owned()
+}
+
 /// One HTTP/1.0 request to a loopback `http://` URL with a JSON body (or a
 /// form, when it does not start with `{` or `[`); returns (status, body).
 pub fn http(
@@ -187,16 +201,7 @@ impl EmulatorControl for EmulatorProc {
     }
 
     fn create_oauth2_client(&self, client_id: &str, secret: &str, validity: u64, rotate: bool) {
-        let (status, text) = http(
-            &self.url,
-            "POST",
-            "/auth/realms/regent/protocol/openid-connect/token",
-            &[],
-            Some("grant_type=password&username=admin&password=admin&client_id=regent-agent"),
-        );
-        assert_eq!(status, 200, "admin login: {text}");
-        let login: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let bearer = format!("Bearer {}", login["access_token"].as_str().unwrap());
+        let bearer = format!("Bearer {}", admin_bearer(&self.url));
         let spec = serde_json::json!({
             "clientId": client_id,
             "clientSecret": secret,

@@ -68,23 +68,33 @@ impl EmulatorProc {
         EmulatorProc { child, url }
     }
 
-    /// Mints a registration token with `regent emulator mint`.
-    pub fn mint(&self, count: u32) -> String {
-        let out = regent(
-            &[
-                "emulator",
-                "mint",
-                "--url",
-                &self.url,
-                "--count",
-                &count.to_string(),
-            ],
+    /// Runs `regent admin ARGS` against this emulator (its default admin
+    /// user and password, from the environment as a script would pass them).
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut all = vec!["admin"];
+        all.extend_from_slice(args);
+        regent(
+            &all,
             None,
-            &[],
-        );
+            &[
+                ("REGENT_ADMIN_URL", self.url.as_str()),
+                ("REGENT_ADMIN_USER", "admin"),
+                ("REGENT_ADMIN_PASSWORD", "admin"),
+            ],
+        )
+    }
+
+    /// Creates a registration token with `regent admin registration-token create`.
+    pub fn mint(&self, count: u32) -> String {
+        let out = self.admin(&[
+            "registration-token",
+            "create",
+            "--count",
+            &count.to_string(),
+        ]);
         assert!(
             out.status.success(),
-            "mint failed: {}",
+            "registration-token create failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
@@ -92,7 +102,7 @@ impl EmulatorProc {
 
     /// The auth tokens the emulator knows (who redeemed).
     pub fn auth_tokens(&self) -> Vec<serde_json::Value> {
-        let out = regent(&["emulator", "auth-tokens", "--url", &self.url], None, &[]);
+        let out = self.admin(&["auth-token", "list", "--json"]);
         assert!(
             out.status.success(),
             "{}",
@@ -106,7 +116,7 @@ impl EmulatorProc {
     }
 
     pub fn revoke(&self, id: &str) {
-        let out = regent(&["emulator", "revoke", "--url", &self.url, id], None, &[]);
+        let out = self.admin(&["auth-token", "revoke", id]);
         assert!(
             out.status.success(),
             "{}",

@@ -415,3 +415,33 @@ fn output_goes_only_to_a_new_private_file() {
         "no registration token was minted for a refused --output"
     );
 }
+
+/// `regent emulator mint|auth-tokens|revoke` were folded into `regent admin`:
+/// an old script gets a refusal naming the command that replaced it.
+#[test]
+fn the_emulators_old_admin_commands_name_their_replacements() {
+    for (old, new) in [
+        ("mint", "regent admin registration-token create"),
+        ("auth-tokens", "regent admin auth-token list"),
+        ("revoke", "regent admin auth-token revoke"),
+    ] {
+        let out = regent(
+            &[
+                "emulator",
+                old,
+                "--url",
+                "http://127.0.0.1:9",
+                "--count",
+                "3",
+            ],
+            None,
+            &[],
+        );
+        assert_eq!(code(&out), exit(ErrorCode::BadRequest), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(new),
+            "{old}: {}",
+            text(&out)
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Network faults end to end: the real `regent agent` and `regent emulator`
 //! processes with the loopback fault proxy (`regent_tests::proxy`) between
-//! them. The agent-level suite (`crates/regent-agent/tests/network_faults.rs`)
+//! them. The agent-level suite (`tests/tests/upstream_faults/`)
 //! tries every fault on both profiles and phases; this one proves the shipped
 //! binary behaves the same: `regent enroll` and `regent token` exit with the
 //! right code while the license server misbehaves, the agent stays up and

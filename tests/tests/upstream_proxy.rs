@@ -457,16 +457,17 @@ fn the_admin_cli_keeps_its_password_off_proxies_and_plain_http() {
     let rewritten = reverse.url();
     env.pop();
     env.push(("REGENT_ADMIN_URL", rewritten.as_str()));
-    let out = regent_tests::regent(&["admin", "token", "list"], None, &env);
+    let out = regent_tests::regent(&["admin", "registration-token", "list"], None, &env);
+    // The agent's own discovery refuses it, with the agent's code.
     assert_eq!(
         code(&out),
-        i32::from(ErrorCode::ServerError.number()),
+        i32::from(ErrorCode::Config.number()),
         "{}",
         text(&out)
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("will not be sent to") && stderr.contains("198.51.100.7"),
+        stderr.contains("names a token endpoint regent refuses") && stderr.contains("198.51.100.7"),
         "{stderr}"
     );
     // Only the discovery request reached the server: no password was posted.

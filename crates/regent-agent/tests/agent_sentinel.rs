@@ -221,6 +221,12 @@ async fn rotation_with_reuse_detection_keeps_the_session_alive_and_the_store_cur
         if round % 5 == 4 {
             // A fresh process renews with what the store holds: with reuse
             // detection on, a stale refresh token would kill the session.
+            // The old one exits as the daemon does: a renewal it had in flight
+            // (the scheduler plans one for about now) finishes and is stored
+            // first. (Dropped mid-renewal, it rotated the token at the server
+            // after the new one had read the store: seen under Wine.)
+            agent.shutdown();
+            agent.save_unsaved().await;
             drop(agent);
             agent = Agent::open(config.clone()).await.unwrap();
         }

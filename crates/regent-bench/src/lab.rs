@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use regent_agent::secret::ExposeSecret;
+use regent_agent::upstream::AdminClient;
 use regent_emulator::{Emulator, EmulatorConfig};
 use serde_json::{Value, json};
 
@@ -477,7 +479,7 @@ pub struct Server {
     url: String,
     admin_key: String,
     http: reqwest::Client,
-    admin: String,
+    admin: AdminClient,
 }
 
 impl Server {
@@ -544,27 +546,10 @@ impl Server {
         admin_key: String,
         config: &EmulatorConfig,
     ) -> Result<Server> {
+        let admin = AdminClient::login_to(&url, &config.admin_username, &config.admin_password)
+            .await
+            .context("the emulator's admin login")?;
         let http = reqwest::Client::new();
-        let token: Value = http
-            .post(format!(
-                "{url}/auth/realms/{}/protocol/openid-connect/token",
-                config.realm
-            ))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", config.admin_username.as_str()),
-                ("password", config.admin_password.as_str()),
-                ("client_id", config.client_id.as_str()),
-            ])
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let admin = token["access_token"]
-            .as_str()
-            .ok_or_else(|| anyhow!("the emulator's admin login returned no access_token"))?
-            .to_owned();
         Ok(Server {
             running,
             url,
@@ -595,19 +580,7 @@ impl Server {
     /// # Errors
     /// Transport errors and non-2xx answers.
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value> {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.url()))
-            .bearer_auth(&self.admin)
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("admin call {path}: {status}: {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+        Ok(self.admin.call(method, path, Some(&body)).await?)
     }
 
     /// Mints a registration token with `count` redemptions; returns its value.
@@ -615,17 +588,11 @@ impl Server {
     /// # Errors
     /// When the admin call fails.
     pub async fn mint(&self, count: u32) -> Result<String> {
-        let v = self
-            .admin(
-                reqwest::Method::POST,
-                "/token/api/v5/registrationTokens",
-                json!({"registrationToken": {"count": count}}),
-            )
+        let created = self
+            .admin
+            .create_registration_token(json!({ "count": count }))
             .await?;
-        v["registrationToken"]["token"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("mint returned no token: {v}"))
+        Ok(created.value.expose_secret().to_owned())
     }
 
     /// `GET /_emulator/counters`.

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use regent_client::{Client, ClientOptions, SubscriptionEvent};
 use regent_proto::ErrorCode;
-use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::emulator;
@@ -78,10 +77,20 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
         format!("license server listening on {url} ({lifetime}s access tokens)"),
     );
 
-    let admin = emulator::admin_login(&url, "admin").await?;
+    let base = regent_agent::upstream::admin_url(&url)?;
+    let admin = crate::admin::session_login(
+        &base,
+        &regent_agent::upstream::AdminCredentials::new("admin", emulator::admin_password()),
+    )
+    .await?;
     let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let record = emulator::mint(&admin, 3, expiry).await?;
-    let registration = record["token"].as_str().unwrap_or_default().to_owned();
+    let expiry = expiry
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| internal("cannot format the expiry", e))?;
+    let registration = admin
+        .create_registration_token(serde_json::json!({"count": 3, "expiryDate": expiry}))
+        .await?
+        .value;
     progress.say(
         "admin",
         "minted a registration token: count 3, expires in 1 hour",
@@ -116,9 +125,7 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
         format!("listening on {}, {secrets}", socket.display()),
     );
 
-    let enrolled = client
-        .enroll(SecretString::from(registration), false)
-        .await?;
+    let enrolled = client.enroll(registration, false).await?;
     progress.say(
         "agent",
         format!(
@@ -214,7 +221,7 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
         "admin",
         format!("deleting auth token {auth_id} on the license server (revocation)"),
     );
-    emulator::revoke(&admin, &auth_id).await?;
+    admin.revoke_auth_token(&auth_id).await?;
     let mut told = 0;
     while told < 2 {
         match tokio::time::timeout(Duration::from_secs(lifetime * 2 + 5), revoked_rx.recv()).await {

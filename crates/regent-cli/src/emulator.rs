@@ -1,16 +1,13 @@
-//! `regent emulator`: run the license-server emulator, or act on a running one
-//! through its admin API (the same calls an administrator's scripts make).
+//! `regent emulator`: run the license-server emulator, or inject faults into a
+//! running one. Its admin API is driven by `regent admin`, as a real server's is.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use regent_proto::ErrorCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use secrecy::SecretString;
-
-use crate::admin::Session;
 use crate::failure::internal;
 use regent_client::Error;
 
@@ -46,46 +43,17 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct Target {
-    /// The emulator's URL.
+    /// The emulator's URL (http:// to a loopback IP, as it prints when it starts).
     #[arg(
         long,
         env = "REGENT_EMULATOR_URL",
         default_value = "http://127.0.0.1:8600"
     )]
     pub url: String,
-    /// Admin user (password from $REGENT_EMULATOR_ADMIN_PASSWORD, default "admin").
-    #[arg(long, default_value = "admin")]
-    pub admin_user: String,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Action {
-    /// Create a registration token and print its value.
-    Mint {
-        #[command(flatten)]
-        target: Target,
-        /// How many auth tokens it may create (devices × instances per device).
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-        /// Days until it expires.
-        #[arg(long, default_value_t = 30)]
-        expires_in_days: u32,
-        /// Print the whole JSON record instead of the token value.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List who redeemed registration tokens (auth tokens).
-    AuthTokens {
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Delete (revoke) an auth token: the device's next refresh fails.
-    Revoke {
-        #[command(flatten)]
-        target: Target,
-        /// The auth token id.
-        id: String,
-    },
     /// Inject faults into the token routes (key from $REGENT_EMULATOR_ADMIN_KEY).
     Faults {
         #[command(flatten)]
@@ -109,48 +77,44 @@ pub enum Action {
         #[arg(long, conflicts_with_all = ["latency_ms", "failure_rate", "next_status", "drop_connections"])]
         clear: bool,
     },
+    /// Removed in 0.2: `regent admin registration-token create`.
+    #[command(hide = true)]
+    Mint(Removed),
+    /// Removed in 0.2: `regent admin auth-token list`.
+    #[command(hide = true)]
+    AuthTokens(Removed),
+    /// Removed in 0.2: `regent admin auth-token revoke`.
+    #[command(hide = true)]
+    Revoke(Removed),
+}
+
+/// The arguments of a removed command, whatever they were.
+#[derive(Debug, Args)]
+pub struct Removed {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+/// What replaced `regent emulator mint|auth-tokens|revoke`: the admin API
+/// commands, which work against the emulator and a real server alike.
+fn removed(command: &str, replacement: &str) -> Error {
+    Error::new(
+        ErrorCode::BadRequest,
+        format!(
+            "`regent emulator {command}` was removed: use `regent admin {replacement}` (it works against the emulator and a real server alike); for the emulator, set REGENT_ADMIN_URL=http://127.0.0.1:8600 REGENT_ADMIN_USER=admin REGENT_ADMIN_PASSWORD=admin"
+        ),
+    )
 }
 
 pub async fn run(args: EmulatorArgs) -> Result<(), Error> {
     match args.action {
         None => serve(args.serve).await,
-        Some(Action::Mint {
-            target,
-            count,
-            expires_in_days,
-            json,
-        }) => {
-            let admin = admin_login(&target.url, &target.admin_user).await?;
-            let expiry =
-                time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(expires_in_days));
-            let record = mint(&admin, count, expiry).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&record).unwrap_or_default()
-                );
-            } else {
-                println!("{}", record["token"].as_str().unwrap_or_default());
-            }
-            Ok(())
-        }
-        Some(Action::AuthTokens { target }) => {
-            let admin = admin_login(&target.url, &target.admin_user).await?;
-            let body = admin
-                .call(reqwest::Method::GET, "/token/api/v5/authTokens", None)
-                .await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&body["authTokens"]).unwrap_or_default()
-            );
-            Ok(())
-        }
-        Some(Action::Revoke { target, id }) => {
-            let admin = admin_login(&target.url, &target.admin_user).await?;
-            revoke(&admin, &id).await?;
-            println!("auth token {id} deleted; the device's next refresh will fail with REVOKED");
-            Ok(())
-        }
+        Some(Action::Mint(_)) => Err(removed(
+            "mint",
+            "registration-token create --count N --expires 30d",
+        )),
+        Some(Action::AuthTokens(_)) => Err(removed("auth-tokens", "auth-token list --json")),
+        Some(Action::Revoke(_)) => Err(removed("revoke", "auth-token revoke ID")),
         Some(Action::Faults {
             target,
             latency_ms,
@@ -163,15 +127,19 @@ pub async fn run(args: EmulatorArgs) -> Result<(), Error> {
             let key = std::env::var("REGENT_EMULATOR_ADMIN_KEY").map_err(|_| {
                 Error::new(ErrorCode::Config, "set REGENT_EMULATOR_ADMIN_KEY to the emulator's control key (printed when it starts)")
             })?;
-            // The control key must not reach a proxy from the environment (issue 18).
+            // The control key goes only where an admin password would: https://,
+            // or http:// to a loopback IP; never through a proxy from the
+            // environment (issue 18), never after a redirect.
+            let base = regent_agent::upstream::admin_url(&target.url)
+                .map_err(|e| Error::new(e.code, format!("--url: {}", e.message)))?;
             let (builder, _) = regent_agent::upstream::with_https_proxy(
-                reqwest::Client::builder(),
+                reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()),
                 &regent_agent::upstream::ProxySetting::Environment,
             )?;
             let http = builder
                 .build()
                 .map_err(|e| internal("cannot build the HTTP client", e))?;
-            let url = format!("{}/_emulator/faults", target.url.trim_end_matches('/'));
+            let url = format!("{}/_emulator/faults", base.as_str().trim_end_matches('/'));
             let request = if clear {
                 http.delete(&url)
             } else {
@@ -250,19 +218,31 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
     );
     println!("  control key (X-Emulator-Key): {}", config.admin_key);
     println!();
-    println!("Mint a registration token for 3 devices:");
-    println!("  regent emulator mint --url {url} --count 3");
+    println!(
+        "Its admin API (user {:?}) answers `regent admin`:",
+        config.admin_username
+    );
+    println!(
+        "  export REGENT_ADMIN_URL={url} REGENT_ADMIN_USER={}",
+        config.admin_username
+    );
+    println!(
+        "  export REGENT_ADMIN_PASSWORD=…   # $REGENT_EMULATOR_ADMIN_PASSWORD, default \"admin\""
+    );
+    println!("Create a registration token for 3 devices:");
+    println!("  regent admin registration-token create --count 3");
     println!(
         "Then point an agent at it ([server] profile = \"sentinel\", url = \"{url}\") and run:"
     );
-    println!("  regent emulator mint --url {url} | regent enroll");
+    println!("  regent admin registration-token create --count 1 | regent enroll");
     println!("Press Ctrl-C to stop.");
     regent_emulator::run(listener, config, crate::agent::shutdown_signal())
         .await
         .map_err(|e| internal("the emulator stopped with an error", e))
 }
 
-fn admin_password() -> String {
+/// The emulator's admin password: `$REGENT_EMULATOR_ADMIN_PASSWORD`, default "admin".
+pub fn admin_password() -> String {
     std::env::var("REGENT_EMULATOR_ADMIN_PASSWORD").unwrap_or_else(|_| "admin".to_owned())
 }
 
@@ -271,41 +251,4 @@ fn unreachable_emulator(url: &str, e: reqwest::Error) -> Error {
         ErrorCode::Unavailable,
         format!("cannot reach the emulator at {url}: {e}"),
     )
-}
-
-/// Logs in to the emulator's admin API as `user` (password from
-/// `$REGENT_EMULATOR_ADMIN_PASSWORD`, default "admin").
-pub async fn admin_login(url: &str, user: &str) -> Result<Session, Error> {
-    Session::with_password(url, user, SecretString::from(admin_password())).await
-}
-
-/// Creates a registration token; returns its record (with `token`).
-pub async fn mint(
-    admin: &Session,
-    count: u32,
-    expiry: time::OffsetDateTime,
-) -> Result<Value, Error> {
-    let expiry = expiry
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| internal("cannot format the expiry", e))?;
-    let body = admin
-        .call(
-            reqwest::Method::POST,
-            "/token/api/v5/registrationTokens",
-            Some(json!({"registrationToken": {"count": count, "expiryDate": expiry}})),
-        )
-        .await?;
-    Ok(body["registrationToken"].clone())
-}
-
-/// Deletes (revokes) an auth token.
-pub async fn revoke(admin: &Session, id: &str) -> Result<(), Error> {
-    admin
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/token/api/v5/authTokens/{id}"),
-            None,
-        )
-        .await?;
-    Ok(())
 }

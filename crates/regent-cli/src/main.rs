@@ -67,7 +67,8 @@ enum Command {
     /// (a Sentinel-EMS-shaped admin API). Credentials come from the keychain,
     /// a file or the environment — never from an argument.
     Admin(admin::AdminArgs),
-    /// Run the license-server emulator, or act on a running one.
+    /// Run the license-server emulator, or inject faults into a running one
+    /// (its admin API answers `regent admin`).
     Emulator(emulator::EmulatorArgs),
     /// Everything on one machine in under a minute: emulator, agent, enrollment,
     /// apps fetching and subscribing, renewals, then revocation.

@@ -58,6 +58,7 @@
 pub mod blocking;
 mod client;
 mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod options;

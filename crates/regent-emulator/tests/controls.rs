@@ -60,7 +60,10 @@ async fn counters_count_requests_by_route_and_outcome_and_reset() {
     refusal(h.redeem(value, "b").await).await;
     refusal(h.redeem("nope", "b").await).await;
     let counters = h.counters().await;
-    assert_eq!(counters["requests"]["idp_configurations"]["ok"], 1);
+    assert_eq!(
+        counters["requests"]["idp_configurations"]["ok"], 2,
+        "the harness's admin login discovers too"
+    );
     assert_eq!(
         counters["requests"]["redeem"],
         json!({ "ok": 1, "replay": 1, "registration_token_exhausted": 1, "invalid_registration_token": 1 })
@@ -189,7 +192,8 @@ async fn next_status_answers_exactly_n_requests() {
     let counters = h.counters().await;
     assert_eq!(
         counters["requests"]["idp_configurations"],
-        json!({ "fault": 3, "ok": 2 })
+        json!({ "fault": 3, "ok": 3 }),
+        "two here, one from the harness's admin login"
     );
     assert_eq!(
         h.control_ok(Method::GET, "/_emulator/faults", None).await["nextStatus"],
@@ -239,7 +243,8 @@ async fn dropped_connections_break_the_response() {
     );
     assert_eq!(
         h.counters().await["requests"]["idp_configurations"],
-        json!({ "dropped": 2, "ok": 1 })
+        json!({ "dropped": 2, "ok": 2 }),
+        "one here, one from the harness's admin login"
     );
 }
 

@@ -80,39 +80,18 @@ async fn redeemed_renewer(
     let emulator = regent_emulator::Emulator::start(config.clone())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!(
-            "{}/auth/realms/{}/protocol/openid-connect/token",
-            emulator.url(),
-            config.realm
-        ))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", config.admin_username.as_str()),
-            ("password", config.admin_password.as_str()),
-            ("client_id", config.client_id.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let admin = crate::upstream::AdminClient::login_to(
+        &emulator.url(),
+        &config.admin_username,
+        &config.admin_password,
+    )
+    .await
+    .unwrap();
+    let minted = admin
+        .create_registration_token(serde_json::json!({"count": 1}))
         .await
         .unwrap();
-    let minted: serde_json::Value = http
-        .post(format!(
-            "{}/token/api/v5/registrationTokens",
-            emulator.url()
-        ))
-        .bearer_auth(login["access_token"].as_str().unwrap())
-        .json(&serde_json::json!({"registrationToken": {"count": 1}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = minted["registrationToken"]["token"].as_str().unwrap();
+    let token = minted.value.expose_secret();
     let sentinel = Sentinel::new(
         Http::new(HttpSettings::default()).unwrap(),
         emulator.url().parse().unwrap(),
@@ -142,7 +121,7 @@ async fn redeemed_renewer(
         credential: tokio::sync::Mutex::new(credential),
         unsaved: AtomicBool::new(false),
     };
-    (emulator, http, renewer)
+    (emulator, reqwest::Client::new(), renewer)
 }
 
 /// Refresh requests the emulator received, whatever their outcome.

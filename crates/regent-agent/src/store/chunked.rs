@@ -19,7 +19,7 @@ use crate::secret::{ExposeSecret, SecretString, secret};
 
 /// Largest value stored in one entry, in UTF-16 units; longer ones are
 /// chunked. Windows keeps 2,560 bytes per credential, as UTF-16: 1,280 units,
-/// so 2,000 bytes leave room to spare. (Counted in UTF-8 bytes, as before
+/// so 1,000 units leave room to spare. (Counted in UTF-8 bytes, as before
 /// issue 13, a 2,000-byte chunk was 4,000 bytes on Windows and refused.)
 const CHUNK_UNITS: usize = 1000;
 

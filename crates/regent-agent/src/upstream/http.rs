@@ -117,6 +117,10 @@ impl Http {
         &self.settings
     }
 
+    pub(crate) fn request(&self, method: reqwest::Method, url: &Url) -> RequestBuilder {
+        self.client.request(method, url.clone())
+    }
+
     pub(crate) fn get(&self, url: &Url) -> RequestBuilder {
         self.client.get(url.clone())
     }

@@ -1,5 +1,7 @@
 //! The only code in the agent that speaks HTTP: the license-server profiles.
 //!
+//! - [`admin`]: the admin API (registration tokens, auth tokens) as an
+//!   administrator's tools use it: [`AdminClient`].
 //! - [`http`]: the shared client (rustls, no redirects, bounded bodies).
 //! - [`network`]: where requests may go: [`check_url`] refuses plain HTTP
 //!   except to loopback IP literals; plain HTTP never goes through a proxy,
@@ -17,6 +19,7 @@
 //! `RATE_LIMITED` and `TOKEN_LIMIT` are worth retrying, after `retry_after` when set.
 //! No message, log line or `Debug` output carries a secret.
 
+pub mod admin;
 pub mod http;
 pub mod identity;
 pub mod network;
@@ -29,6 +32,9 @@ pub mod token;
 
 use url::Url;
 
+pub use self::admin::{
+    AdminClient, AdminCredentials, AdminReply, CreatedRegistrationToken, admin_url,
+};
 pub use self::http::{Http, HttpSettings, MAX_RETRY_AFTER};
 pub use self::identity::DeviceIdentity;
 pub use self::network::{ProxySetting, check_url, with_https_proxy};

@@ -11,14 +11,17 @@ use std::time::{Duration, Instant};
 use regent_agent::agent::Agent;
 use regent_agent::config::Config;
 use regent_agent::engine::{Event, SlotState};
+use regent_agent::secret::ExposeSecret;
+use regent_agent::upstream::AdminClient;
 use regent_emulator::{Emulator, EmulatorConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// A running emulator plus an HTTP client with its admin bearer token.
+/// A running emulator, an HTTP client for its control API and an admin
+/// session on its admin API.
 pub struct Server {
     pub emulator: Emulator,
     pub http: reqwest::Client,
-    pub admin: String,
+    pub admin: AdminClient,
 }
 
 impl Server {
@@ -26,32 +29,16 @@ impl Server {
         let emulator = Emulator::start(config.clone())
             .await
             .expect("emulator starts");
-        let http = reqwest::Client::new();
-        let token: Value = http
-            .post(format!(
-                "{}/auth/realms/{}/protocol/openid-connect/token",
-                emulator.url(),
-                config.realm
-            ))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", config.admin_username.as_str()),
-                ("password", config.admin_password.as_str()),
-                ("client_id", config.client_id.as_str()),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let admin = token["access_token"]
-            .as_str()
-            .expect("admin token")
-            .to_owned();
+        let admin = AdminClient::login_to(
+            &emulator.url(),
+            &config.admin_username,
+            &config.admin_password,
+        )
+        .await
+        .expect("admin login");
         Server {
             emulator,
-            http,
+            http: reqwest::Client::new(),
             admin,
         }
     }
@@ -66,17 +53,12 @@ impl Server {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url()))
-            .bearer_auth(&self.admin);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let reply = self
+            .admin
+            .send(method, path, body.as_ref())
+            .await
+            .expect("admin request");
+        (reply.status, reply.body)
     }
 
     pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -97,40 +79,27 @@ impl Server {
     }
 
     /// Mints a registration token; returns (id, secret value).
-    pub async fn mint(&self, body: Value) -> (String, String) {
-        let (status, v) = self
-            .admin_call(
-                reqwest::Method::POST,
-                "/token/api/v5/registrationTokens",
-                Some(json!({ "registrationToken": body })),
-            )
-            .await;
-        assert_eq!(status, 201, "mint: {v}");
-        let t = &v["registrationToken"];
+    pub async fn mint(&self, fields: Value) -> (String, String) {
+        let created = self
+            .admin
+            .create_registration_token(fields)
+            .await
+            .expect("mint");
         (
-            t["id"].as_str().unwrap().to_owned(),
-            t["token"].as_str().unwrap().to_owned(),
+            created.record["id"].as_str().unwrap().to_owned(),
+            created.value.expose_secret().to_owned(),
         )
     }
 
     pub async fn registration(&self, id: &str) -> Value {
-        let (status, v) = self
-            .admin_call(
-                reqwest::Method::GET,
-                &format!("/token/api/v5/registrationTokens/{id}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v["registrationToken"].clone()
+        self.admin
+            .registration_token(id)
+            .await
+            .expect("registration token")
     }
 
     pub async fn auth_tokens(&self) -> Vec<Value> {
-        let (status, v) = self
-            .admin_call(reqwest::Method::GET, "/token/api/v5/authTokens", None)
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v["authTokens"].as_array().cloned().unwrap_or_default()
+        self.admin.auth_tokens(None).await.expect("auth tokens")
     }
 
     pub async fn counters(&self) -> Value {

@@ -1,21 +1,22 @@
 //! Shared by the `upstream_*` integration tests: a real emulator on 127.0.0.1
-//! plus admin helpers that call it with reqwest directly.
+//! plus admin helpers on the one admin client ([`AdminClient`]).
 
 #![allow(dead_code, clippy::expect_used)]
 
 use std::time::Duration;
 
-use regent_agent::upstream::{Http, HttpSettings};
+use regent_agent::secret::ExposeSecret;
+use regent_agent::upstream::{AdminClient, Http, HttpSettings};
 use regent_emulator::{Emulator, EmulatorConfig};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use url::Url;
 
-/// A running emulator and an admin bearer token for its admin API.
+/// A running emulator and an admin session on its admin API.
 pub struct Server {
     pub emulator: Emulator,
     client: reqwest::Client,
-    admin_bearer: String,
+    admin: AdminClient,
 }
 
 impl Server {
@@ -24,37 +25,27 @@ impl Server {
     }
 
     pub async fn start_with(config: EmulatorConfig) -> Server {
-        let emulator = Emulator::start(config)
+        let emulator = Emulator::start(config.clone())
             .await
             .expect("emulator starts on 127.0.0.1");
-        let client = reqwest::Client::new();
-        let url = format!(
-            "{}/auth/realms/regent/protocol/openid-connect/token",
-            emulator.url()
-        );
-        let answer: Value = client
-            .post(url)
-            .form(&[
-                ("grant_type", "password"),
-                ("username", "admin"),
-                ("password", "admin"),
-                ("client_id", "regent-agent"),
-            ])
-            .send()
-            .await
-            .expect("admin login")
-            .json()
-            .await
-            .expect("admin login answer");
-        let admin_bearer = answer["access_token"]
-            .as_str()
-            .expect("admin bearer")
-            .to_owned();
-        Server {
+        let admin = AdminClient::login_to(
+            &emulator.url(),
+            &config.admin_username,
+            &config.admin_password,
+        )
+        .await
+        .expect("admin login");
+        let server = Server {
             emulator,
-            client,
-            admin_bearer,
-        }
+            client: reqwest::Client::new(),
+            admin,
+        };
+        // Each test counts its own requests, not the login's.
+        let (status, answer) = server
+            .control(Method::POST, "/_emulator/counters/reset", None)
+            .await;
+        assert!(status.is_success(), "{answer}");
+        server
     }
 
     /// The emulator's base URL, `http://127.0.0.1:PORT/`.
@@ -66,18 +57,22 @@ impl Server {
         self.url().join(path).expect("joined URL")
     }
 
-    /// An admin API call with the bearer token.
+    /// An admin API call, whatever its status.
     pub async fn admin(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let request = self
-            .client
-            .request(method, self.url_for(path))
-            .bearer_auth(&self.admin_bearer);
-        send(request, body).await
+        let reply = self
+            .admin
+            .send(method, path, body.as_ref())
+            .await
+            .expect("admin request");
+        (
+            StatusCode::from_u16(reply.status).expect("HTTP status"),
+            reply.body,
+        )
     }
 
     /// An `/_emulator/*` call with the emulator key.
@@ -116,18 +111,14 @@ impl Server {
 
     /// Creates a registration token; returns (id, value).
     pub async fn registration_token(&self, fields: Value) -> (String, String) {
-        let (status, answer) = self
-            .admin(
-                Method::POST,
-                "/token/api/v5/registrationTokens",
-                Some(json!({ "registrationToken": fields })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{answer}");
-        let token = &answer["registrationToken"];
+        let created = self
+            .admin
+            .create_registration_token(fields)
+            .await
+            .expect("registration token created");
         (
-            token["id"].as_str().expect("id").to_owned(),
-            token["token"].as_str().expect("value").to_owned(),
+            created.record["id"].as_str().expect("id").to_owned(),
+            created.value.expose_secret().to_owned(),
         )
     }
 

@@ -36,8 +36,8 @@ pub struct ServerArgs {
 pub enum AdminCommand {
     /// Registration tokens: create (sized devices × instances), list, raise
     /// the count, disable, enable, delete.
-    #[command(subcommand, visible_alias = "registration-token")]
-    Token(TokenCommand),
+    #[command(subcommand, name = "registration-token", visible_alias = "token")]
+    RegistrationToken(RegistrationTokenCommand),
     /// Auth tokens (one per redemption): who redeemed, and revoke.
     #[command(subcommand, name = "auth-token", visible_alias = "auth-tokens")]
     AuthToken(AuthTokenCommand),
@@ -49,7 +49,7 @@ pub enum AdminCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub enum RegistrationTokenCommand {
     /// Create a registration token. Prints its value alone on stdout (a
     /// summary goes to stderr), or writes it to --output.
     Create {

@@ -1,15 +1,12 @@
 //! The admin's credentials: a `0600` file, the environment or the OS
 //! keychain (`regent admin login`), never an argument.
 
+use regent_agent::upstream::AdminCredentials;
+
 use super::*;
 
 /// Keychain service under which `regent admin login` keeps credentials.
 pub(super) const KEYCHAIN_SERVICE: &str = "regent-admin";
-
-pub(super) struct Credentials {
-    pub(super) user: String,
-    pub(super) password: SecretString,
-}
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +19,7 @@ pub(super) struct CredentialsFile {
 pub(super) async fn credentials(
     server: &ServerArgs,
     base: &reqwest::Url,
-) -> Result<Credentials, Error> {
+) -> Result<AdminCredentials, Error> {
     if let Some(path) = &server.credentials_file {
         return read_credentials_file(path);
     }
@@ -33,7 +30,7 @@ pub(super) async fn credentials(
                 "REGENT_ADMIN_PASSWORD is set but no user: set REGENT_ADMIN_USER (or --user)",
             ));
         };
-        return Ok(Credentials {
+        return Ok(AdminCredentials {
             user,
             password: SecretString::from(password),
         });
@@ -48,7 +45,7 @@ pub(super) async fn credentials(
                         "the admin credentials in the keychain are unreadable; run `regent admin login` again",
                     )
                 })?;
-            Ok(Credentials {
+            Ok(AdminCredentials {
                 user: parsed.user,
                 password: SecretString::from(parsed.password),
             })
@@ -63,7 +60,7 @@ pub(super) async fn credentials(
     }
 }
 
-pub(super) fn read_credentials_file(path: &Path) -> Result<Credentials, Error> {
+pub(super) fn read_credentials_file(path: &Path) -> Result<AdminCredentials, Error> {
     let meta = std::fs::metadata(path).map_err(|e| {
         Error::new(
             ErrorCode::Config,
@@ -107,7 +104,7 @@ pub(super) fn read_credentials_file(path: &Path) -> Result<Credentials, Error> {
             ),
         )
     })?;
-    Ok(Credentials {
+    Ok(AdminCredentials {
         user: parsed.user,
         password: SecretString::from(parsed.password),
     })

