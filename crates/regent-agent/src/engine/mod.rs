@@ -41,7 +41,9 @@ use crate::grant::Grant;
 
 pub use self::demand::DemandGuard;
 use self::demand::{Demand, beyond_lifetime, demand_may_renew, note_demand, unavailable};
-use self::schedule::{FAR_FUTURE, backoff_delay, jittered_renewal_point, plan, scheduler};
+use self::schedule::{
+    FAR_FUTURE, backoff_delay, jittered_renewal_point, plan, scheduler, spread_renewal_point,
+};
 pub use self::settings::EngineSettings;
 
 /// A boxed, sendable future (the [`Renewer`] trait stays object-safe).
@@ -152,6 +154,11 @@ struct Inner {
     issued_lifetime: Option<Duration>,
     /// The jittered renewal point chosen for the current grant.
     renew_at: Option<SystemTime>,
+    /// The next grant is the first after a start, an enrollment or a failed
+    /// renewal: its renewal point is spread over a whole period
+    /// ([`spread_renewal_point`]), so a fleet that did this together does
+    /// not stay a herd.
+    spread_next: bool,
     /// No upstream call before this (backoff, or a re-issued token's expiry).
     not_before: Option<SystemTime>,
     last_error: Option<Error>,
@@ -192,6 +199,7 @@ impl Engine {
                 grant: None,
                 issued_lifetime: None,
                 renew_at: None,
+                spread_next: true,
                 not_before: None,
                 last_error: None,
                 last_renewal: None,
@@ -284,9 +292,12 @@ impl Engine {
             let mut inner = self.shared.lock();
             from = inner.state;
             inner.renewer = Some(renewer);
+            // A new credential, or one loaded at start: its first renewal is
+            // spread (a mass restart or enrollment must not stay a herd).
             inner.renew_at = grant
                 .as_ref()
-                .map(|g| jittered_renewal_point(g, &inner.settings));
+                .map(|g| spread_renewal_point(g, &inner.settings));
+            inner.spread_next = grant.is_none();
             if let Some(g) = &grant {
                 inner.last_renewal = Some(g.received_at);
             }
@@ -530,7 +541,11 @@ impl Engine {
                         "server re-issued the same access token; next fetch after it expires"
                     );
                 }
-                let renew_at = jittered_renewal_point(&grant, &inner.settings);
+                let renew_at = if std::mem::take(&mut inner.spread_next) {
+                    spread_renewal_point(&grant, &inner.settings)
+                } else {
+                    jittered_renewal_point(&grant, &inner.settings)
+                };
                 // A server whose tokens live no longer than clients ask for:
                 // another token before the renewal point would be no longer,
                 // so requests get UNAVAILABLE until then instead of each one
@@ -589,6 +604,9 @@ impl Engine {
             Err(error) => {
                 self.shared.renewals_failed.fetch_add(1, Ordering::Relaxed);
                 inner.failures = inner.failures.saturating_add(1);
+                // The fleet failed together (an outage): it recovers together,
+                // so the renewal after the recovery is spread.
+                inner.spread_next = true;
                 let delay = backoff_delay(&inner.settings, inner.failures, error.retry_after);
                 tracing::warn!(
                     code = %error.code,

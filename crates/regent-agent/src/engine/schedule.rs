@@ -12,6 +12,24 @@ pub(super) fn jittered_renewal_point(grant: &Grant, settings: &EngineSettings) -
     grant.received_at + grant.lifetime().mul_f64(fraction)
 }
 
+/// The renewal point of the first grant after a start, an enrollment or an
+/// outage: anywhere in the one period that ends at the latest jittered point
+/// (`ahead × (1 + jitter)`), but not before demand may renew
+/// (`min_spacing`). A fleet that started, or saw its server come back, in the
+/// same instant then renews spread over the period from its second renewal
+/// on; ± `jitter` alone would keep the herd's shape for many periods (the
+/// fleet simulation measured peak/mean 2.5 after five). Only this one renewal
+/// comes early, so the steady-state request rate does not change, and an
+/// earlier renewal never hands out a shorter token.
+pub(super) fn spread_renewal_point(grant: &Grant, settings: &EngineSettings) -> SystemTime {
+    let latest = (settings.ahead * (1.0 + settings.jitter)).clamp(0.05, 0.99);
+    let earliest = (latest - settings.ahead)
+        .max(settings.min_spacing)
+        .clamp(0.05, latest);
+    let fraction = earliest + rand::random::<f64>() * (latest - earliest);
+    grant.received_at + grant.lifetime().mul_f64(fraction)
+}
+
 /// Exponential backoff (`backon`) with full jitter, never sooner than the
 /// server's `Retry-After`.
 pub(super) fn backoff_delay(

@@ -185,6 +185,75 @@ fn renewal_point_stays_within_jitter() {
 }
 
 #[test]
+fn the_first_renewal_point_is_spread_over_a_whole_period() {
+    let settings = EngineSettings::default();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let g = grant_at(t0, Duration::from_secs(300));
+    // Default ahead 2/3, jitter 10 %, min_spacing 0.2: from 60 s (demand may
+    // not renew sooner) to 220 s (the latest jittered point).
+    let mut deciles = [0u32; 10];
+    for _ in 0..4000 {
+        let at = spread_renewal_point(&g, &settings);
+        let offset = at.duration_since(t0).unwrap().as_secs_f64();
+        assert!((60.0..=220.0).contains(&offset), "{offset}");
+        let k = (((offset - 60.0) / 16.0) as usize).min(9);
+        deciles[k] += 1;
+    }
+    // Uniform: each tenth of the window holds about 400 of 4000.
+    assert!(deciles.iter().all(|&n| n > 250), "{deciles:?}");
+    // The window never inverts, whatever the settings.
+    let odd = EngineSettings {
+        ahead: 0.5,
+        jitter: 0.0,
+        min_spacing: 0.9,
+        ..EngineSettings::default()
+    };
+    for _ in 0..100 {
+        let at = spread_renewal_point(&g, &odd);
+        assert_eq!(at.duration_since(t0).unwrap(), Duration::from_secs(150));
+    }
+}
+
+/// A synchronised start (every engine's first token at once) is spread over
+/// the first period; the renewals after that use the ordinary ± jitter.
+#[tokio::test]
+async fn after_a_start_and_after_a_failure_the_next_renewal_is_spread() {
+    let engine = Engine::start(EngineSettings::default());
+    let renewer = Counting::new(LIFETIME, Duration::ZERO);
+    engine.activate(renewer.clone(), None).await;
+    let _first = engine.token(Duration::from_secs(1)).await.unwrap();
+    let (renew_at, spread_next, received) = {
+        let inner = engine.shared.lock();
+        let grant = inner.grant.clone().unwrap();
+        (
+            inner.renew_at.unwrap(),
+            inner.spread_next,
+            grant.received_at,
+        )
+    };
+    assert!(!spread_next, "only the first grant is spread");
+    let offset = renew_at.duration_since(received).unwrap().as_secs_f64();
+    assert!((60.0..=220.0).contains(&offset), "{offset}");
+    // A failed renewal marks the next grant for spreading again.
+    engine.shared.lock().renewer = Some(Arc::new(Failing));
+    engine.renew_locked().await;
+    assert!(
+        engine.shared.lock().spread_next,
+        "a failure spreads the next"
+    );
+    engine.shutdown();
+}
+
+/// Fails every renewal with a retryable error.
+struct Failing;
+
+impl Renewer for Failing {
+    fn renew(&self) -> BoxFuture<'_, Result<Grant>> {
+        Box::pin(async { Err(Error::new(ErrorCode::Unavailable, "down")) })
+    }
+}
+
+#[test]
 fn backoff_grows_caps_and_honours_retry_after() {
     let settings = EngineSettings {
         backoff_min: Duration::from_secs(1),
@@ -210,6 +279,7 @@ fn demand_pulls_renewal_earlier_and_idle_uses_keepalive() {
     let grant = grant_at(t0, Duration::from_secs(300));
     let mut inner = Inner {
         renew_at: Some(t0 + Duration::from_secs(200)),
+        spread_next: false,
         settings,
         renewer: None,
         state: SlotState::Active,
@@ -284,6 +354,7 @@ fn absurd_demands_and_settings_do_not_overflow() {
     let t0 = SystemTime::now();
     let mut inner = Inner {
         renew_at: None,
+        spread_next: false,
         settings,
         renewer: Some(Arc::new(Never)),
         state: SlotState::Active,
