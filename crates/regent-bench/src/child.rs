@@ -1,5 +1,5 @@
 //! The processes the bench starts from its own binary: the agent (the same
-//! daemon as `regent agent`), the echo baseline, and a load driver for
+//! daemon as `regent agent`), the echo baseline, the floor, and a load driver for
 //! profiling an agent from outside.
 
 use std::path::Path;
@@ -73,6 +73,32 @@ pub fn echo(socket: &Path, reply_bytes: usize) -> Result<()> {
     let _ = reply_bytes;
     anyhow::bail!(
         "the raw echo baseline ({}) needs Unix sockets, which this platform's bench does not use",
+        socket.display()
+    )
+}
+
+/// `regent-bench floor --socket PATH --reply-bytes N`: the floor server (one
+/// thread, blocking calls, one connection at a time) until it is killed.
+///
+/// # Errors
+/// Bind or accept failures.
+#[cfg(unix)]
+pub fn floor(socket: &Path, reply_bytes: usize) -> Result<()> {
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    raw::serve_floor(&listener, &raw::reply_frame(reply_bytes))
+        .with_context(|| format!("the floor server on {} stopped", socket.display()))
+}
+
+/// The floor server needs Unix sockets.
+///
+/// # Errors
+/// Always, naming the platform's limit.
+#[cfg(not(unix))]
+pub fn floor(socket: &Path, reply_bytes: usize) -> Result<()> {
+    let _ = reply_bytes;
+    anyhow::bail!(
+        "the floor server ({}) needs Unix sockets, which this platform's bench does not use",
         socket.display()
     )
 }

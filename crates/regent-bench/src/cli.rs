@@ -77,6 +77,16 @@ pub enum Command {
         #[arg(long)]
         reply_bytes: usize,
     },
+    /// (child mode) Run the floor: a blocking, single-thread echo server.
+    #[command(hide = true)]
+    Floor {
+        /// Where to listen.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Payload bytes of every reply.
+        #[arg(long)]
+        reply_bytes: usize,
+    },
     /// (child mode) Run the emulator on a free loopback port; print its URL.
     #[command(hide = true)]
     Emulator,
@@ -100,6 +110,10 @@ pub fn main(cli: Cli) -> ExitCode {
             socket,
             reply_bytes,
         } => crate::child::echo(socket, *reply_bytes).map(|()| ExitCode::SUCCESS),
+        Command::Floor {
+            socket,
+            reply_bytes,
+        } => crate::child::floor(socket, *reply_bytes).map(|()| ExitCode::SUCCESS),
         Command::Emulator => crate::child::emulator().map(|()| ExitCode::SUCCESS),
         Command::Drive { socket, requests } => {
             crate::child::drive(socket, *requests).map(|()| ExitCode::SUCCESS)
@@ -127,6 +141,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Fleet => vec![all[5]],
         Command::Agent { .. }
         | Command::Echo { .. }
+        | Command::Floor { .. }
         | Command::Emulator
         | Command::Drive { .. } => Vec::new(),
     };

@@ -253,19 +253,54 @@ impl Lab {
     /// # Errors
     /// When it cannot start or does not listen within 10 s.
     pub fn spawn_echo(&self, reply_bytes: usize) -> Result<ChildProc> {
-        let dir = self.subdir("echo")?;
-        let socket = dir.join(format!("echo-{reply_bytes}.sock"));
+        self.spawn_baseline("echo", "", reply_bytes, "echo server")
+    }
+
+    /// Starts a floor server (blocking, single-thread) answering
+    /// `reply_bytes`-byte frames; `name` tells several apart.
+    ///
+    /// # Errors
+    /// When it cannot start or does not listen within 10 s.
+    pub fn spawn_floor(&self, name: &str, reply_bytes: usize) -> Result<ChildProc> {
+        self.spawn_baseline("floor", name, reply_bytes, "floor server")
+    }
+
+    fn spawn_baseline(
+        &self,
+        mode: &str,
+        name: &str,
+        reply_bytes: usize,
+        what: &'static str,
+    ) -> Result<ChildProc> {
+        let dir = self.subdir(mode)?;
+        let socket = dir.join(format!("{mode}{name}-{reply_bytes}.sock"));
         let _ = std::fs::remove_file(&socket);
         let me = std::env::current_exe().context("cannot find this executable's path")?;
         let mut cmd = Command::new(me);
-        cmd.arg("echo")
+        cmd.arg(mode)
             .arg("--socket")
             .arg(&socket)
             .arg("--reply-bytes")
             .arg(reply_bytes.to_string());
-        let child = ChildProc::spawn(cmd, &dir.join("echo.log"), socket, "echo server")?;
+        let log = dir.join(format!("{mode}{name}.log"));
+        let child = ChildProc::spawn(cmd, &log, socket, what)?;
         child.wait_ready(Duration::from_secs(10))?;
         Ok(child)
+    }
+
+    /// The `regent` binary when that is the agent under test (its `token`
+    /// command is measured); `None` when the bench plays the agent itself.
+    pub fn regent_bin(&self) -> Option<&Path> {
+        match &self.agent_bin {
+            // A pinned child is handed this binary as `--agent-bin` when the
+            // bench plays the agent: only a program named `regent` has `token`.
+            AgentBin::Regent(path)
+                if path.file_stem().and_then(|s| s.to_str()) == Some("regent") =>
+            {
+                Some(path)
+            }
+            AgentBin::Regent(_) | AgentBin::Bench(_) => None,
+        }
     }
 }
 

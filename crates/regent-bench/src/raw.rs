@@ -2,7 +2,8 @@
 //! nothing else — no JSON parsing, no token engine, no client library.
 //!
 //! [`serve_echo`] answers every whole frame with a canned frame as large as
-//! the agent's token reply; [`RawBlocking`] and [`RawAsync`] send prepared
+//! the agent's token reply, on tokio as the agent is; [`serve_floor`] does the
+//! same with one thread and blocking calls (the floor); [`RawBlocking`] and [`RawAsync`] send prepared
 //! request frames and read one whole frame back. Both ends reuse their
 //! buffers, so the baseline costs syscalls and wake-ups only.
 
@@ -95,6 +96,21 @@ impl Frames {
     fn consume(&mut self, n: usize) {
         self.buf.copy_within(n..self.filled, 0);
         self.filled -= n;
+    }
+
+    /// Queues `reply` in `out` for every whole frame received (the echo
+    /// servers); false when a frame is impossible.
+    fn answer_whole(&mut self, reply: &[u8], out: &mut Vec<u8>) -> bool {
+        loop {
+            match self.whole() {
+                Ok(Some(n)) => {
+                    self.consume(n);
+                    out.extend_from_slice(reply);
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
     }
 
     fn spare(&mut self) -> &mut [u8] {
@@ -227,15 +243,8 @@ async fn echo_connection(mut stream: tokio::net::UnixStream, reply: Arc<[u8]>) {
     let mut frames = Frames::new();
     let mut out = Vec::with_capacity(reply.len() * 4);
     loop {
-        loop {
-            match frames.whole() {
-                Ok(Some(n)) => {
-                    frames.consume(n);
-                    out.extend_from_slice(&reply);
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            }
+        if !frames.answer_whole(&reply, &mut out) {
+            return;
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -244,6 +253,42 @@ async fn echo_connection(mut stream: tokio::net::UnixStream, reply: Arc<[u8]>) {
             out.clear();
         }
         match stream.read(frames.spare()).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => frames.filled += n,
+        }
+    }
+}
+
+/// Serves the floor on `listener` until it fails: one thread, blocking std
+/// calls, one connection at a time, each answered until it closes. Every
+/// whole frame received is answered with `reply` in one `write`. Nothing
+/// here crosses a thread or an event loop, so this is the least a local
+/// request/response can cost: a client's wait is one wake-up, one read and
+/// one write on the other side.
+///
+/// # Errors
+/// When `accept` itself fails.
+pub fn serve_floor(listener: &std::os::unix::net::UnixListener, reply: &[u8]) -> io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept()?;
+        floor_connection(stream, reply);
+    }
+}
+
+fn floor_connection(mut stream: UnixStream, reply: &[u8]) {
+    let mut frames = Frames::new();
+    let mut out = Vec::with_capacity(reply.len() * 4);
+    loop {
+        if !frames.answer_whole(reply, &mut out) {
+            return;
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+            out.clear();
+        }
+        match stream.read(frames.spare()) {
             Ok(0) | Err(_) => return,
             Ok(n) => frames.filled += n,
         }
@@ -282,5 +327,19 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(n, 104);
+    }
+
+    #[test]
+    fn the_floor_answers_each_frame_and_each_connection_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("floor.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || serve_floor(&listener, &reply_frame(100)));
+        for _ in 0..3 {
+            let mut c = RawBlocking::connect(&path).unwrap();
+            for id in 0..3 {
+                assert_eq!(c.call(&token_frame(id, 60).unwrap()).unwrap(), 104);
+            }
+        }
     }
 }
