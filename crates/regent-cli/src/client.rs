@@ -140,9 +140,15 @@ pub async fn enroll(args: EnrollArgs, socket: Option<PathBuf>) -> Result<(), Err
     Ok(())
 }
 
-pub async fn token(args: TokenArgs, socket: Option<PathBuf>) -> Result<(), Error> {
-    let client = connect(socket).await?;
-    let token = client.token(Duration::from_secs(args.min_valid)).await?;
+/// `regent token`: one request on a connection of its own (`hello` and
+/// `token` pipelined), through the blocking client.
+pub fn token(args: &TokenArgs, socket: Option<PathBuf>) -> Result<(), Error> {
+    let mut options = ClientOptions::new("regent-cli");
+    if let Some(socket) = socket {
+        options = options.socket(socket);
+    }
+    let token =
+        regent_client::blocking::Client::token_once(options, Duration::from_secs(args.min_valid))?;
     let expires = rfc3339(token.expires_at);
     match args.format {
         TokenFormat::Raw => println!("{}", token.secret()),

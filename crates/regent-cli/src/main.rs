@@ -107,6 +107,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    // `regent token` is one request: the blocking client, `hello` and `token`
+    // in one write, and no async runtime to start (issue 15, items 3 and 4).
+    let cli = match cli {
+        Cli {
+            socket,
+            command: Command::Token(args),
+        } => return finish(client::token(&args, socket)),
+        other => other,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -114,7 +123,12 @@ fn main() -> ExitCode {
             return ExitCode::from(ErrorCode::Internal.number());
         }
     };
-    match runtime.block_on(run(cli)) {
+    finish(runtime.block_on(run(cli)))
+}
+
+/// The exit status of a command: 0, or its error's code after the message.
+fn finish(result: Result<(), Error>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("regent: {}", failure.report());
@@ -128,7 +142,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Agent(args) => agent::run(args, socket).await,
         Command::Enroll(args) => client::enroll(args, socket).await,
-        Command::Token(args) => client::token(args, socket).await,
+        Command::Token(args) => client::token(&args, socket),
         Command::Status(args) => client::status(args, socket).await,
         Command::Metrics => client::metrics(socket).await,
         Command::Unenroll => client::unenroll(socket).await,

@@ -96,14 +96,7 @@ fn agent_errors_keep_their_code_number_and_retry_hint() {
 
 #[test]
 fn an_agent_speaking_no_common_version_is_refused() {
-    let agent = FakeAgent::start(|request| match request.op {
-        Op::Hello { .. } => vec![Action::Send(common::error(
-            request.id,
-            ErrorCode::UnsupportedVersion,
-            "this agent speaks protocol 7 only",
-        ))],
-        _ => standard(request),
-    });
+    let agent = FakeAgent::start(speaks_protocol_7_only);
     let e = Client::connect(agent.options()).unwrap_err();
     assert_eq!(e.code, ErrorCode::UnsupportedVersion);
 }
@@ -390,4 +383,55 @@ fn blocking_types_are_thread_safe() {
     send_sync::<TokenSource>();
     fn send<T: Send>() {}
     send::<regent_client::blocking::Subscription>();
+}
+
+/// `token_once` sends `hello` and `token` together: this agent answers the
+/// `hello` only once the `token` request is in, so a client that waited for
+/// that answer before asking would time out.
+#[test]
+fn token_once_pipelines_hello_and_token() {
+    let agent = FakeAgent::start(|request| match request.op {
+        Op::Hello { .. } => Vec::new(),
+        Op::Token { .. } => {
+            let hello = common::ok(
+                request.id - 1,
+                regent_proto::message::Reply::Hello {
+                    version: 1,
+                    agent: "fake-0.1".into(),
+                },
+            );
+            let mut actions = vec![Action::Send(hello)];
+            actions.extend(standard(request));
+            actions
+        }
+        _ => standard(request),
+    });
+    let options = agent
+        .options()
+        .connect_timeout(Duration::from_secs(2))
+        .request_timeout(Duration::from_secs(2));
+    let token = Client::token_once(options, Duration::from_secs(30)).unwrap();
+    assert_eq!(token.access_token(), "token-30");
+    assert_eq!(agent.count("hello"), 1);
+    assert_eq!(agent.connections(), 1);
+}
+
+/// The `hello` answer still decides: its refusal is the call's error.
+#[test]
+fn token_once_reports_the_hello_refusal() {
+    let agent = FakeAgent::start(speaks_protocol_7_only);
+    let e = Client::token_once(agent.options(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnsupportedVersion, "{e}");
+}
+
+/// An agent that refuses every `hello`: it shares no protocol version.
+fn speaks_protocol_7_only(request: &regent_proto::message::Request) -> Vec<Action> {
+    match request.op {
+        Op::Hello { .. } => vec![Action::Send(common::error(
+            request.id,
+            ErrorCode::UnsupportedVersion,
+            "this agent speaks protocol 7 only",
+        ))],
+        _ => standard(request),
+    }
 }

@@ -7,9 +7,9 @@
 //!   blocking std client and a blocking, single-thread std server
 //!   ([`raw::serve_floor`]) exchanging frames of the same sizes — and the
 //!   async client also against the raw tokio round trip;
-//! - **connect per call**: connect, one token, close (the blocking client,
-//!   `hello` included) against connect, one round trip, close to a floor
-//!   server;
+//! - **connect per call**: connect, one token, close
+//!   (`blocking::Client::token_once`: `hello` and `token` in one write)
+//!   against connect, one round trip, close to a floor server;
 //! - **a whole process**: `regent token` spawned and waited for, against
 //!   `true` spawned the same way.
 
@@ -129,8 +129,7 @@ fn measure(lab: &Lab, scenario: &str) -> Result<Vec<Row>> {
                         .map(drop)
                 })?,
                 Case::Connect => time_blocking(n, || {
-                    regent_client::blocking::Client::connect(options.clone())?
-                        .token(MIN_VALID)
+                    regent_client::blocking::Client::token_once(options.clone(), MIN_VALID)
                         .map(drop)
                 })?,
                 Case::RawTokio => {
@@ -265,7 +264,7 @@ fn measure(lab: &Lab, scenario: &str) -> Result<Vec<Row>> {
                 f64::INFINITY,
             )),
         )
-        .note("blocking::Client::connect (hello included) + token + close vs connect_floor"),
+        .note("blocking::Client::token_once (connect, hello and token in one write, close) vs connect_floor"),
     );
     rows.extend(processes(lab, scenario, socket)?);
     drop(echo);

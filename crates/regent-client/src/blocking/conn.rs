@@ -42,6 +42,29 @@ impl Connection {
     /// Connects and says `hello`, all within `opts.connect_timeout`.
     pub(crate) fn open(socket: &Path, opts: &ClientOptions) -> Result<Self> {
         let deadline = Instant::now() + opts.connect_timeout;
+        let mut conn = Connection::connect(socket, opts)?;
+        let id = conn.send(wire::hello(opts)).map_err(Failure::into_error)?;
+        conn.finish_hello(id, deadline, opts)?;
+        Ok(conn)
+    }
+
+    /// Connects and sends `hello` and `first` together, in one write: a
+    /// client that connects per call (the CLI, a script, the C library's
+    /// one-shot use) waits for one round trip, not two. Reads the `hello`
+    /// answer (its error, if any, is this call's) and returns the id of
+    /// `first`, whose answer follows.
+    pub(crate) fn open_with(socket: &Path, opts: &ClientOptions, first: Op) -> Result<(Self, u64)> {
+        let deadline = Instant::now() + opts.connect_timeout;
+        let mut conn = Connection::connect(socket, opts)?;
+        let ids = conn
+            .send_all([wire::hello(opts), first])
+            .map_err(Failure::into_error)?;
+        conn.finish_hello(ids[0], deadline, opts)?;
+        Ok((conn, ids[1]))
+    }
+
+    /// The socket connection, its owner checked; nothing sent yet.
+    fn connect(socket: &Path, opts: &ClientOptions) -> Result<Self> {
         let name = socket
             .to_fs_name::<GenericFilePath>()
             .map_err(|e| error::connect_failed(socket, &e))?;
@@ -57,7 +80,7 @@ impl Connection {
         stream
             .set_send_timeout(Some(send_timeout))
             .map_err(|e| error::connect_failed(socket, &e))?;
-        let mut conn = Connection {
+        Ok(Connection {
             stream,
             frames: FrameBuffer::new(),
             socket: socket.to_owned(),
@@ -73,14 +96,17 @@ impl Connection {
                 version: 0,
                 agent: String::new(),
             },
-        };
-        let id = conn.send(wire::hello(opts)).map_err(Failure::into_error)?;
-        let response = conn
+        })
+    }
+
+    /// Reads the answer to the `hello` sent as `id`.
+    fn finish_hello(&mut self, id: u64, deadline: Instant, opts: &ClientOptions) -> Result<()> {
+        let response = self
             .receive(id, Some(deadline))
             .map_err(Failure::into_error)?
-            .ok_or_else(|| error::handshake_timeout(socket, opts.connect_timeout))?;
-        conn.agent = wire::agent_info(socket, response)?;
-        Ok(conn)
+            .ok_or_else(|| error::handshake_timeout(&self.socket, opts.connect_timeout))?;
+        self.agent = wire::agent_info(&self.socket, response)?;
+        Ok(())
     }
 
     pub(crate) fn is_broken(&self) -> bool {
@@ -92,26 +118,38 @@ impl Connection {
     /// A failed write means the agent did not get the whole frame, so it
     /// cannot have acted on it: [`Failure::NotSent`] (timeouts excepted).
     pub(crate) fn send(&mut self, op: Op) -> Result<u64, Failure> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let name = op.name();
-        let frame = wire::encode_request(id, op).map_err(Failure::Other)?;
-        if let Err(e) = self.write_all(&frame) {
-            // Part of the frame may be out: nothing more can go on this stream.
+        let ids = self.send_all([op])?;
+        Ok(ids[0])
+    }
+
+    /// Sends requests in one write (pipelined) and returns their ids, in order.
+    fn send_all<const N: usize>(&mut self, ops: [Op; N]) -> Result<[u64; N], Failure> {
+        let mut ids = [0; N];
+        let mut frames = zeroize::Zeroizing::new(Vec::with_capacity(128 * N));
+        let mut names = Vec::with_capacity(N);
+        for (slot, op) in ids.iter_mut().zip(ops) {
+            *slot = self.next_id;
+            self.next_id += 1;
+            names.push(op.name());
+            frames.extend_from_slice(&wire::encode_request(*slot, op).map_err(Failure::Other)?);
+        }
+        if let Err(e) = self.write_all(&frames) {
+            // Part of a frame may be out: nothing more can go on this stream.
             self.broken = true;
             return Err(if is_timeout(&e) {
                 Failure::Other(Error::new(
                     regent_proto::ErrorCode::Timeout,
                     format!(
-                        "the regent agent at {} is not reading requests; `{name}` could not be sent",
-                        self.socket.display()
+                        "the regent agent at {} is not reading requests; `{}` could not be sent",
+                        self.socket.display(),
+                        names.join("` and `")
                     ),
                 ))
             } else {
                 Failure::NotSent(error::connection_lost(&self.socket, &e))
             });
         }
-        Ok(id)
+        Ok(ids)
     }
 
     /// Reads until the response (or event) carrying `id` arrives; `Ok(None)`

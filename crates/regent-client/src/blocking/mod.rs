@@ -79,6 +79,38 @@ impl Client {
         })
     }
 
+    /// One token on a connection of its own, for a program that asks once
+    /// and exits (a CLI, a script, a cron job): `hello` and `token` go out
+    /// together in one write, so the call waits for one round trip instead of
+    /// connecting, waiting for the `hello` answer and only then asking. The
+    /// connection is closed afterwards. With
+    /// [`wait_for_instance`](ClientOptions::wait_for_instance) set, a
+    /// `NO_FREE_INSTANCE` answer falls back to [`Client::connect`] and
+    /// [`Client::token`], which wait for a slot.
+    ///
+    /// # Errors
+    /// As for [`Client::connect`] and [`Client::token`].
+    pub fn token_once(opts: ClientOptions, min_valid: Duration) -> Result<Token> {
+        let socket = opts.socket_path();
+        let op = Op::Token {
+            min_valid: min_valid_secs(min_valid),
+            scope: None,
+        };
+        let (mut conn, id) = Connection::open_with(&socket, &opts, op)?;
+        let deadline = Instant::now() + opts.request_timeout;
+        let response = conn
+            .receive(id, Some(deadline))
+            .map_err(Failure::into_error)?
+            .ok_or_else(|| error::timed_out(&socket, "token", opts.request_timeout))?;
+        match wire::token(&socket, response) {
+            Err(e) if e.code == ErrorCode::NoFreeInstance && opts.wait_for_instance.is_some() => {
+                drop(conn);
+                Client::connect(opts)?.token(min_valid)
+            }
+            other => other,
+        }
+    }
+
     /// The socket this client talks to.
     pub fn socket(&self) -> &Path {
         &self.socket
