@@ -154,8 +154,8 @@ struct Inner {
     issued_lifetime: Option<Duration>,
     /// The jittered renewal point chosen for the current grant.
     renew_at: Option<SystemTime>,
-    /// The next grant is the first after a start, an enrollment or a failed
-    /// renewal: its renewal point is spread over a whole period
+    /// The next grant fetched is the first after a start, an enrollment or a
+    /// failed renewal: its renewal point is spread over a whole period
     /// ([`spread_renewal_point`]), so a fleet that did this together does
     /// not stay a herd.
     spread_next: bool,
@@ -292,12 +292,15 @@ impl Engine {
             let mut inner = self.shared.lock();
             from = inner.state;
             inner.renewer = Some(renewer);
-            // A new credential, or one loaded at start: its first renewal is
-            // spread (a mass restart or enrollment must not stay a herd).
             inner.renew_at = grant
                 .as_ref()
-                .map(|g| spread_renewal_point(g, &inner.settings));
-            inner.spread_next = grant.is_none();
+                .map(|g| jittered_renewal_point(g, &inner.settings));
+            // The next token fetched (at once, when none or an expired one
+            // was given) is the first since a start or an enrollment: its
+            // renewal is spread, so a fleet that did this together does not
+            // stay a herd. A token handed in keeps its ordinary point: apps
+            // may be counting on it, and it says nothing about the fleet.
+            inner.spread_next = true;
             if let Some(g) = &grant {
                 inner.last_renewal = Some(g.received_at);
             }

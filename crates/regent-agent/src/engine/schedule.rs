@@ -12,20 +12,22 @@ pub(super) fn jittered_renewal_point(grant: &Grant, settings: &EngineSettings) -
     grant.received_at + grant.lifetime().mul_f64(fraction)
 }
 
-/// The renewal point of the first grant after a start, an enrollment or an
-/// outage: anywhere in the one period that ends at the latest jittered point
-/// (`ahead × (1 + jitter)`), but not before demand may renew
-/// (`min_spacing`). A fleet that started, or saw its server come back, in the
-/// same instant then renews spread over the period from its second renewal
-/// on; ± `jitter` alone would keep the herd's shape for many periods (the
-/// fleet simulation measured peak/mean 2.5 after five). Only this one renewal
-/// comes early, so the steady-state request rate does not change, and an
-/// earlier renewal never hands out a shorter token.
+/// The renewal point of the first grant fetched after a start, an enrollment
+/// or an outage: anywhere in one whole period (`ahead` of the lifetime) that
+/// begins where demand may first renew (`min_spacing`, or `ahead × jitter`
+/// when that is later). A fleet that started, or saw its server come back,
+/// in the same instant then renews spread evenly over the period from its
+/// second renewal on; ± `jitter` alone kept the herd's shape for many periods
+/// (the fleet simulation measured peak/mean 2.5 after five). Only this one
+/// renewal moves, so the steady-state rate does not change. Safe however
+/// late it falls: with demand, the renewal is also due once the token would
+/// drop below what clients ask (`plan`), and without demand the point is not
+/// used (the keep-alive is).
 pub(super) fn spread_renewal_point(grant: &Grant, settings: &EngineSettings) -> SystemTime {
-    let latest = (settings.ahead * (1.0 + settings.jitter)).clamp(0.05, 0.99);
-    let earliest = (latest - settings.ahead)
+    let earliest = (settings.ahead * settings.jitter)
         .max(settings.min_spacing)
-        .clamp(0.05, latest);
+        .clamp(0.05, 0.99);
+    let latest = (earliest + settings.ahead).min(0.99);
     let fraction = earliest + rand::random::<f64>() * (latest - earliest);
     grant.received_at + grant.lifetime().mul_f64(fraction)
 }
