@@ -37,7 +37,7 @@ pub fn run(lab: &Lab) -> Result<Vec<Row>> {
         Row::new("memory/idle")
             .figure("rss_kib", idle as f64)
             .figure("rss_mib", idle as f64 / 1024.0)
-            .target("idle resident set <= 10 MiB", idle <= 10 * 1024)
+            .target("idle resident set <= 6 MiB", idle <= 6 * 1024)
             .note(format!(
                 "agent: {}; open-file limit {soft} (hard {hard})",
                 lab.agent_bin.describe()

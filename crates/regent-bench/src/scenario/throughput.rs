@@ -47,7 +47,7 @@ pub fn run(lab: &Lab) -> Result<Vec<Row>> {
             .baseline("req_per_s", echo_rate.round())
             .ratio("agent_vs_raw", ratio);
         if clients == 64 {
-            row = row.target(">= 0.7x the raw echo server at 64 clients", ratio >= 0.7);
+            row = row.target(">= 0.8x the raw echo server at 64 clients", ratio >= 0.8);
         }
         if clients == 1 {
             row = row.note(format!(
