@@ -188,9 +188,10 @@ impl Lab {
         // Not beside regent.toml: the agent watches that directory for config
         // changes, and every log line written there woke its watcher (issue
         // 15: 0.36 s of CPU in a 10 s latency run, on a 2-vCPU machine).
-        let log = home.dir.join("log").join("agent.log");
-        std::fs::create_dir_all(home.dir.join("log"))
-            .with_context(|| format!("cannot create {}", home.dir.join("log").display()))?;
+        let logs = home.dir.join("log");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        let log = logs.join("agent.log");
         let child = ChildProc::spawn(
             self.agent_bin.command(&home.config),
             &log,
@@ -201,8 +202,9 @@ impl Lab {
         Ok(child)
     }
 
-    /// Runs this binary with `args` (plus `--pinned`, `--quick` and
-    /// `--agent-bin` as in this run) pinned to one CPU, it and every process
+    /// Runs this binary with `args` (plus `--pinned`, `--quick` as in this
+    /// run, and `--agent-bin` when a `regent` binary is under test) pinned to
+    /// one CPU, it and every process
     /// it starts; returns its standard output.
     ///
     /// # Errors
@@ -215,8 +217,9 @@ impl Lab {
         )
     }
 
-    /// Runs this binary with `args` (plus `--pinned`, `--quick` and
-    /// `--agent-bin` as in this run) pinned to one CPU, it and every process
+    /// Runs this binary with `args` (plus `--pinned`, `--quick` as in this
+    /// run, and `--agent-bin` when a `regent` binary is under test) pinned to
+    /// one CPU, it and every process
     /// it starts; returns its standard output.
     ///
     /// # Errors
@@ -230,10 +233,11 @@ impl Lab {
         if self.quick {
             cmd.arg("--quick");
         }
-        let bin = match &self.agent_bin {
-            AgentBin::Regent(p) | AgentBin::Bench(p) => p,
-        };
-        cmd.arg("--agent-bin").arg(bin);
+        // The child resolves the bench's own agent mode by itself; a
+        // `regent` binary is handed on.
+        if let AgentBin::Regent(bin) = &self.agent_bin {
+            cmd.arg("--agent-bin").arg(bin);
+        }
         let all = sched_getaffinity(None).context("cannot read the CPU affinity")?;
         let cpu = (0..CpuSet::MAX_CPU)
             .rev()
@@ -297,14 +301,8 @@ impl Lab {
     /// command is measured); `None` when the bench plays the agent itself.
     pub fn regent_bin(&self) -> Option<&Path> {
         match &self.agent_bin {
-            // A pinned child is handed this binary as `--agent-bin` when the
-            // bench plays the agent: only a program named `regent` has `token`.
-            AgentBin::Regent(path)
-                if path.file_stem().and_then(|s| s.to_str()) == Some("regent") =>
-            {
-                Some(path)
-            }
-            AgentBin::Regent(_) | AgentBin::Bench(_) => None,
+            AgentBin::Regent(path) => Some(path),
+            AgentBin::Bench(_) => None,
         }
     }
 }

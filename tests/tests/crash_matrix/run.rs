@@ -131,27 +131,14 @@ pub(crate) fn run_iteration(ctx: &Ctx, plan: &Plan) -> (String, Outcome) {
 
     match &plan.kill {
         Kill::EnrollPoint(point) => {
-            let mut agent = home.spawn(Some(point));
+            let agent = home.spawn(Some(point));
             let stop = Arc::new(AtomicBool::new(false));
             let (tx, _rx) = std::sync::mpsc::channel();
             let enroll = enroll_in_background(&home, &token, Arc::clone(&stop), tx);
-            let name = point.split('@').next().unwrap();
-            let line = wait_for_crash_point(&mut agent, name, WAIT);
-            stop.store(true, Ordering::Release);
-            let Some(line) = line else {
-                let log = agent.log_text();
-                agent.kill();
-                return (
-                    detail,
-                    Outcome::Failed(format!(
-                        "crash point {point} was never reached; log:\n{log}"
-                    )),
-                );
-            };
-            if let Some((_, what)) = line.split_once(" reached (") {
-                detail = format!(" ({}", what.trim());
+            match kill_at_point(agent, point, &stop) {
+                Ok(what) => detail = what,
+                Err(failed) => return (detail, failed),
             }
-            agent.kill();
             if let Some(Ok(())) = enroll.join().unwrap() {
                 return (
                     detail,
@@ -177,26 +164,13 @@ pub(crate) fn run_iteration(ctx: &Ctx, plan: &Plan) -> (String, Outcome) {
         }
         Kill::RenewPoint(point) => {
             enroll_first(&home, &token);
-            let mut agent = home.start(Some(point));
+            let agent = home.start(Some(point));
             let stop = Arc::new(AtomicBool::new(false));
             let demand = demand_in_background(&home, Arc::clone(&stop));
-            let name = point.split('@').next().unwrap();
-            let line = wait_for_crash_point(&mut agent, name, WAIT);
-            stop.store(true, Ordering::Release);
-            let Some(line) = line else {
-                let log = agent.log_text();
-                agent.kill();
-                return (
-                    detail,
-                    Outcome::Failed(format!(
-                        "crash point {point} was never reached; log:\n{log}"
-                    )),
-                );
-            };
-            if let Some((_, what)) = line.split_once(" reached (") {
-                detail = format!(" ({}", what.trim());
+            match kill_at_point(agent, point, &stop) {
+                Ok(what) => detail = what,
+                Err(failed) => return (detail, failed),
             }
-            agent.kill();
             demand.join().unwrap();
         }
         Kill::RenewAfter(delay) => {
@@ -287,4 +261,28 @@ pub(crate) fn wait_slot(
 
 pub(crate) fn state_of(s: &serde_json::Value) -> &str {
     s["state"].as_str().unwrap_or("?")
+}
+
+/// Waits until the agent stops at `point` (then tells the load to stop and
+/// kills it); returns what the agent was doing there, for the report.
+pub(crate) fn kill_at_point(
+    mut agent: regent_tests::AgentProc,
+    point: &str,
+    stop: &AtomicBool,
+) -> Result<String, Outcome> {
+    let name = point.split('@').next().unwrap();
+    let line = wait_for_crash_point(&mut agent, name, WAIT);
+    stop.store(true, Ordering::Release);
+    let Some(line) = line else {
+        let log = agent.log_text();
+        agent.kill();
+        return Err(Outcome::Failed(format!(
+            "crash point {point} was never reached; log:\n{log}"
+        )));
+    };
+    agent.kill();
+    Ok(line
+        .split_once(" reached (")
+        .map(|(_, what)| format!(" ({}", what.trim()))
+        .unwrap_or_default())
 }

@@ -16,17 +16,24 @@ pub(crate) struct Outcome {
     pub(crate) failures: Vec<String>,
 }
 
+impl Outcome {
+    /// An outcome with nothing seen yet.
+    pub(crate) fn new(profile: Profile, phase: Phase, name: String) -> Outcome {
+        Outcome {
+            profile,
+            phase,
+            name,
+            client: Ok(()),
+            cause: None,
+            classify: Duration::ZERO,
+            recover: None,
+            failures: Vec::new(),
+        }
+    }
+}
+
 pub(crate) async fn run_case(profile: Profile, phase: Phase, case: Case) -> Outcome {
-    let mut outcome = Outcome {
-        profile,
-        phase,
-        name: case.name.clone(),
-        client: Ok(()),
-        cause: None,
-        classify: Duration::ZERO,
-        recover: None,
-        failures: Vec::new(),
-    };
+    let mut outcome = Outcome::new(profile, phase, case.name.clone());
     let rotate = profile == Profile::OAuth2;
     let world = World::start(profile, rotate).await;
     let result = match phase {

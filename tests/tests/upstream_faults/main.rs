@@ -107,14 +107,8 @@ async fn run_suite(cases: Vec<(Profile, Phase, Case)>) -> Vec<Outcome> {
             {
                 Ok(outcome) => outcome,
                 Err(_) => Outcome {
-                    profile,
-                    phase,
-                    name,
-                    client: Ok(()),
-                    cause: None,
-                    classify: Duration::ZERO,
-                    recover: None,
                     failures: vec!["HANG: the whole case did not finish within 180 s".into()],
+                    ..Outcome::new(profile, phase, name)
                 },
             }
         });
@@ -308,19 +302,7 @@ async fn tokens_shorter_than_demand_do_not_make_the_agent_spin() {
             }
         };
         assert_ne!(fresh.secret(), first.secret());
-        scan(
-            &w,
-            &mut Outcome {
-                profile,
-                phase: Phase::Renew,
-                name: String::new(),
-                client: Ok(()),
-                cause: None,
-                classify: Duration::ZERO,
-                recover: None,
-                failures: Vec::new(),
-            },
-        );
+        scan(&w, &mut Outcome::new(profile, Phase::Renew, String::new()));
         w.stop().await.unwrap();
     }
 }
@@ -460,16 +442,7 @@ async fn counters(w: &mut World) -> Result<(u64, u64, Option<ErrorCode>), String
 /// renewal meets it and is classified (or succeeds), the fault goes off, and a
 /// fresh token is served.
 async fn random_round(w: &mut World, case: &Case) -> Result<Outcome, String> {
-    let mut outcome = Outcome {
-        profile: w.profile,
-        phase: Phase::Renew,
-        name: case.name.clone(),
-        client: Ok(()),
-        cause: None,
-        classify: Duration::ZERO,
-        recover: None,
-        failures: Vec::new(),
-    };
+    let mut outcome = Outcome::new(w.profile, Phase::Renew, case.name.clone());
     let (mut ok0, failed0, _) = counters(w).await?;
     let faulted0 = w.proxy.faulted();
     w.inject(&case.inject, Phase::Renew).await;
