@@ -604,3 +604,76 @@ fn hello_names_must_be_printable_and_program_paths_are_escaped() {
     assert!(!log.lines().any(|l| l.starts_with(forged)), "{log}");
     assert!(log.contains("x\\n2026-12-06"), "{log}");
 }
+
+/// The descriptors of `pid` that are pidfds.
+fn pidfds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("pidfd"))
+        .count()
+}
+
+#[test]
+fn connections_hold_a_pidfd_only_while_programs_are_checked() {
+    // One descriptor per connection without `allow_executables` (issue 15:
+    // a pidfd each halved the connections an open-file limit allows); a
+    // reload that starts checking programs asks the unpinned connections
+    // to reconnect (UNAVAILABLE, retry at once), and new ones are checked.
+    let emulator = EmulatorProc::start(300);
+    let home = AgentHome::new(&emulator.url, "");
+    let agent = AgentProc::start(&home);
+    enroll(&home, &emulator);
+    let mut clients: Vec<UnixStream> = (0..5)
+        .map(|i| {
+            let mut stream = UnixStream::connect(&home.socket).unwrap();
+            let hello = exchange(
+                &mut stream,
+                &json!({"id": 1, "op": "hello", "versions": [1], "app": format!("app{i}")}),
+            );
+            assert_eq!(hello["ok"]["kind"], "hello", "{hello}");
+            let token = exchange(
+                &mut stream,
+                &json!({"id": 2, "op": "token", "min_valid": 1}),
+            );
+            assert_eq!(token["ok"]["kind"], "token", "{token}");
+            stream
+        })
+        .collect();
+    assert_eq!(
+        pidfds_of(agent.child.id()),
+        0,
+        "no pidfd without allow_executables"
+    );
+
+    let skip = agent.log_lines();
+    let config = std::fs::read_to_string(&home.config).unwrap();
+    let listed = format!(
+        "allow_executables = [\"{}\"]",
+        regent_tests::regent_bin().display()
+    );
+    assert!(config.contains("[ipc]"), "{config}");
+    save_by_rename(
+        &home.config,
+        &config.replace("[ipc]\n", &format!("[ipc]\n{listed}\n")),
+    );
+    agent.wait_for_log_line(skip, &["configuration reloaded", "allow_executables"], WAIT);
+
+    for stream in &mut clients {
+        let reply = exchange(stream, &json!({"id": 3, "op": "token", "min_valid": 1}));
+        assert!(is_error(&reply, 3, "UNAVAILABLE"), "{reply}");
+        assert_eq!(reply["error"]["retry_after_ms"], 0, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("allow_executables") && message.contains("reconnect"),
+            "{message}"
+        );
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the connection is closed after the reply");
+    }
+    agent.wait_for_log_line(skip, &["asked to reconnect"], WAIT);
+    // Reconnected, the CLI (the agent's own program) is checked and served.
+    let out = home.regent(&["token", "--min-valid", "1"], None);
+    assert!(out.status.success(), "{}", text(&out));
+}

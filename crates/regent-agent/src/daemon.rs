@@ -114,6 +114,9 @@ pub async fn run_with(
         })
         .map(AbortOnDrop);
     notifier.ready(&format!("serving on {}", listener.path().display()));
+    // Start-up is over: its code pages go back to the kernel, and so do
+    // each renewal's once it is done (crate::trim).
+    let _trim = AbortOnDrop(tokio::spawn(trim_after_events(agent.events())));
     if let Some(on_ready) = options.on_ready {
         on_ready();
     }
@@ -185,6 +188,32 @@ pub fn harden_process() -> Result<&'static str> {
 }
 
 /// Stops a background task when the daemon returns.
+/// Releases the executable's code pages a second after start-up (what runs
+/// just after `READY` — the engine's first steps, the watchers — included),
+/// then a second after each burst of engine events (a renewal and what
+/// follows it): piggybacked on work the agent does anyway, so an idle agent
+/// is never woken for it.
+async fn trim_after_events(mut events: tokio::sync::broadcast::Receiver<crate::engine::Event>) {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    loop {
+        let released = crate::trim::release_code_pages();
+        tracing::debug!(
+            kib = released / 1024,
+            "released the program's pages it is not using"
+        );
+        match events.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // Whatever else arrived meanwhile belongs to the same burst.
+        while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
+            events.try_recv()
+        {}
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -42,6 +42,7 @@ pub mod reload;
 pub mod sd_notify;
 pub mod secret;
 pub mod store;
+pub mod trim;
 pub mod upstream;
 pub mod watch;
 

@@ -17,18 +17,29 @@
 /// logs, and refusals being sent.
 pub const RESERVED_FDS: u64 = 64;
 
-/// Descriptors one client connection holds: its socket, and on Linux the
-/// pidfd that pins the peer's process for later policy checks.
-pub const FDS_PER_CONNECTION: u64 = if cfg!(target_os = "linux") { 2 } else { 1 };
+/// Descriptors one client connection holds: its socket, and on Linux, while
+/// the policy checks executables (`allow_executables`), the pidfd that pins
+/// the peer's process for checking it again after a reload.
+pub fn fds_per_connection(checks_executables: bool) -> u64 {
+    if cfg!(target_os = "linux") && checks_executables {
+        2
+    } else {
+        1
+    }
+}
 
 /// The most connections the open-file limit allows, at most `max_connections`,
-/// after raising the soft limit toward what they need.
-pub fn connection_limit(max_connections: usize) -> usize {
+/// after raising the soft limit toward what they need (`per_connection`
+/// descriptors each: [`fds_per_connection`]).
+pub fn connection_limit(max_connections: usize, per_connection: u64) -> usize {
+    #[cfg(not(unix))]
+    let _ = per_connection;
     #[cfg(unix)]
     {
+        let per_connection = per_connection.max(1);
         use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
         let want = (max_connections as u64)
-            .saturating_mul(FDS_PER_CONNECTION)
+            .saturating_mul(per_connection)
             .saturating_add(RESERVED_FDS);
         let before = getrlimit(Resource::Nofile);
         let soft = before.current.unwrap_or(u64::MAX);
@@ -44,7 +55,7 @@ pub fn connection_limit(max_connections: usize) -> usize {
         }
         let now = getrlimit(Resource::Nofile);
         let soft = now.current.unwrap_or(u64::MAX);
-        let fits = usize::try_from((soft.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION).max(1))
+        let fits = usize::try_from((soft.saturating_sub(RESERVED_FDS) / per_connection).max(1))
             .unwrap_or(usize::MAX);
         if fits < max_connections {
             tracing::warn!(
@@ -112,15 +123,23 @@ mod tests {
     fn the_limit_fits_the_open_file_limit() {
         // Whatever this process's limit, the answer never exceeds what was
         // asked, and a small request is granted in full.
-        assert_eq!(connection_limit(8), 8);
-        let huge = connection_limit(usize::MAX / 2);
-        assert!((1..=usize::MAX / 2).contains(&huge));
-        #[cfg(unix)]
-        {
-            let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-                .current
-                .unwrap_or(u64::MAX);
-            assert!(huge as u64 <= (soft.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION).max(1));
+        for per_connection in [fds_per_connection(false), fds_per_connection(true)] {
+            assert_eq!(connection_limit(8, per_connection), 8);
+            let huge = connection_limit(usize::MAX / 2, per_connection);
+            assert!((1..=usize::MAX / 2).contains(&huge));
+            #[cfg(unix)]
+            {
+                let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                    .current
+                    .unwrap_or(u64::MAX);
+                assert!(huge as u64 <= (soft.saturating_sub(RESERVED_FDS) / per_connection).max(1));
+            }
         }
+        // One descriptor a connection, unless a Linux agent checks programs.
+        assert_eq!(fds_per_connection(false), 1);
+        assert_eq!(
+            fds_per_connection(true),
+            if cfg!(target_os = "linux") { 2 } else { 1 }
+        );
     }
 }

@@ -129,6 +129,12 @@ impl SharedPolicy {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether the current policy checks programs (`allow_executables`), so
+    /// that a connection's process must be pinned to be checked again.
+    pub fn checks_executables(&self) -> bool {
+        !self.read().allow_executables.is_empty()
+    }
+
     /// What `peer` may do under the current policy (uid rules only).
     pub fn access(&self, peer: &peer::Peer) -> peer::Access {
         self.read().access(peer)
@@ -496,6 +502,12 @@ pub(crate) struct Shared {
 /// finish (up to 5 s) and removes the socket. The agent's own shutdown is
 /// the caller's (the daemon's).
 ///
+/// The accept loop runs as a task on the runtime's workers, not on the
+/// thread awaiting this function (`block_on`'s, for `regent agent`): a
+/// connection is then spawned by the worker that accepted it and starts
+/// there, instead of waking a parked worker through the runtime's queue for
+/// every connection (issue 15: one wake-up per connect + token).
+///
 /// # Errors
 /// Only when accepting fails persistently.
 pub async fn serve(
@@ -512,8 +524,35 @@ pub async fn serve(
         stats,
         subscriptions,
     });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut accepting = tokio::spawn(accept_until(listener, shared, async move {
+        // A dropped sender (the caller gone) stops it as well.
+        let _ = stopped.await;
+    }));
+    tokio::pin!(shutdown);
+    let joined = tokio::select! {
+        () = &mut shutdown => {
+            let _ = stop.send(());
+            (&mut accepting).await
+        }
+        joined = &mut accepting => joined,
+    };
+    joined.unwrap_or_else(|e| {
+        Err(Error::new(
+            ErrorCode::Internal,
+            format!("the connection server stopped unexpectedly: {e}"),
+        ))
+    })
+}
+
+async fn accept_until(
+    listener: IpcListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let limit = Arc::new(Semaphore::new(fd_limit::connection_limit(
         shared.settings.max_connections,
+        fd_limit::fds_per_connection(shared.settings.policy.checks_executables()),
     )));
     let refusals = Arc::new(Semaphore::new(REFUSALS_DRAINING));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);

@@ -12,8 +12,11 @@ use crate::machine::rss_kib;
 use crate::raw;
 use crate::report::Row;
 
-/// Time for the agent to settle before a reading.
-const SETTLE: Duration = Duration::from_millis(500);
+/// Time for the agent to settle before a reading: an idle agent is one that
+/// has had nothing to do for a while. It gives back its start-up code pages
+/// a second after it is ready (regent_agent::trim), so the reading waits
+/// two.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// Runs the scenario.
 ///

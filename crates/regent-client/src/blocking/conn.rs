@@ -20,6 +20,11 @@ use crate::server::{self, Server as _};
 use crate::wire::{self, FrameBuffer};
 use crate::{AgentInfo, ClientOptions};
 
+/// How long a client whose request could not be written waits for the
+/// agent's refusal (the agent closed first: it is already in the buffer, or
+/// the end of the stream is).
+const REFUSAL_GRACE_MS: u64 = 500;
+
 pub(crate) struct Connection {
     stream: Stream,
     frames: FrameBuffer,
@@ -146,10 +151,27 @@ impl Connection {
                     ),
                 ))
             } else {
-                Failure::NotSent(error::connection_lost(&self.socket, &e))
+                // The agent may have refused the connection (connection
+                // limit, policy) and closed it before our request arrived:
+                // its refusal is then waiting to be read, and names the cause.
+                self.refusal()
+                    .unwrap_or_else(|| Failure::NotSent(error::connection_lost(&self.socket, &e)))
             });
         }
         Ok(ids)
+    }
+
+    /// The agent's refusal of this connection (an error with id 0), when one
+    /// is waiting to be read on a connection whose write side broke.
+    fn refusal(&mut self) -> Option<Failure> {
+        let deadline = Instant::now() + Duration::from_millis(REFUSAL_GRACE_MS);
+        match self.receive(u64::MAX, Some(deadline)) {
+            Ok(Some(Response {
+                id: 0,
+                outcome: regent_proto::message::Outcome::Error(refused),
+            })) => Some(Failure::Other(Error::from(refused))),
+            _ => None,
+        }
     }
 
     /// Reads until the response (or event) carrying `id` arrives; `Ok(None)`

@@ -402,7 +402,16 @@ async fn write_loop(
             // A frame cut short cannot have been acted on.
             let unsent = ends.iter().filter(|(_, end)| *end > written);
             shared.mark(unsent.map(|(id, _)| *id), false);
-            shared.close(shared.lost(&e), false);
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                shared.close(shared.lost(&e), false);
+            }
+            // Otherwise the agent closed its end: the reader closes the
+            // connection with what it finds first — the agent's refusal
+            // (connection limit, policy), which names the cause, or the end
+            // of the stream.
             return;
         }
         ends.clear();

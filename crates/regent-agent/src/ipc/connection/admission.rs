@@ -16,14 +16,21 @@ pub(super) type PeerPidfd = ();
 pub(crate) struct Admission {
     pub(super) peer: Peer,
     pub(super) pidfd: Option<PeerPidfd>,
+    /// Linux: a pidfd was asked for (the policy checked executables when the
+    /// peer connected). Without one, a reload that starts checking
+    /// executables closes the connection (see `recheck_policy`).
+    pub(super) pinned_for_executables: bool,
     pub(super) admitted: Admitted,
     pub(super) generation: u64,
 }
 
 /// Reads the peer's credentials from the kernel: uid, gid, pid, and on
-/// Linux its supplementary groups and a pidfd.
+/// Linux its supplementary groups and, when `pin` (the policy checks
+/// executables), a pidfd: it is only needed to check a program again after a
+/// reload, and it would double the descriptors every connection holds.
 #[cfg(not(windows))]
-pub(super) fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
+pub(super) fn peer_of(stream: &Stream, pin: bool) -> (Peer, Option<PeerPidfd>) {
+    let _ = pin;
     match stream.peer_creds() {
         #[cfg(unix)]
         Ok(creds) => {
@@ -52,7 +59,12 @@ pub(super) fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
                         tracing::warn!(error = %e, uid = peer.uid, "cannot read the peer's supplementary groups; only its primary group counts for [ipc] allow_groups");
                     }
                 }
-                (peer, crate::ipc::creds::peer_pidfd(fd))
+                let pidfd = if pin {
+                    crate::ipc::creds::peer_pidfd(fd)
+                } else {
+                    None
+                };
+                (peer, pidfd)
             }
             #[cfg(target_os = "macos")]
             {
@@ -95,7 +107,7 @@ pub(super) fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
 /// and enabled groups and its image path. A client whose account cannot be
 /// read has no `sid` and is refused.
 #[cfg(windows)]
-pub(super) fn peer_of(stream: &Stream) -> (Peer, Option<PeerPidfd>) {
+pub(super) fn peer_of(stream: &Stream, _pin: bool) -> (Peer, Option<PeerPidfd>) {
     let Stream::NamedPipe(pipe) = stream;
     // The client connected before now: a process created later only has its
     // pid (the client exited and the pid was reused before it was opened).
@@ -177,12 +189,22 @@ pub(super) fn decide(
 /// Reads who the peer is and decides whether it is served. A refusal is
 /// counted and logged here; the caller sends it.
 pub(crate) fn admit(stream: &Stream, shared: &Shared) -> Result<Admission, Refusal> {
-    let (peer, pidfd) = peer_of(stream);
-    let (generation, decided) = decide(shared, &peer, pidfd.as_ref());
+    let policy = &shared.settings.policy;
+    let mut pin = policy.checks_executables();
+    let (mut peer, mut pidfd) = peer_of(stream, pin);
+    let (mut generation, mut decided) = decide(shared, &peer, pidfd.as_ref());
+    if !pin && policy.checks_executables() {
+        // A reload that started checking executables landed meanwhile:
+        // decide again with the process pinned.
+        pin = true;
+        (peer, pidfd) = peer_of(stream, pin);
+        (generation, decided) = decide(shared, &peer, pidfd.as_ref());
+    }
     match decided {
         Ok(admitted) => Ok(Admission {
             peer,
             pidfd,
+            pinned_for_executables: pin,
             admitted,
             generation,
         }),

@@ -56,6 +56,8 @@ struct Connection<'a> {
     /// The peer's process, pinned when it connected (Linux ≥ 6.5), for
     /// deciding again after a policy change.
     pidfd: Option<PeerPidfd>,
+    /// A pidfd was asked for at connect (the policy checked executables).
+    pinned_for_executables: bool,
     access: Access,
     /// The policy generation `access` was decided under.
     policy_generation: u64,
@@ -106,6 +108,7 @@ pub(crate) async fn handle(
     let Admission {
         peer,
         pidfd,
+        pinned_for_executables,
         admitted,
         generation,
     } = admission;
@@ -117,6 +120,7 @@ pub(crate) async fn handle(
         shared,
         peer,
         pidfd,
+        pinned_for_executables,
         access: admitted.access,
         policy_generation: generation,
         closing: false,
@@ -441,9 +445,12 @@ impl Connection<'_> {
         }
         self.instance = instance;
         self.app = Some(app);
+        // `debug`: the first token handed to this connection is an `info`
+        // line naming the same peer, so an app that connects per call (a
+        // `regent token` process each time) writes one line per call, not two.
         audit!(
             self,
-            Level::INFO,
+            Level::DEBUG,
             instance = self.instance.as_deref().unwrap_or(""),
             "client connected"
         );
@@ -486,6 +493,28 @@ impl Connection<'_> {
     fn recheck_policy(&mut self) -> Result<(), Error> {
         if self.shared.settings.policy.generation() == self.policy_generation {
             return Ok(());
+        }
+        if cfg!(target_os = "linux")
+            && !self.pinned_for_executables
+            && self.shared.settings.policy.checks_executables()
+        {
+            // Connected while no program was checked, so its process was not
+            // pinned (one descriptor a connection): its program cannot be
+            // checked without the pid-reuse race the pin exists to close.
+            // Ask it to reconnect, to be checked like any new connection.
+            self.closing = true;
+            self.subscriptions.clear();
+            self.events = None;
+            audit!(
+                self,
+                Level::INFO,
+                "connection closed after a policy reload: [ipc] allow_executables is now set; the client is asked to reconnect"
+            );
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "the agent now checks programs ([ipc] allow_executables was set by a reload); reconnect to be checked",
+            )
+            .with_retry_after(Duration::ZERO));
         }
         let (generation, decided) = decide(self.shared, &self.peer, self.pidfd.as_ref());
         match decided {

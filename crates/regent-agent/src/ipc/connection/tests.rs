@@ -146,7 +146,7 @@ async fn a_pipe_client_is_identified_by_its_token_and_image() {
     });
     let server = listener.accept().await.unwrap();
     let _client = client.await.unwrap();
-    let (peer, _) = peer_of(&server);
+    let (peer, _) = peer_of(&server, false);
     eprintln!("identified: {peer:?}");
     assert_eq!(peer.pid, Some(std::process::id()));
     assert_eq!(
