@@ -167,7 +167,7 @@ fi
 REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances; agent_cli; demand; upstream_faults)" \
   -p regent-tests --test ffi --test ffi_instances --test agent_cli --test demand --test upstream_faults
 run_tests "regent-emulator (all tests; HTTP on loopback)" -p regent-emulator --tests
-run_tests "regent-cli (unit tests, cli)" -p regent-cli --bins --test cli
+run_tests "regent-cli (unit tests, cli)" -p regent-cli --lib --bins --test cli
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")
 printf 'unit tests under Wine: %d passed, %d failed\n' "$unit_passed" "$unit_failed"
 passed=$((passed + unit_passed))

@@ -400,7 +400,8 @@ pub fn save_by_rename(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A copy of the `regent` binary in a fresh world-readable directory, for
+/// A copy of the `regent` binary (and `regentd` beside it) in a fresh
+/// world-readable directory, for
 /// tests that run it as another uid: the checkout (and its `target/`) may sit
 /// below a directory that other users cannot enter, such as `/root`.
 #[cfg(unix)]
@@ -412,20 +413,35 @@ pub fn regent_bin_for_any_user() -> (tempfile::TempDir, PathBuf) {
         .expect("temporary directory in /tmp");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("regent");
-    // A hard link, or else a copy made by a `cp` child: a copy written by this
-    // process would leave its write descriptor open for a moment, and a
-    // process forked meanwhile by another test thread would hold it until its
-    // exec, so spawning the copy could fail with ETXTBSY ("Text file busy").
-    if std::fs::hard_link(regent_bin(), &bin).is_err() {
+    link_or_copy(&regent_bin(), &bin);
+    // `regent` runs `regentd` beside it for every command but `token`.
+    link_or_copy(&regentd_bin(), &dir.path().join("regentd"));
+    (dir, bin)
+}
+
+/// `regentd`, beside [`regent_bin`]: every command but `regent token` runs in
+/// it (on Unix `regent` execs it).
+pub fn regentd_bin() -> PathBuf {
+    regent_bin().with_file_name(format!("regentd{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A hard link of `from` at `to`, or else a copy made by a `cp` child: a copy
+/// written by this process would leave its write descriptor open for a
+/// moment, and a process forked meanwhile by another test thread would hold
+/// it until its exec, so spawning the copy could fail with ETXTBSY ("Text
+/// file busy").
+#[cfg(unix)]
+pub fn link_or_copy(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::hard_link(from, to).is_err() {
         let copied = Command::new("cp")
-            .arg(regent_bin())
-            .arg(&bin)
+            .arg(from)
+            .arg(to)
             .status()
             .expect("run cp");
-        assert!(copied.success(), "copy the regent binary: {copied}");
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(copied.success(), "copy {}: {copied}", from.display());
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    (dir, bin)
 }
 
 /// Where a test agent in `dir` listens: `run/agent.sock`, or on Windows a

@@ -27,7 +27,7 @@ use std::time::Duration;
 use regent_proto::ErrorCode;
 use regent_tests::other_user::{chown_to, spawn_retrying, start_agent_as};
 use regent_tests::{
-    AgentHome, AgentProc, EmulatorProc, assert_denied, exit, is_root, regent_bin,
+    AgentHome, AgentProc, EmulatorProc, assert_denied, exit, is_root, link_or_copy, regent_bin,
     regent_bin_for_any_user, save_by_rename, stderr, text, wait_timeout, wait_until,
 };
 
@@ -43,7 +43,8 @@ fn chmod(path: &Path, mode: u32) {
 
 /// Another name for `bin` (a hard link, so no 200 MB copy) in a fresh
 /// world-readable directory under /tmp: a distinct path, so a distinct
-/// program as far as `/proc/PID/exe` is concerned.
+/// program as far as `/proc/PID/exe` is concerned. `regentd` is linked
+/// beside it too, which `regent` runs for every command but `token`.
 fn another_name(bin: &Path) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("regent-link-")
@@ -51,10 +52,8 @@ fn another_name(bin: &Path) -> (tempfile::TempDir, PathBuf) {
         .unwrap();
     chmod(dir.path(), 0o755);
     let path = dir.path().join("regent");
-    if std::fs::hard_link(bin, &path).is_err() {
-        std::fs::copy(bin, &path).unwrap();
-        chmod(&path, 0o755);
-    }
+    link_or_copy(bin, &path);
+    link_or_copy(&bin.with_file_name("regentd"), &dir.path().join("regentd"));
     (dir, path)
 }
 
@@ -119,7 +118,10 @@ fn allow_executables_serves_listed_programs_and_refuses_the_rest() {
     let (_agent_dir, agent_bin) = regent_bin_for_any_user();
     let (_app_dir, app_bin) = another_name(&agent_bin);
     let (_other_dir, other_bin) = another_name(&agent_bin);
+    // `regentd` itself: the deletion case below holds `enroll` open, which
+    // `regent` hands to `regentd` (whose path /proc/PID/exe then names).
     let (_late_dir, late_bin) = another_name(&agent_bin);
+    let late_bin = late_bin.with_file_name("regentd");
     // The list names the app through a symlink: matched by its target.
     let links = tempfile::tempdir().unwrap();
     let app_link = links.path().join("licensed-app");

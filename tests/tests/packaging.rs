@@ -4,13 +4,13 @@
 //!
 //! A release build is too slow for the test suite, so the package is built
 //! with `cargo deb --no-build` from a scratch target directory whose
-//! `release/regent` is a hard link to the debug binary the tests already use
-//! (cargo-deb strips its own copy). `scripts/package.sh` builds the real one.
+//! `release/regent` and `release/regentd` are hard links to the debug binaries
+//! the tests already use (cargo-deb strips its own copies). `scripts/package.sh` builds the real one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Output};
 
-use regent_tests::{have_tool, regent_bin, repo_root, text};
+use regent_tests::{have_tool, regent_bin, regentd_bin, repo_root, text};
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
@@ -40,9 +40,11 @@ fn the_deb_builds_and_installs_into_a_scratch_root() {
     let scratch = tempfile::tempdir().unwrap();
     let release = scratch.path().join("target/release");
     std::fs::create_dir_all(&release).unwrap();
-    let binary = release.join("regent");
-    if std::fs::hard_link(regent_bin(), &binary).is_err() {
-        std::fs::copy(regent_bin(), &binary).unwrap();
+    for (name, built) in [("regent", regent_bin()), ("regentd", regentd_bin())] {
+        let binary = release.join(name);
+        if std::fs::hard_link(&built, &binary).is_err() {
+            std::fs::copy(&built, &binary).unwrap();
+        }
     }
     let deb = scratch.path().join("regent.deb");
     run(Command::new("cargo")
@@ -97,6 +99,7 @@ fn the_deb_builds_and_installs_into_a_scratch_root() {
     let listing = stdout(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)));
     for (path, mode) in [
         ("/usr/bin/regent", "-rwxr-xr-x"),
+        ("/usr/bin/regentd", "-rwxr-xr-x"),
         ("/etc/regent/regent.toml", "-rw-r--r--"),
         ("/usr/lib/systemd/system/regent.service", "-rw-r--r--"),
         ("/usr/lib/systemd/user/regent.service", "-rw-r--r--"),

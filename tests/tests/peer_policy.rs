@@ -323,20 +323,32 @@ fn allow_executables_is_not_bypassed_by_the_cli_or_a_bind_mount() {
     let out = run_as(&agent_bin, AGENT_UID, &[], &home, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // …but it is no way around the list for tokens.
-    let out = run_as(
-        &agent_bin,
-        AGENT_UID,
-        &[],
-        &home,
-        &["token", "--min-valid", "1"],
-    );
-    assert_denied(&out);
-    let err = stderr(&out);
-    assert!(
-        err.contains("allow_executables") && err.contains("administration only"),
-        "{err}"
-    );
+    // …but it is no way around the list for tokens: `regent token` is the
+    // small `regent` binary, not the agent's program, so it is refused at
+    // connect like any unlisted program; and the agent's own program
+    // (`regentd`, which administration runs) is served for administration
+    // only.
+    for (program, says) in [
+        (agent_bin.clone(), agent_bin.display().to_string()),
+        (
+            agent_bin.with_file_name("regentd"),
+            "administration only".to_owned(),
+        ),
+    ] {
+        let out = run_as(
+            &program,
+            AGENT_UID,
+            &[],
+            &home,
+            &["token", "--min-valid", "1"],
+        );
+        assert_denied(&out);
+        let err = stderr(&out);
+        assert!(
+            err.contains("allow_executables") && err.contains(&says),
+            "{err}"
+        );
+    }
     agent.wait_for_log_line(0, &["token request refused", "allow_executables"], WAIT);
 
     // A bind mount in a private mount namespace shows the listed path in

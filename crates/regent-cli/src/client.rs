@@ -4,11 +4,10 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use regent_client::{AgentStatus, Client, ClientOptions, RenewalReason, SlotStatus};
 use regent_proto::ErrorCode;
 use secrecy::SecretString;
-use serde_json::json;
 
 use crate::failure::internal;
 use regent_client::Error;
@@ -31,28 +30,6 @@ pub struct EnrollArgs {
     /// Refused: a secret on the command line is visible to every local user.
     #[arg(hide = true)]
     pub secret: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TokenFormat {
-    /// The token alone.
-    Raw,
-    /// A JSON object with the token, its type and expiry.
-    Json,
-    /// An HTTP header line: `Authorization: Bearer …`.
-    Header,
-    /// A Kubernetes `ExecCredential` (client.authentication.k8s.io/v1).
-    ExecCredential,
-}
-
-#[derive(Debug, Args)]
-pub struct TokenArgs {
-    /// Seconds the token must stay valid.
-    #[arg(long, default_value_t = 60)]
-    pub min_valid: u64,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = TokenFormat::Raw)]
-    pub format: TokenFormat,
 }
 
 #[derive(Debug, Args)]
@@ -138,53 +115,6 @@ pub async fn enroll(args: EnrollArgs, socket: Option<PathBuf>) -> Result<(), Err
         ),
     }
     Ok(())
-}
-
-/// `regent token`: one request on a connection of its own (`hello` and
-/// `token` pipelined), through the blocking client.
-pub fn token(args: &TokenArgs, socket: Option<PathBuf>) -> Result<(), Error> {
-    let mut options = ClientOptions::new("regent-cli");
-    if let Some(socket) = socket {
-        options = options.socket(socket);
-    }
-    let token =
-        regent_client::blocking::Client::token_once(options, Duration::from_secs(args.min_valid))?;
-    let expires = rfc3339(token.expires_at);
-    match args.format {
-        TokenFormat::Raw => println!("{}", token.secret()),
-        TokenFormat::Header => println!(
-            "Authorization: {} {}",
-            bearer(&token.token_type),
-            token.secret()
-        ),
-        TokenFormat::Json => println!(
-            "{}",
-            json!({
-                "access_token": token.secret(),
-                "token_type": token.token_type,
-                "expires_at": expires,
-                "expires_in": token.remaining().as_secs(),
-                "scope": token.scope,
-            })
-        ),
-        TokenFormat::ExecCredential => println!(
-            "{}",
-            json!({
-                "apiVersion": "client.authentication.k8s.io/v1",
-                "kind": "ExecCredential",
-                "status": { "token": token.secret(), "expirationTimestamp": expires },
-            })
-        ),
-    }
-    Ok(())
-}
-
-fn bearer(token_type: &str) -> &str {
-    if token_type.eq_ignore_ascii_case("bearer") {
-        "Bearer"
-    } else {
-        token_type
-    }
 }
 
 pub async fn status(args: StatusArgs, socket: Option<PathBuf>) -> Result<(), Error> {
@@ -325,16 +255,4 @@ pub async fn unenroll(socket: Option<PathBuf>) -> Result<(), Error> {
 
 fn remaining(at: SystemTime) -> Duration {
     at.duration_since(SystemTime::now()).unwrap_or_default()
-}
-
-/// RFC 3339 in UTC, e.g. `2026-11-22T15:20:00Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }

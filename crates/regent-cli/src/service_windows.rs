@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let Command::Agent(args) = cli.command else {
         return Err(Error::new(ErrorCode::Internal, "not an agent command"));
     };
-    let _ = LAUNCH.set(Mutex::new(Some((args, cli.socket))));
+    let _ = LAUNCH.set(Mutex::new(Some((args, cli.globals.socket))));
     service_dispatcher::start(SERVICE_NAME, ffi_service_main).map_err(|e| {
         Error::new(
             ErrorCode::Config,
