@@ -1,6 +1,9 @@
-//! One multiplexed async connection: a writer task sending whole frames from
-//! a queue, a reader task dispatching responses by id to waiting calls and
-//! subscriptions. Dropping the last handle stops both and closes the socket.
+//! One multiplexed async connection: a reader task dispatching responses by
+//! id to waiting calls and subscriptions, and frames written by the caller
+//! itself when nothing is queued ahead and the socket takes the whole frame
+//! at once (the common case: no task hop on the way out), else by a writer
+//! task from a queue, in order. Dropping the last handle stops both tasks and
+//! closes the socket.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::{ConnectOptions, GenericFilePath, ToFsName};
 use regent_proto::message::{Op, Response};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite as _, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeroize::{Zeroize, Zeroizing};
@@ -79,12 +82,22 @@ struct Routes {
 struct Shared {
     socket: PathBuf,
     routes: Mutex<Routes>,
+    /// The writer task has frames to send (the queue is not empty, or it is
+    /// writing). Frames go into the queue only under this lock, and straight
+    /// to the socket only under it while it is `false`, so bytes of two
+    /// frames never interleave and a direct write never overtakes a queued
+    /// frame's rest.
+    writer_busy: Mutex<bool>,
 }
 
 impl Shared {
     fn routes(&self) -> MutexGuard<'_, Routes> {
         // Nothing panics while holding the lock; a poisoned map is still consistent.
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writer_busy(&self) -> MutexGuard<'_, bool> {
+        self.writer_busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn register(&self, id: u64, route: Route) -> Result<(), Failure> {
@@ -204,7 +217,11 @@ impl Drop for RouteGuard {
             };
             // Best effort: the agent also ends subscriptions with their connection.
             if let Ok(frame) = wire::encode_request(id, op) {
-                let _ = frames.try_send((id, frame));
+                // Queued under the writer lock, like every frame (see `Shared`).
+                let mut busy = self.shared.writer_busy();
+                if frames.try_send((id, frame)).is_ok() {
+                    *busy = true;
+                }
             }
         }
     }
@@ -213,6 +230,7 @@ impl Drop for RouteGuard {
 /// A connection that has said `hello`.
 pub(crate) struct Conn {
     shared: Arc<Shared>,
+    stream: Arc<Stream>,
     frames: Queue,
     ids: Arc<AtomicU64>,
     tasks: [AbortHandle; 2],
@@ -262,12 +280,14 @@ impl Conn {
         let shared = Arc::new(Shared {
             socket: socket.to_owned(),
             routes: Mutex::new(Routes::default()),
+            writer_busy: Mutex::new(false),
         });
         let (frames, queue) = mpsc::channel(QUEUE);
         let reader = tokio::spawn(read_loop(Arc::clone(&stream), Arc::clone(&shared)));
-        let writer = tokio::spawn(write_loop(stream, queue, Arc::clone(&shared)));
+        let writer = tokio::spawn(write_loop(Arc::clone(&stream), queue, Arc::clone(&shared)));
         Conn {
             shared,
+            stream,
             frames,
             ids,
             tasks: [reader.abort_handle(), writer.abort_handle()],
@@ -321,12 +341,48 @@ impl Conn {
             id,
             unsubscribe: subscription.then(|| (self.frames.clone(), Arc::clone(&self.ids))),
         };
-        if self.frames.send((id, frame)).await.is_err() {
+        // Room in the queue first (the only wait), then, under the writer
+        // lock, either the socket or the queue.
+        let Ok(permit) = self.frames.reserve().await else {
             // The writer has stopped, so this frame was never written.
             let closed = self.shared.routes().closed.clone();
             let error =
                 closed.unwrap_or_else(|| self.shared.lost(&"the connection's writer stopped"));
             return Err(Failure::NotSent(error));
+        };
+        let mut busy = self.shared.writer_busy();
+        if *busy {
+            permit.send((id, frame));
+            return Ok((guard, id));
+        }
+        // Marked before writing, as the writer task does.
+        self.shared.mark(std::iter::once(id), true);
+        let mut sink = &*self.stream;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut sink).poll_write(&mut cx, &frame) {
+            std::task::Poll::Ready(Ok(n)) if n == frame.len() => {}
+            std::task::Poll::Ready(Ok(n)) => {
+                // The rest goes next, before anything else.
+                *busy = true;
+                permit.send((id, Zeroizing::new(frame[n..].to_vec())));
+            }
+            std::task::Poll::Pending => {
+                self.shared.mark(std::iter::once(id), false);
+                *busy = true;
+                permit.send((id, frame));
+            }
+            std::task::Poll::Ready(Err(e)) => {
+                drop(busy);
+                self.shared.mark(std::iter::once(id), false);
+                // As in the writer task: a closed peer is the reader's to
+                // report (its refusal, or the end of the stream).
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) {
+                    self.shared.close(self.shared.lost(&e), false);
+                }
+            }
         }
         Ok((guard, id))
     }
@@ -398,6 +454,12 @@ async fn write_loop(
             }
         };
         batch.zeroize();
+        if result.is_ok() {
+            let mut busy = shared.writer_busy();
+            if queue.is_empty() {
+                *busy = false;
+            }
+        }
         if let Err(e) = result {
             // A frame cut short cannot have been acted on.
             let unsent = ends.iter().filter(|(_, end)| *end > written);
