@@ -224,6 +224,23 @@ fn c_get_token_example_against_a_live_agent() {
     );
     assert!(out.stderr.is_empty(), "{}", text(&out));
 
+    // `regent_token_once`: a connection of its own per token (`hello` and
+    // `token` in one write), three times over.
+    let out = run(&exe, &["--once", "30", "3"], &live.home.socket);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("token: "))
+        .expect(&printed);
+    assert!(
+        line.starts_with(&format!("token: Bearer, {} bytes, ", token.len())),
+        "{line}"
+    );
+    assert!((30..=300).contains(&valid_for(line)), "{line}");
+    assert!(printed.contains("cycles: 3"), "{printed}");
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+
     // The same program linked statically against libregent.a.
     let native = ["-lpthread", "-ldl", "-lm", "-lrt", "-lutil", "-lgcc_s"];
     let archive = lib_dir().join("libregent.a");
@@ -243,13 +260,15 @@ fn c_get_token_example_against_a_live_agent() {
     } else {
         build.path().join("nobody.sock")
     };
-    let out = run(&exe, &[], &nowhere);
-    assert_eq!(code(&out), 14, "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(nowhere.to_str().unwrap()),
-        "{}",
-        text(&out)
-    );
+    for args in [&[][..], &["--once"]] {
+        let out = run(&exe, args, &nowhere);
+        assert_eq!(code(&out), 14, "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(nowhere.to_str().unwrap()),
+            "{}",
+            text(&out)
+        );
+    }
 }
 
 /// 10,000 get/free cycles under LeakSanitizer: no leak. A deliberately

@@ -2,11 +2,14 @@
  * get_token — connect to the regent agent, get an access token that stays
  * valid for at least MIN_VALID seconds, print when it expires, free it.
  *
- *   get_token [MIN_VALID_SECS [CYCLES]]
+ *   get_token [--once] [MIN_VALID_SECS [CYCLES]]
  *
  * The agent's socket comes from $REGENT_SOCKET (else the default path).
- * CYCLES > 1 repeats the get/free step (the leak check runs 10,000). On
- * failure the exit status is the regent_result number, like the CLI's.
+ * CYCLES > 1 repeats the get/free step (the leak check runs 10,000). With
+ * --once each token comes from regent_token_once: a connection of its own,
+ * one round trip (for programs that ask once), instead of a client kept
+ * open. On failure the exit status is the regent_result number, like the
+ * CLI's.
  *
  * Build: cc -Wall -Wextra -Wpedantic get_token.c -Ibindings/c/include \
  *           -Ltarget/debug -lregent -o get_token
@@ -29,8 +32,9 @@ static int fail(const char *what, regent_result rc) {
 }
 
 int main(int argc, char **argv) {
-  unsigned long min_valid = argc > 1 ? strtoul(argv[1], NULL, 10) : 60;
-  unsigned long cycles = argc > 2 ? strtoul(argv[2], NULL, 10) : 1;
+  int once = argc > 1 && strcmp(argv[1], "--once") == 0;
+  unsigned long min_valid = argc > 1 + once ? strtoul(argv[1 + once], NULL, 10) : 60;
+  unsigned long cycles = argc > 2 + once ? strtoul(argv[2 + once], NULL, 10) : 1;
   regent_client_options *options = NULL;
   regent_client *client = NULL;
   regent_result rc;
@@ -48,16 +52,24 @@ int main(int argc, char **argv) {
   if (rc != REGENT_OK) return fail("regent_client_options_new", rc);
   rc = regent_client_options_set_app(options, "get_token");
   if (rc == REGENT_OK) rc = regent_client_options_set_request_timeout_ms(options, 10000);
-  if (rc == REGENT_OK) rc = regent_client_connect(options, &client);
-  regent_client_options_free(options); /* connect copied it */
-  if (rc != REGENT_OK) return fail("connecting to the agent", rc);
+  if (!once) {
+    if (rc == REGENT_OK) rc = regent_client_connect(options, &client);
+    regent_client_options_free(options); /* connect copied it */
+    options = NULL;
+  }
+  if (rc != REGENT_OK) {
+    regent_client_options_free(options); /* NULL does nothing */
+    return fail("connecting to the agent", rc);
+  }
 
   for (i = 0; i < cycles; i++) {
     regent_token *token = NULL;
-    rc = regent_client_token(client, (uint32_t)min_valid, &token);
+    rc = once ? regent_token_once(options, (uint32_t)min_valid, &token)
+              : regent_client_token(client, (uint32_t)min_valid, &token);
     if (rc != REGENT_OK) {
-      int status = fail("regent_client_token", rc);
-      regent_client_free(client);
+      int status = fail(once ? "regent_token_once" : "regent_client_token", rc);
+      regent_client_free(client); /* NULL (with --once) does nothing */
+      regent_client_options_free(options);
       return status;
     }
     if (i + 1 == cycles) {
@@ -73,5 +85,6 @@ int main(int argc, char **argv) {
   if (cycles > 1) printf("cycles: %lu\n", cycles);
 
   regent_client_free(client);
+  regent_client_options_free(options);
   return 0;
 }

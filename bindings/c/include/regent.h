@@ -455,6 +455,29 @@ regent_result regent_client_token(const struct regent_client *client,
                                   struct regent_token **token_out);
 
 /**
+ * Gets one access token on a connection of its own: connects, sends `hello`
+ * and `token` in one write, reads the token and closes — one round trip,
+ * where `regent_client_connect` then `regent_client_token` wait for two.
+ * For a program that asks once (a plug-in, a short-lived tool); a program
+ * that asks again keeps a client instead.
+ *
+ * `options` may be NULL for the defaults; it is only read. The caller owns
+ * `*token_out` and frees it with `regent_token_free`.
+ *
+ * Errors: those of `regent_client_connect` and of `regent_client_token`.
+ * On error `*token_out` is untouched.
+ *
+ * Thread-safe; blocks for at most the connect timeout plus the request
+ * timeout.
+ *
+ * # Safety
+ * `options` is NULL or live; `token_out` is NULL or writable.
+ */
+regent_result regent_token_once(const struct regent_client_options *options,
+                                uint32_t min_valid_secs,
+                                struct regent_token **token_out);
+
+/**
  * Closes the connection and frees the client. NULL does nothing.
  * Subscriptions made from it keep running until freed themselves.
  *

@@ -246,6 +246,18 @@ pub unsafe extern "C" fn regent_client_options_free(options: *mut regent_client_
     })
 }
 
+/// A copy of `options`, or the defaults for NULL.
+///
+/// # Safety
+/// `options` is NULL or live.
+unsafe fn options_or_default(options: *const regent_client_options) -> ClientOptions {
+    // SAFETY: the caller's contract: NULL or a live handle.
+    match unsafe { options.as_ref() } {
+        Some(options) => options.options.clone(),
+        None => ClientOptions::default(),
+    }
+}
+
 /// Connects to the agent and says `hello`, within the connect timeout.
 /// `options` may be NULL for the defaults (see `regent_client_options`); it
 /// is copied. The caller owns `*client_out` and frees it with
@@ -269,12 +281,8 @@ pub unsafe extern "C" fn regent_client_connect(
     ffi_boundary!("regent_client_connect", {
         // SAFETY: the caller's contract.
         let out = unsafe { arg_out(client_out, "client_out") }?;
-        let options = if options.is_null() {
-            ClientOptions::default()
-        } else {
-            // SAFETY: the caller's contract (non-NULL: a live handle).
-            unsafe { arg_ref(options, "options") }?.options.clone()
-        };
+        // SAFETY: the caller's contract.
+        let options = unsafe { options_or_default(options) };
         let inner = blocking::Client::connect(options)?;
         out.write(into_handle(regent_client { inner }));
         Ok(())
@@ -308,6 +316,41 @@ pub unsafe extern "C" fn regent_client_token(
         let token = client
             .inner
             .token(Duration::from_secs(u64::from(min_valid_secs)))?;
+        out.write(into_handle(regent_token::new(&token)?));
+        Ok(())
+    })
+}
+
+/// Gets one access token on a connection of its own: connects, sends `hello`
+/// and `token` in one write, reads the token and closes — one round trip,
+/// where `regent_client_connect` then `regent_client_token` wait for two.
+/// For a program that asks once (a plug-in, a short-lived tool); a program
+/// that asks again keeps a client instead.
+///
+/// `options` may be NULL for the defaults; it is only read. The caller owns
+/// `*token_out` and frees it with `regent_token_free`.
+///
+/// Errors: those of `regent_client_connect` and of `regent_client_token`.
+/// On error `*token_out` is untouched.
+///
+/// Thread-safe; blocks for at most the connect timeout plus the request
+/// timeout.
+///
+/// # Safety
+/// `options` is NULL or live; `token_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn regent_token_once(
+    options: *const regent_client_options,
+    min_valid_secs: u32,
+    token_out: *mut *mut regent_token,
+) -> regent_result {
+    ffi_boundary!("regent_token_once", {
+        // SAFETY: the caller's contract.
+        let out = unsafe { arg_out(token_out, "token_out") }?;
+        // SAFETY: the caller's contract.
+        let options = unsafe { options_or_default(options) };
+        let token =
+            blocking::Client::token_once(options, Duration::from_secs(u64::from(min_valid_secs)))?;
         out.write(into_handle(regent_token::new(&token)?));
         Ok(())
     })

@@ -217,6 +217,12 @@ mod tests {
                 assert_eq!(out, sentinel.cast());
                 Some(rc)
             });
+            check("regent_token_once", &mut || {
+                let mut out = sentinel.cast();
+                let rc = regent_token_once(options, 1, &mut out);
+                assert_eq!(out, sentinel.cast());
+                Some(rc)
+            });
             check("regent_client_subscribe", &mut || {
                 let mut out = sentinel.cast();
                 let rc =
