@@ -181,6 +181,20 @@ impl Live {
 }
 
 /// "… valid for N s …" → N.
+/// The example's `token: …` line, which describes `token` (a Bearer token
+/// of its length) without printing it.
+fn token_line<'a>(printed: &'a str, token: &str) -> &'a str {
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("token: "))
+        .expect(printed);
+    assert!(
+        line.starts_with(&format!("token: Bearer, {} bytes, ", token.len())),
+        "{line}"
+    );
+    line
+}
+
 fn valid_for(line: &str) -> u64 {
     let rest = &line[line.find("valid for ").expect(line) + "valid for ".len()..];
     rest.split_whitespace().next().unwrap().parse().unwrap()
@@ -207,15 +221,8 @@ fn c_get_token_example_against_a_live_agent() {
         printed.starts_with(&format!("libregent {}\n", env!("CARGO_PKG_VERSION"))),
         "{printed}"
     );
-    let line = printed
-        .lines()
-        .find(|l| l.starts_with("token: "))
-        .expect(&printed);
     let token = live.cli_token();
-    assert!(
-        line.starts_with(&format!("token: Bearer, {} bytes, ", token.len())),
-        "{line}"
-    );
+    let line = token_line(&printed, &token);
     assert!((30..=300).contains(&valid_for(line)), "{line}");
     assert!(line.contains("(at least 30 asked)"), "{line}");
     assert!(
@@ -229,14 +236,7 @@ fn c_get_token_example_against_a_live_agent() {
     let out = run(&exe, &["--once", "30", "3"], &live.home.socket);
     assert!(out.status.success(), "{}", text(&out));
     let printed = stdout(&out);
-    let line = printed
-        .lines()
-        .find(|l| l.starts_with("token: "))
-        .expect(&printed);
-    assert!(
-        line.starts_with(&format!("token: Bearer, {} bytes, ", token.len())),
-        "{line}"
-    );
+    let line = token_line(&printed, &token);
     assert!((30..=300).contains(&valid_for(line)), "{line}");
     assert!(printed.contains("cycles: 3"), "{printed}");
     assert!(out.stderr.is_empty(), "{}", text(&out));
@@ -462,14 +462,7 @@ fn cpp_wrapper_example_against_a_live_agent() {
     assert!(out.status.success(), "{}", text(&out));
     let printed = stdout(&out);
     let token = live.cli_token();
-    let line = printed
-        .lines()
-        .find(|l| l.starts_with("token: "))
-        .expect(&printed);
-    assert!(
-        line.starts_with(&format!("token: Bearer, {} bytes, ", token.len())),
-        "{line}"
-    );
+    let line = token_line(&printed, &token);
     assert!(valid_for(line) >= 45, "{line}");
     let pushed = printed
         .lines()

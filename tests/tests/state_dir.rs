@@ -76,6 +76,10 @@ fn the_state_directory_is_created_owner_only_under_umask_000() {
         .unwrap();
     let agent = AgentProc { child, log };
     wait_for_socket(&home.socket, WAIT);
+    // The socket is bound before the state directory is made; the agent
+    // answers only once it is open (its status: not enrolled yet).
+    let status = home.regent(&["status"], None);
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o700, "state directory mode {mode:04o}");
     let out = home.regent(&["enroll"], Some(&format!("{}\n", emulator.mint(1))));

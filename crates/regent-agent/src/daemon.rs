@@ -187,7 +187,6 @@ pub fn harden_process() -> Result<&'static str> {
     Ok("no process hardening on this platform")
 }
 
-/// Stops a background task when the daemon returns.
 /// Releases the executable's code pages a second after start-up (what runs
 /// just after `READY` — the engine's first steps, the watchers — included),
 /// then a second after each burst of engine events (a renewal and what
@@ -214,6 +213,7 @@ async fn trim_after_events(mut events: tokio::sync::broadcast::Receiver<crate::e
     }
 }
 
+/// Stops a background task when the daemon returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -58,7 +58,7 @@ mod linux {
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return 0;
         };
-        let mut released = 0;
+        let mut released: usize = 0;
         for mapping in parse(&smaps) {
             if std::path::Path::new(&mapping.path) != exe
                 || !mapping.is_clean_read_only()
@@ -84,7 +84,7 @@ mod linux {
                 )
             };
             if advised.is_ok() {
-                released += mapping.rss_kib * 1024;
+                released = released.saturating_add(mapping.rss_kib.saturating_mul(1024));
             }
         }
         released

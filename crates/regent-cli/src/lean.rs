@@ -44,8 +44,9 @@ enum TokenCommand {
 /// `regent`'s `main` on Unix.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if !is_token_command(args.get(1..).unwrap_or_default()) {
-        return exec_regentd(&args);
+    let command = first_command(args.get(1..).unwrap_or_default());
+    if command.is_none_or(|c| c != "token") {
+        return exec_regentd(&args, command);
     }
     match TokenCli::try_parse_from(&args) {
         Ok(TokenCli {
@@ -56,28 +57,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Whether the command (the first argument that is not the global
-/// `--socket PATH` / `--socket=PATH`) is `token`. Anything else — another
-/// command, `--help`, `--version`, nothing — is `regentd`'s to answer.
-fn is_token_command(args: &[OsString]) -> bool {
+/// The command: the first argument that is not the global `--socket PATH` /
+/// `--socket=PATH` (`--help` or `--version` when that comes first); `None`
+/// when there is none. Only `token` stays here; anything else is `regentd`'s
+/// to answer.
+fn first_command(args: &[OsString]) -> Option<&OsString> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--socket") => {
-                if args.next().is_none() {
-                    return false;
-                }
+                args.next()?;
             }
             Some(a) if a.starts_with("--socket=") => {}
-            _ => return arg == "token",
+            _ => return Some(arg),
         }
     }
-    false
+    None
 }
 
 /// Replaces this process with `regentd` beside this binary; returns only
-/// when that fails, with a message saying what to do.
-fn exec_regentd(args: &[OsString]) -> ExitCode {
+/// when that fails, with a message naming `command` and saying what to do.
+fn exec_regentd(args: &[OsString], command: Option<&OsString>) -> ExitCode {
     let regentd = match regentd_path() {
         Ok(path) => path,
         Err(e) => {
@@ -87,19 +87,14 @@ fn exec_regentd(args: &[OsString]) -> ExitCode {
             return ExitCode::from(ErrorCode::Internal.number());
         }
     };
-    let mut command = std::process::Command::new(&regentd);
+    let mut process = std::process::Command::new(&regentd);
     if let Some(arg0) = args.first() {
-        command.arg0(arg0);
+        process.arg0(arg0);
     }
-    let e = command.args(args.iter().skip(1)).exec();
-    let command_name = args
-        .iter()
-        .skip(1)
-        .find(|a| !a.to_string_lossy().starts_with('-'))
-        .map(|a| a.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let e = process.args(args.iter().skip(1)).exec();
+    let command = command.map(|c| c.to_string_lossy()).unwrap_or_default();
     eprintln!(
-        "regent: cannot run {} ({e}): `regent {command_name}` is carried out by {REGENTD}, which is \
+        "regent: cannot run {} ({e}): `regent {command}` is carried out by {REGENTD}, which is \
          installed beside regent; reinstall regent (packages install both to /usr/bin)",
         regentd.display()
     );
@@ -128,7 +123,10 @@ mod tests {
             &["--socket", "/s", "token"],
             &["--socket=/s", "token", "--format", "json"],
         ] {
-            assert!(is_token_command(&args(yes)), "{yes:?}");
+            assert!(
+                first_command(&args(yes)).is_some_and(|c| c == "token"),
+                "{yes:?}"
+            );
         }
         for no in [
             &[][..],
@@ -141,7 +139,10 @@ mod tests {
             &["tokens"],
             &["admin", "registration-token"],
         ] {
-            assert!(!is_token_command(&args(no)), "{no:?}");
+            assert!(
+                first_command(&args(no)).is_none_or(|c| c != "token"),
+                "{no:?}"
+            );
         }
     }
 }

@@ -99,13 +99,7 @@ pub fn main() -> ExitCode {
     if let Command::Agent(args) = &cli.command
         && args.windows_service
     {
-        return match service_windows::run(cli) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(failure) => {
-                eprintln!("regent: {}", failure.report());
-                ExitCode::from(failure.code.number())
-            }
-        };
+        return finish(service_windows::run(cli));
     }
     // `regent token` is one request: the blocking client, `hello` and `token`
     // in one write, and no async runtime to start (issue 15, items 3 and 4).

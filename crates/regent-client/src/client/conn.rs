@@ -186,6 +186,19 @@ impl Shared {
     fn lost(&self, cause: &dyn std::fmt::Display) -> Error {
         error::connection_lost(&self.socket, cause)
     }
+
+    /// A write failed. When the agent closed its end, the reader closes the
+    /// connection with what it finds first — the agent's refusal (connection
+    /// limit, policy), which names the cause, or the end of the stream;
+    /// otherwise the write error does.
+    fn write_failed(&self, e: &std::io::Error) {
+        if !matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ) {
+            self.close(self.lost(e), false);
+        }
+    }
 }
 
 /// Removes a route when its call ends or is cancelled; for a subscription,
@@ -374,14 +387,7 @@ impl Conn {
             std::task::Poll::Ready(Err(e)) => {
                 drop(busy);
                 self.shared.mark(std::iter::once(id), false);
-                // As in the writer task: a closed peer is the reader's to
-                // report (its refusal, or the end of the stream).
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) {
-                    self.shared.close(self.shared.lost(&e), false);
-                }
+                self.shared.write_failed(&e);
             }
         }
         Ok((guard, id))
@@ -454,27 +460,18 @@ async fn write_loop(
             }
         };
         batch.zeroize();
-        if result.is_ok() {
-            let mut busy = shared.writer_busy();
-            if queue.is_empty() {
-                *busy = false;
-            }
-        }
         if let Err(e) = result {
             // A frame cut short cannot have been acted on.
             let unsent = ends.iter().filter(|(_, end)| *end > written);
             shared.mark(unsent.map(|(id, _)| *id), false);
-            if !matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ) {
-                shared.close(shared.lost(&e), false);
-            }
-            // Otherwise the agent closed its end: the reader closes the
-            // connection with what it finds first — the agent's refusal
-            // (connection limit, policy), which names the cause, or the end
-            // of the stream.
+            shared.write_failed(&e);
             return;
+        }
+        {
+            let mut busy = shared.writer_busy();
+            if queue.is_empty() {
+                *busy = false;
+            }
         }
         ends.clear();
     }

@@ -490,6 +490,14 @@ impl Connection<'_> {
     /// admitted (a generation number makes the unchanged case one atomic
     /// load). A peer the policy no longer admits is told why and the
     /// connection closes after the frames already queued.
+    /// The policy no longer serves this connection as it stands: no more
+    /// pushed events, and it closes once its answer is sent.
+    fn close_after_reload(&mut self) {
+        self.closing = true;
+        self.subscriptions.clear();
+        self.events = None;
+    }
+
     fn recheck_policy(&mut self) -> Result<(), Error> {
         if self.shared.settings.policy.generation() == self.policy_generation {
             return Ok(());
@@ -502,9 +510,7 @@ impl Connection<'_> {
             // pinned (one descriptor a connection): its program cannot be
             // checked without the pid-reuse race the pin exists to close.
             // Ask it to reconnect, to be checked like any new connection.
-            self.closing = true;
-            self.subscriptions.clear();
-            self.events = None;
+            self.close_after_reload();
             audit!(
                 self,
                 Level::INFO,
@@ -534,9 +540,7 @@ impl Connection<'_> {
                 Ok(())
             }
             Err(refusal) => {
-                self.closing = true;
-                self.subscriptions.clear();
-                self.events = None;
+                self.close_after_reload();
                 self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     target: AUDIT_TARGET,
