@@ -6,10 +6,12 @@
 
 pub mod crash;
 pub mod forward_proxy;
+pub mod http1;
 #[cfg(unix)]
 pub mod other_user;
 pub mod procstat;
 pub mod proxy;
+pub mod signin;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,11 @@ pub struct EmulatorProc {
 
 impl EmulatorProc {
     pub fn start(access_token_lifespan: u64) -> EmulatorProc {
+        Self::start_with(access_token_lifespan, &[])
+    }
+
+    /// Like [`EmulatorProc::start`], with more `regent emulator` arguments.
+    pub fn start_with(access_token_lifespan: u64, extra: &[&str]) -> EmulatorProc {
         let mut child = Command::new(regent_bin())
             .args([
                 "emulator",
@@ -50,6 +57,7 @@ impl EmulatorProc {
                 "--access-token-lifespan",
             ])
             .arg(access_token_lifespan.to_string())
+            .args(extra)
             .env("REGENT_EMULATOR_ADMIN_KEY", EMULATOR_KEY)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

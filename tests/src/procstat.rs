@@ -17,6 +17,11 @@ pub struct Sample {
     pub fds: usize,
     /// Resident set now, KiB (`VmRSS`).
     pub rss_kib: u64,
+    /// Its anonymous part, KiB (`RssAnon`): heap and stacks, where a leak
+    /// shows. The rest is file pages (the binary's code), which the agent
+    /// gives back when idle and faults in again when busy, so `VmRSS` swings
+    /// by megabytes with no leak at all.
+    pub anon_kib: u64,
     /// Highest resident set so far, KiB (`VmHWM`).
     pub hwm_kib: u64,
     /// Threads (`Threads`).
@@ -32,6 +37,7 @@ impl Sample {
         Some(Sample {
             fds,
             rss_kib: status_kib(&status, "VmRSS:")?,
+            anon_kib: status_kib(&status, "RssAnon:")?,
             hwm_kib: status_kib(&status, "VmHWM:")?,
             threads: status_kib(&status, "Threads:").unwrap_or(0),
         })
@@ -49,6 +55,7 @@ impl Sample {
             let s = Sample::of(pid)?;
             best.fds = best.fds.min(s.fds);
             best.rss_kib = best.rss_kib.min(s.rss_kib);
+            best.anon_kib = best.anon_kib.min(s.anon_kib);
             best.hwm_kib = s.hwm_kib;
             best.threads = s.threads;
         }
@@ -96,17 +103,26 @@ impl fmt::Display for Table<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<22} {:>8} {:>7} {:>10} {:>10} {:>8} {:>9} {:>10}",
-            "sample", "t (s)", "fds", "RSS KiB", "HWM KiB", "threads", "renewals", "requests"
+            "{:<22} {:>8} {:>7} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10}",
+            "sample",
+            "t (s)",
+            "fds",
+            "RSS KiB",
+            "anon KiB",
+            "HWM KiB",
+            "threads",
+            "renewals",
+            "requests"
         )?;
         for s in self.0 {
             writeln!(
                 f,
-                "{:<22} {:>8.1} {:>7} {:>10} {:>10} {:>8} {:>9} {:>10}",
+                "{:<22} {:>8.1} {:>7} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10}",
                 s.label,
                 s.at_s,
                 s.sample.fds,
                 s.sample.rss_kib,
+                s.sample.anon_kib,
                 s.sample.hwm_kib,
                 s.sample.threads,
                 s.renewals,

@@ -277,6 +277,28 @@ fn the_demo_runs_start_to_finish() {
     }
 }
 
+#[test]
+fn the_user_demo_signs_in_with_a_headless_browser() {
+    let out = regent(&["demo", "--user", "--renewals", "1"], None, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    for expected in [
+        "sign-in started: PKCE (S256)",
+        "browser    opened the sign-in page; signing in as alice",
+        "signed in as alice <alice@example.com>; scope openid profile",
+        "got token",
+        "deleting user alice",
+        "sign in again with `regent login`",
+        "done",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("registration token"), "{stdout}");
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn another_uid_is_refused_unless_allowed_and_never_enrolls() {

@@ -476,6 +476,61 @@ fn cpp_wrapper_example_against_a_live_agent() {
     assert!(out.stderr.is_empty(), "{}", text(&out));
 }
 
+/// After a user's sign-in the C library and Python name the user and the
+/// granted scope; a device enrollment has none (the live tests above).
+#[test]
+#[cfg_attr(
+    windows,
+    ignore = "the sign-in fixtures run the emulator and agent as Linux processes; the Windows job covers the C API through get_token"
+)]
+fn c_and_python_name_the_signed_in_user() {
+    let emu = regent_tests::signin::emulator(300);
+    let home = regent_tests::signin::oauth2_home(&emu);
+    let _agent = AgentProc::start(&home);
+    let build = tempfile::tempdir().unwrap();
+    let exe = compile(
+        "cc",
+        &repo_root().join("bindings/c/examples/get_token.c"),
+        build.path(),
+        &[],
+    );
+    let out = run(&exe, &["--user"], &home.socket);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("user: none"), "{}", stdout(&out));
+
+    let refresh = regent_tests::signin::refresh_token_of_alice(&emu);
+    let out = home.regent(&["enroll", "--refresh-token-stdin"], Some(&refresh));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+
+    let out = run(&exe, &["--user"], &home.socket);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("user: alice, sub ")
+            && printed.contains("email alice@example.com, scope openid profile"),
+        "{printed}"
+    );
+
+    let script = "import regent\n\
+                  with regent.Client(app='whoami') as c:\n\
+                  \x20   u = c.user()\n\
+                  \x20   print(u.preferred_username, u.email, u.scope, len(u.sub) > 0)\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(repo_root().join("bindings/python"))
+        .env("REGENT_LIBRARY", lib_dir().join("libregent.so"))
+        .env("REGENT_SOCKET", &home.socket)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "alice alice@example.com openid profile True",
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 #[cfg_attr(windows, ignore = "needs a Windows Python, which Wine does not have")]
 fn python_binding_tests_pass_against_a_live_agent() {

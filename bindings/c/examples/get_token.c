@@ -3,12 +3,13 @@
  * valid for at least MIN_VALID seconds, print when it expires, free it.
  *
  *   get_token [--once] [MIN_VALID_SECS [CYCLES]]
+ *   get_token --user
  *
  * The agent's socket comes from $REGENT_SOCKET (else the default path).
  * CYCLES > 1 repeats the get/free step (the leak check runs 10,000). With
  * --once each token comes from regent_token_once: a connection of its own,
  * one round trip (for programs that ask once), instead of a client kept
- * open. On failure the exit status is the regent_result number, like the
+ * open. --user prints who is signed in to the agent (`regent login`) instead. On failure the exit status is the regent_result number, like the
  * CLI's.
  *
  * Build: cc -Wall -Wextra -Wpedantic get_token.c -Ibindings/c/include \
@@ -31,7 +32,26 @@ static int fail(const char *what, regent_result rc) {
   return (int)rc;
 }
 
+/* Who is signed in: a user's sign-in, or none for a device enrollment. */
+static int print_user(regent_client *client) {
+  regent_user *user = NULL;
+  regent_result rc = regent_client_user(client, &user);
+  if (rc != REGENT_OK) return fail("regent_client_user", rc);
+  if (user == NULL) {
+    printf("user: none (a device enrollment, or not enrolled)\n");
+    return 0;
+  }
+  printf("user: %s, sub %s, email %s, scope %s\n",
+         regent_user_preferred_username(user) ? regent_user_preferred_username(user) : "-",
+         regent_user_sub(user),
+         regent_user_email(user) ? regent_user_email(user) : "-",
+         regent_user_scope(user) ? regent_user_scope(user) : "-");
+  regent_user_free(user);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  int user_only = argc > 1 && strcmp(argv[1], "--user") == 0;
   int once = argc > 1 && strcmp(argv[1], "--once") == 0;
   unsigned long min_valid = argc > 1 + once ? strtoul(argv[1 + once], NULL, 10) : 60;
   unsigned long cycles = argc > 2 + once ? strtoul(argv[2 + once], NULL, 10) : 1;
@@ -60,6 +80,11 @@ int main(int argc, char **argv) {
   if (rc != REGENT_OK) {
     regent_client_options_free(options); /* NULL does nothing */
     return fail("connecting to the agent", rc);
+  }
+  if (user_only) {
+    int status = print_user(client);
+    regent_client_free(client);
+    return status;
   }
 
   for (i = 0; i < cycles; i++) {

@@ -143,6 +143,10 @@ enum regent_result
    * The device is already enrolled.
    */
   REGENT_ALREADY_ENROLLED = 21,
+  /**
+   * A user's sign-in did not complete (denied, expired, code refused).
+   */
+  REGENT_SIGN_IN_FAILED = 22,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -225,6 +229,13 @@ typedef struct regent_subscription regent_subscription;
  * bearer value; strings it returned are invalid afterwards.
  */
 typedef struct regent_token regent_token;
+
+/**
+ * The user signed in to the agent (opaque): made by `regent_client_user`,
+ * freed once with `regent_user_free`. Immutable; its accessors may be
+ * called from any threads at once. Strings it returns are borrowed from it.
+ */
+typedef struct regent_user regent_user;
 
 /**
  * One event, passed to the callback. Everything it points to belongs to the
@@ -642,6 +653,68 @@ regent_result regent_token_clone(const struct regent_token *token, struct regent
  * `token` is NULL or an owned, live token.
  */
 void regent_token_free(struct regent_token *token);
+
+/**
+ * Who is signed in to the agent (`regent login`). Writes NULL to
+ * `*user_out` (and returns `REGENT_OK`) when the agent holds a device
+ * enrollment rather than a user's sign-in, or is not enrolled; the agent
+ * tells only its own account (and root) who is signed in, so other callers
+ * get NULL too. The caller owns a non-NULL `*user_out` and frees it with
+ * `regent_user_free`.
+ *
+ * Errors: `REGENT_AGENT_UNREACHABLE`, `REGENT_TIMEOUT`, `REGENT_BAD_REQUEST`
+ * for NULL arguments. On error `*user_out` is untouched.
+ *
+ * Thread-safe; one request to the agent.
+ *
+ * # Safety
+ * `client` is NULL or live; `user_out` is NULL or writable.
+ */
+regent_result regent_client_user(const struct regent_client *client, struct regent_user **user_out);
+
+/**
+ * The provider's stable subject id (`sub`); never NULL for a live `user`
+ * (NULL when `user` is NULL). Borrowed from `user`.
+ *
+ * # Safety
+ * `user` is NULL or a live user.
+ */
+const char *regent_user_sub(const struct regent_user *user);
+
+/**
+ * The user's login name (`preferred_username`), or NULL when the provider
+ * did not say. Borrowed from `user`.
+ *
+ * # Safety
+ * `user` is NULL or a live user.
+ */
+const char *regent_user_preferred_username(const struct regent_user *user);
+
+/**
+ * The user's e-mail address (`email`), or NULL when the provider did not
+ * say. Borrowed from `user`.
+ *
+ * # Safety
+ * `user` is NULL or a live user.
+ */
+const char *regent_user_email(const struct regent_user *user);
+
+/**
+ * The scope granted at sign-in (space-separated), or NULL when the server
+ * did not say. Borrowed from `user`.
+ *
+ * # Safety
+ * `user` is NULL or a live user.
+ */
+const char *regent_user_scope(const struct regent_user *user);
+
+/**
+ * Frees a user. NULL does nothing. Once, and not while another call uses it.
+ *
+ * # Safety
+ * `user` is NULL or an owned, live user.
+ */
+void regent_user_free(struct regent_user *user);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -33,6 +33,7 @@ __all__ = [
     "RegentError",
     "Subscription",
     "Token",
+    "User",
     "library_version",
 ]
 
@@ -62,6 +63,7 @@ class Code(enum.IntEnum):
     INTERNAL = 19
     CLIENT_CREDENTIALS_INVALID = 20
     ALREADY_ENROLLED = 21
+    SIGN_IN_FAILED = 22
 
 
 class RegentError(Exception):
@@ -122,6 +124,18 @@ class Token:
             f"Token(access_token=[redacted], token_type={self.token_type!r}, "
             f"expires_at={self.expires_at.isoformat()}, scope={self.scope!r})"
         )
+
+
+@dataclass(frozen=True)
+class User:
+    """Who is signed in to the agent (``regent login``), as the identity
+    provider named them: ``sub`` (its stable subject id), and
+    ``preferred_username``, ``email`` and the granted ``scope`` when known."""
+
+    sub: str
+    preferred_username: Optional[str] = None
+    email: Optional[str] = None
+    scope: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,12 @@ _SIGNATURES = {
     "regent_token_remaining_ms": ([_handle], _c_uint64),
     "regent_token_free": ([_handle], None),
     "regent_subscription_free": ([_handle], None),
+    "regent_client_user": ([_handle, _out], _c_uint32),
+    "regent_user_sub": ([_handle], ctypes.c_char_p),
+    "regent_user_preferred_username": ([_handle], ctypes.c_char_p),
+    "regent_user_email": ([_handle], ctypes.c_char_p),
+    "regent_user_scope": ([_handle], ctypes.c_char_p),
+    "regent_user_free": ([_handle], None),
 }
 
 _lib: Optional[ctypes.CDLL] = None
@@ -408,6 +428,30 @@ class Client:
             return _token_from(out.value)  # type: ignore[arg-type]
         finally:
             lib.regent_token_free(out)
+
+    def user(self) -> Optional[User]:
+        """Who is signed in to the agent, or ``None`` when it holds a device
+        enrollment (or nothing), or when this process is not the agent's own
+        account (the agent tells only it, and root, who is signed in).
+
+        Raises :class:`RegentError`: ``AGENT_UNREACHABLE``, ``TIMEOUT``…
+        """
+        lib = _library()
+        out = ctypes.c_void_p()
+        with self._lock:
+            _check(lib.regent_client_user(self._live(), ctypes.byref(out)))
+        if not out.value:
+            return None
+        try:
+            optional = lambda raw: _text(raw) if raw is not None else None  # noqa: E731
+            return User(
+                sub=_text(lib.regent_user_sub(out)),
+                preferred_username=optional(lib.regent_user_preferred_username(out)),
+                email=optional(lib.regent_user_email(out)),
+                scope=optional(lib.regent_user_scope(out)),
+            )
+        finally:
+            lib.regent_user_free(out)
 
     def subscribe(self, callback: Callable[[Event], None], min_valid: float = 60) -> Subscription:
         """Calls ``callback(event)`` on a library thread with the current token,

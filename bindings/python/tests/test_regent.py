@@ -77,6 +77,9 @@ class LiveTest(unittest.TestCase):
         self.addCleanup(client.close)
         return client
 
+    def test_a_device_enrollment_has_no_signed_in_user(self) -> None:
+        self.assertIsNone(self.client().user())
+
     def test_token_with_min_valid(self) -> None:
         token = self.client().token(min_valid=30)
         self.assertGreater(len(token.access_token), 20)

@@ -27,6 +27,16 @@ pub struct EnrollArgs {
     /// Replace a working credential (a new redemption consumes another count).
     #[arg(long)]
     pub force: bool,
+    /// The secret is a user's refresh token to adopt (oauth2 profile): the
+    /// agent proves it with one refresh and keeps it fresh, as after
+    /// `regent login`. For automation and migration.
+    #[arg(long)]
+    pub refresh_token: bool,
+    /// Read a refresh token to adopt from stdin (--refresh-token --stdin).
+    #[arg(long, conflicts_with_all = ["token_file", "from_env", "stdin"])]
+    pub refresh_token_stdin: bool,
+    #[command(flatten)]
+    pub client_secret: crate::login::ClientSecretArgs,
     /// Refused: a secret on the command line is visible to every local user.
     #[arg(hide = true)]
     pub secret: Option<String>,
@@ -70,7 +80,7 @@ fn read_secret(args: &EnrollArgs) -> Result<SecretString, Error> {
         let stdin = std::io::stdin();
         if stdin.is_terminal() {
             // Waiting silently on a terminal looks like a hang.
-            if !args.stdin {
+            if !args.stdin && !args.refresh_token_stdin {
                 return Err(Error::new(
                     ErrorCode::BadRequest,
                     "no secret given: pipe the registration token (or client secret) on stdin                      (`regent enroll < token.txt`), use --token-file PATH or --from-env VAR,                      or --stdin to type it here",
@@ -99,6 +109,33 @@ fn read_secret(args: &EnrollArgs) -> Result<SecretString, Error> {
 
 pub async fn enroll(args: EnrollArgs, socket: Option<PathBuf>) -> Result<(), Error> {
     let secret = read_secret(&args)?;
+    if args.refresh_token || args.refresh_token_stdin {
+        let client_secret = crate::login::read_client_secret(&args.client_secret, false)?;
+        let client = connect(socket).await?;
+        let done = client
+            .adopt_refresh_token(&secret, client_secret.as_ref(), args.force)
+            .await?;
+        let valid = remaining(done.expires_at);
+        match &done.user {
+            Some(user) => println!(
+                "adopted the refresh token of {user}; access token valid for {}s",
+                valid.as_secs()
+            ),
+            None => println!(
+                "adopted the refresh token; access token valid for {}s",
+                valid.as_secs()
+            ),
+        }
+        return Ok(());
+    }
+    if args.client_secret.client_secret_file.is_some()
+        || args.client_secret.client_secret_env.is_some()
+    {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            "--client-secret-file/--client-secret-env go with --refresh-token; a client secret to enroll with is the secret itself (stdin, --token-file or --from-env)",
+        ));
+    }
     let client = connect(socket).await?;
     let enrolled = client.enroll(secret, args.force).await?;
     let valid = remaining(enrolled.expires_at);
@@ -151,6 +188,9 @@ fn unhealthy(status: &AgentStatus, code: ErrorCode) -> String {
             "the agent reports a state this regent does not know ({}); update regent",
             status.slots.first().map_or("no slot", |s| s.state.as_str())
         ),
+        _ if status.slots.first().is_some_and(|s| s.user.is_some()) => {
+            "the sign-in no longer works; sign in again with `regent login`".to_owned()
+        }
         _ => "the credential no longer works; enroll again".to_owned(),
     }
 }
@@ -217,6 +257,12 @@ pub fn summarize(status: &AgentStatus) -> String {
                 .map(|i| format!(" ({i})"))
                 .unwrap_or_default()
         ));
+        if let Some(user) = &slot.user {
+            out.push_str(&format!("  signed in as {user} (sub {})\n", user.sub));
+        }
+        if let Some(scope) = &slot.scope {
+            out.push_str(&format!("  scope {scope}\n"));
+        }
         out.push_str(&format!(
             "  token expires {}, {}, last renewal {}\n",
             when(slot.expires_at_ms),

@@ -1,6 +1,8 @@
 //! `regent demo`: the whole product on one machine in under a minute — the
 //! embedded emulator, an agent with a temporary state directory, enrollment,
 //! app instances fetching and subscribing, renewals, then revocation.
+//! `regent demo --user` signs a user in instead (the browser flow, with a
+//! headless browser stand-in filling in the emulator's login form).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +29,17 @@ pub struct DemoArgs {
     /// Renewals to show before revoking the auth token.
     #[arg(long, default_value_t = 3)]
     pub renewals: u32,
+    /// Sign a user in (oauth2 profile, browser flow with PKCE; a headless
+    /// browser stand-in signs in as "alice") instead of enrolling the device
+    /// with a registration token.
+    #[arg(long)]
+    pub user: bool,
 }
+
+/// The demo's user and public client (`regent demo --user`).
+const DEMO_USER: &str = "alice";
+const DEMO_PASSWORD: &str = "wonderland";
+const DEMO_CLIENT: &str = "regent-demo";
 
 /// Prints one progress line, stamped with the seconds since the demo began.
 #[derive(Clone)]
@@ -65,8 +77,22 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
 
 async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
     let lifetime = args.token_lifetime.max(3);
+    let (users, public_clients) = if args.user {
+        (
+            vec![regent_emulator::UserSpec {
+                username: DEMO_USER.to_owned(),
+                password: DEMO_PASSWORD.to_owned(),
+                email: Some(format!("{DEMO_USER}@example.com")),
+            }],
+            vec![DEMO_CLIENT.to_owned()],
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let emulator = regent_emulator::Emulator::start(regent_emulator::EmulatorConfig {
         access_token_lifespan: Duration::from_secs(lifetime),
+        users,
+        public_clients,
         ..regent_emulator::EmulatorConfig::default()
     })
     .await
@@ -87,21 +113,26 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
     let expiry = expiry
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| internal("cannot format the expiry", e))?;
-    let registration = admin
-        .create_registration_token(serde_json::json!({"count": 3, "expiryDate": expiry}))
-        .await?
-        .value;
-    progress.say(
-        "admin",
-        "minted a registration token: count 3, expires in 1 hour",
-    );
+    let registration = if args.user {
+        None
+    } else {
+        let value = admin
+            .create_registration_token(serde_json::json!({"count": 3, "expiryDate": expiry}))
+            .await?
+            .value;
+        progress.say(
+            "admin",
+            "minted a registration token: count 3, expires in 1 hour",
+        );
+        Some(value)
+    };
 
     let dir = tempfile::Builder::new()
         .prefix("regent-demo-")
         .tempdir()
         .map_err(|e| internal("cannot create a temporary directory", e))?;
     let socket = demo_socket(dir.path());
-    let config = demo_config(&url, dir.path(), &socket, args.keychain)?;
+    let config = demo_config(&url, dir.path(), &socket, args.keychain, args.user)?;
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let secrets = if args.keychain {
         "secrets in the OS keychain".to_owned()
@@ -125,15 +156,21 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
         format!("listening on {}, {secrets}", socket.display()),
     );
 
-    let enrolled = client.enroll(registration, false).await?;
-    progress.say(
-        "agent",
-        format!(
-            "enrolled: registration token redeemed once for auth token {} (identifier {})",
-            enrolled.auth_token_id.as_deref().unwrap_or("?"),
-            enrolled.identifier
-        ),
-    );
+    let auth_token_id = if let Some(registration) = registration {
+        let enrolled = client.enroll(registration, false).await?;
+        progress.say(
+            "agent",
+            format!(
+                "enrolled: registration token redeemed once for auth token {} (identifier {})",
+                enrolled.auth_token_id.as_deref().unwrap_or("?"),
+                enrolled.identifier
+            ),
+        );
+        Some(enrolled.auth_token_id.unwrap_or_default())
+    } else {
+        sign_in(&client, progress).await?;
+        None
+    };
 
     // App instances: two subscribe, one asks on every "request".
     let (renewed_tx, mut renewed_rx) = mpsc::unbounded_channel::<()>();
@@ -216,12 +253,22 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
         }
     }
 
-    let auth_id = enrolled.auth_token_id.clone().unwrap_or_default();
-    progress.say(
-        "admin",
-        format!("deleting auth token {auth_id} on the license server (revocation)"),
-    );
-    admin.revoke_auth_token(&auth_id).await?;
+    match &auth_token_id {
+        Some(auth_id) => {
+            progress.say(
+                "admin",
+                format!("deleting auth token {auth_id} on the license server (revocation)"),
+            );
+            admin.revoke_auth_token(auth_id).await?;
+        }
+        None => {
+            progress.say(
+                "admin",
+                format!("deleting user {DEMO_USER} at the identity provider (revocation)"),
+            );
+            delete_demo_user(&url, emulator.admin_key()).await?;
+        }
+    }
     let mut told = 0;
     while told < 2 {
         match tokio::time::timeout(Duration::from_secs(lifetime * 2 + 5), revoked_rx.recv()).await {
@@ -238,8 +285,13 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
     progress.say(
         "agent",
         format!(
-            "state {}; a new registration token (`regent enroll`) would re-enroll without a restart",
-            status.slots.first().map_or("?", |s| s.state.as_str())
+            "state {}; {} without a restart",
+            status.slots.first().map_or("?", |s| s.state.as_str()),
+            if args.user {
+                "signing in again (`regent login`) would serve tokens again"
+            } else {
+                "a new registration token (`regent enroll`) would re-enroll"
+            }
         ),
     );
 
@@ -265,6 +317,90 @@ async fn demo(args: &DemoArgs, progress: &Progress) -> Result<(), Error> {
     Ok(())
 }
 
+/// The browser sign-in, with a headless stand-in for the person's browser.
+async fn sign_in(client: &Client, progress: &Progress) -> Result<(), Error> {
+    let p = progress.clone();
+    let done = crate::login::browser_login(client, None, false, Duration::from_secs(30), |url| {
+        p.say(
+            "agent",
+            "sign-in started: PKCE (S256) and state from the CSPRNG, redirect to 127.0.0.1",
+        );
+        tokio::spawn(headless_browser(url.to_owned(), p.clone()));
+    })
+    .await?;
+    progress.say(
+        "agent",
+        format!(
+            "signed in as {}; scope {}; the agent holds the refresh token and renews it",
+            done.user
+                .as_ref()
+                .map_or_else(|| "?".to_owned(), ToString::to_string),
+            done.scope.as_deref().unwrap_or("-")
+        ),
+    );
+    Ok(())
+}
+
+/// What a person's browser does: opens the page, fills in the login form,
+/// follows the redirect to regent's loopback listener.
+async fn headless_browser(url: String, progress: Progress) {
+    let step = async {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let page = http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        progress.say(
+            "browser",
+            format!("opened the sign-in page; signing in as {DEMO_USER}"),
+        );
+        let mut form = regent_emulator::login_form_fields(&page);
+        form.extend([
+            ("username".to_owned(), DEMO_USER.to_owned()),
+            ("password".to_owned(), DEMO_PASSWORD.to_owned()),
+            ("action".to_owned(), "allow".to_owned()),
+        ]);
+        let submit = reqwest::Url::parse(&url)?.join("/oauth/authorize")?;
+        let answer = http.post(submit).form(&form).send().await?;
+        let location = answer
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_default();
+        progress.say("browser", "redirected to regent's listener on 127.0.0.1");
+        http.get(location).send().await?;
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    if let Err(e) = step.await {
+        progress.say("browser", format!("the sign-in page failed: {e}"));
+    }
+}
+
+/// Deletes the demo user at the emulator (its control API), which ends the
+/// user's sign-in there.
+async fn delete_demo_user(url: &str, key: &str) -> Result<(), Error> {
+    let response = reqwest::Client::new()
+        .delete(format!("{url}/_emulator/users/{DEMO_USER}"))
+        .header("x-emulator-key", key)
+        .send()
+        .await
+        .map_err(|e| internal("cannot reach the emulator", e))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(internal(
+            "the emulator refused to delete the demo user",
+            response.status(),
+        ))
+    }
+}
+
 /// Where the demo's agent listens: a socket in the demo's directory, or on
 /// Windows a named pipe of this process's own (a path is not a pipe name).
 fn demo_socket(dir: &Path) -> PathBuf {
@@ -283,12 +419,19 @@ fn demo_config(
     dir: &Path,
     socket: &Path,
     keychain: bool,
+    user: bool,
 ) -> Result<regent_agent::config::Config, Error> {
-    let text = demo_config_text(url, dir, socket, keychain)?;
+    let text = demo_config_text(url, dir, socket, keychain, user)?;
     regent_agent::config::Config::parse(&text, Path::new("<demo>"))
 }
 
-fn demo_config_text(url: &str, dir: &Path, socket: &Path, keychain: bool) -> Result<String, Error> {
+fn demo_config_text(
+    url: &str,
+    dir: &Path,
+    socket: &Path,
+    keychain: bool,
+    user: bool,
+) -> Result<String, Error> {
     use toml::{Table, Value};
     let path = |p: &Path| {
         p.to_str().map(|s| Value::String(s.to_owned())).ok_or_else(|| {
@@ -319,7 +462,16 @@ fn demo_config_text(url: &str, dir: &Path, socket: &Path, keychain: bool) -> Res
     let config: Table = [
         (
             "server",
-            table(vec![("profile", text("sentinel")), ("url", text(url))]),
+            if user {
+                table(vec![
+                    ("profile", text("oauth2")),
+                    ("issuer", text(url)),
+                    ("client_id", text(DEMO_CLIENT)),
+                    ("scope", text("openid profile")),
+                ])
+            } else {
+                table(vec![("profile", text("sentinel")), ("url", text(url))])
+            },
         ),
         ("store", table(store)),
         ("state", table(vec![("dir", path(dir)?)])),
@@ -362,7 +514,8 @@ mod tests {
         let dir = Path::new(r#"C:\users\Ünal\AppData\Local\Temp\regent-demo-\x\"q\"#);
         let pipe = Path::new(r"\\.\pipe\regent-demo-4242");
         for keychain in [false, true] {
-            let config = demo_config("http://127.0.0.1:8080", dir, pipe, keychain).unwrap();
+            let config =
+                demo_config("http://127.0.0.1:8080", dir, pipe, keychain, keychain).unwrap();
             assert_eq!(config.state.dir.as_deref(), Some(dir));
             assert_eq!(config.ipc.socket.as_deref(), Some(pipe));
         }

@@ -39,6 +39,40 @@ pub struct ServeArgs {
     /// password comes from $REGENT_EMULATOR_ADMIN_PASSWORD (default "admin").
     #[arg(long, default_value = "admin")]
     pub admin_user: String,
+    /// People who can sign in (`regent login`): a file of `name:password[:email]`
+    /// lines (`#` starts a comment). Passwords never come from arguments.
+    #[arg(long, value_name = "PATH")]
+    pub users_file: Option<std::path::PathBuf>,
+    /// Register a public OAuth2 client (no secret, PKCE) for user sign-in:
+    /// the authorization code, device code and refresh grants. Repeatable.
+    #[arg(long, value_name = "CLIENT_ID")]
+    pub public_client: Vec<String>,
+    /// Polling interval device sign-ins announce, in seconds (RFC 8628: 5).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub device_interval: u64,
+}
+
+/// Reads `--users-file`: `name:password[:email]` per line.
+fn read_users(path: &std::path::Path) -> Result<Vec<regent_emulator::UserSpec>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| internal(&format!("cannot read the users file {}", path.display()), e))?;
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| {
+            regent_emulator::UserSpec::parse_line(line).map_err(|problem| {
+                Error::new(
+                    ErrorCode::Config,
+                    format!(
+                        "{} line {}: {problem}; fix the line and start the emulator again",
+                        path.display(),
+                        n + 1
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +225,12 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         access_token_lifespan: Duration::from_secs(args.access_token_lifespan),
         refresh_token_lifespan: Duration::from_secs(args.refresh_token_lifespan),
         rotate_refresh_tokens: !args.no_rotation,
+        users: match &args.users_file {
+            Some(path) => read_users(path)?,
+            None => Vec::new(),
+        },
+        public_clients: args.public_client.clone(),
+        device_interval: Duration::from_secs(args.device_interval),
         admin_username: args.admin_user,
         // Secrets never come from arguments.
         admin_password: admin_password(),
@@ -217,6 +257,25 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         }
     );
     println!("  control key (X-Emulator-Key): {}", config.admin_key);
+    if !config.public_clients.is_empty() || !config.users.is_empty() {
+        println!(
+            "  sign-in: public clients [{}], users [{}]",
+            config.public_clients.join(", "),
+            config
+                .users
+                .iter()
+                .map(|u| u.username.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  for `regent login`: [server] profile = \"oauth2\", issuer = \"{url}\", client_id = \"{}\"",
+            config
+                .public_clients
+                .first()
+                .map_or("<a public client>", String::as_str)
+        );
+    }
     println!();
     println!(
         "Its admin API (user {:?}) answers `regent admin`:",

@@ -22,6 +22,7 @@ mod demo;
 mod emulator;
 mod failure;
 mod logging;
+mod login;
 #[cfg(windows)]
 mod service_windows;
 mod token;
@@ -60,6 +61,12 @@ enum Command {
     /// environment variable — never from an argument, where every user could
     /// see it with `ps`.
     Enroll(client::EnrollArgs),
+    /// Sign a user in with the license server's identity provider (oauth2
+    /// profile): a browser on this machine, or --device for another one.
+    /// The agent then keeps that user's tokens fresh.
+    Login(login::LoginArgs),
+    /// Sign the user out: revoke the sign-in at the server and forget it.
+    Logout,
     /// Print an access token valid for at least --min-valid seconds.
     Token(token::TokenArgs),
     /// Show the agent's state, token expiry, next renewal and last error.
@@ -129,6 +136,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => client::status(args, socket).await,
         Command::Metrics => client::metrics(socket).await,
         Command::Unenroll => client::unenroll(socket).await,
+        Command::Login(args) => login::login(args, socket).await,
+        Command::Logout => login::logout(socket).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Emulator(args) => emulator::run(args).await,
         Command::Demo(args) => demo::run(args).await,

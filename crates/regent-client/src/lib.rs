@@ -74,8 +74,12 @@ pub use client::{Client, Subscription};
 pub use error::{Error, Result};
 pub use options::{ClientOptions, SOCKET_ENV, SYSTEM_PIPE, default_socket_path, user_pipe};
 pub use regent_proto::ErrorCode;
-pub use regent_proto::status::{AgentStatus, Holder, RenewalReason, SlotState, SlotStatus};
+pub use regent_proto::status::{
+    AgentStatus, Holder, RenewalReason, SignedInUser, SlotState, SlotStatus,
+};
 pub use secrecy::{ExposeSecret, SecretString};
 pub use server::{AGENT_SID_ENV, AGENT_UID_ENV};
 pub use source::TokenSource;
-pub use token::{AgentInfo, Enrolled, SubscriptionEvent, Token};
+pub use token::{
+    AgentInfo, BrowserLogin, DeviceLogin, Enrolled, LoggedIn, LoginPoll, SubscriptionEvent, Token,
+};

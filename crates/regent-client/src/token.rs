@@ -90,6 +90,62 @@ pub struct Enrolled {
     pub expires_at: SystemTime,
 }
 
+/// Where a browser sign-in goes (`Client::login_browser`): the caller adds
+/// `response_type=code`, its loopback `redirect_uri`, `state` and the PKCE
+/// challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserLogin {
+    /// The provider's authorization endpoint.
+    pub authorization_endpoint: String,
+    /// The configured client id.
+    pub client_id: String,
+    /// The configured scope, if any.
+    pub scope: Option<String>,
+}
+
+/// A device sign-in under way (`Client::login_device`, RFC 8628): show
+/// `user_code` and `verification_uri` to the person, then poll with
+/// [`Client::poll_device_login`](crate::Client::poll_device_login) every `interval`.
+#[derive(Debug)]
+pub struct DeviceLogin {
+    /// What each poll hands back to the agent.
+    pub device_code: SecretString,
+    /// What the person types at the verification page.
+    pub user_code: String,
+    /// The verification page.
+    pub verification_uri: String,
+    /// The page with the code filled in, when the server gave one.
+    pub verification_uri_complete: Option<String>,
+    /// How long the code stays valid.
+    pub expires_in: std::time::Duration,
+    /// How long to wait between polls.
+    pub interval: std::time::Duration,
+}
+
+/// A completed sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedIn {
+    /// Who signed in, when the provider said.
+    pub user: Option<regent_proto::status::SignedInUser>,
+    /// The granted scope, when the server said.
+    pub scope: Option<String>,
+    /// When the first access token expires.
+    pub expires_at: SystemTime,
+}
+
+/// What one device-sign-in poll came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginPoll {
+    /// Signed in.
+    LoggedIn(LoggedIn),
+    /// Not approved yet: poll again after the interval, five seconds longer
+    /// from now on when `slow_down` (RFC 8628 §3.5).
+    Pending {
+        /// The server asked for a longer interval.
+        slow_down: bool,
+    },
+}
+
 /// Who answered `hello`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentInfo {

@@ -14,7 +14,11 @@ use regent_proto::status::AgentStatus;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{self, Error, Result};
-use crate::{AgentInfo, ClientOptions, Enrolled, Token, token::from_unix_ms};
+use crate::{
+    AgentInfo, BrowserLogin, ClientOptions, DeviceLogin, Enrolled, LoggedIn, LoginPoll, Token,
+    token::from_unix_ms,
+};
+use secrecy::SecretString;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -180,6 +184,11 @@ fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Metrics { .. } => "metrics",
         Reply::Enrolled { .. } => "enrolled",
         Reply::Unenrolled {} => "unenrolled",
+        Reply::LoginBrowser { .. } => "login_browser",
+        Reply::LoginDevice { .. } => "login_device",
+        Reply::LoginPending { .. } => "login_pending",
+        Reply::LoggedIn { .. } => "logged_in",
+        Reply::LoggedOut { .. } => "logged_out",
     }
 }
 
@@ -246,6 +255,67 @@ pub(crate) fn unenrolled(socket: &Path, response: Response) -> Result<()> {
     match into_reply(socket, "unenroll", response)? {
         Reply::Unenrolled {} => Ok(()),
         other => Err(error::unexpected(socket, "unenroll", reply_kind(&other))),
+    }
+}
+
+/// The answer to `login_start`.
+pub(crate) fn login_started(
+    socket: &Path,
+    response: Response,
+) -> Result<std::result::Result<BrowserLogin, DeviceLogin>> {
+    match into_reply(socket, "login_start", response)? {
+        Reply::LoginBrowser {
+            authorization_endpoint,
+            client_id,
+            scope,
+        } => Ok(Ok(BrowserLogin {
+            authorization_endpoint,
+            client_id,
+            scope,
+        })),
+        Reply::LoginDevice {
+            device_code,
+            user_code,
+            verification_uri,
+            verification_uri_complete,
+            expires_in,
+            interval,
+        } => Ok(Err(DeviceLogin {
+            device_code: SecretString::from(device_code.expose().to_owned()),
+            user_code,
+            verification_uri,
+            verification_uri_complete,
+            // Bounded as the agent bounds what the server says: whatever
+            // answers on the socket cannot park a caller for days.
+            expires_in: std::time::Duration::from_secs(expires_in.min(3600)),
+            interval: std::time::Duration::from_secs(interval.clamp(1, 60)),
+        })),
+        other => Err(error::unexpected(socket, "login_start", reply_kind(&other))),
+    }
+}
+
+/// The answer to `login`.
+pub(crate) fn logged_in(socket: &Path, response: Response) -> Result<LoginPoll> {
+    match into_reply(socket, "login", response)? {
+        Reply::LoggedIn {
+            user,
+            scope,
+            expires_at_ms,
+        } => Ok(LoginPoll::LoggedIn(LoggedIn {
+            user,
+            scope,
+            expires_at: from_unix_ms(expires_at_ms),
+        })),
+        Reply::LoginPending { slow_down } => Ok(LoginPoll::Pending { slow_down }),
+        other => Err(error::unexpected(socket, "login", reply_kind(&other))),
+    }
+}
+
+/// The answer to `logout`: whether the server revoked the refresh token.
+pub(crate) fn logged_out(socket: &Path, response: Response) -> Result<bool> {
+    match into_reply(socket, "logout", response)? {
+        Reply::LoggedOut { revoked } => Ok(revoked),
+        other => Err(error::unexpected(socket, "logout", reply_kind(&other))),
     }
 }
 

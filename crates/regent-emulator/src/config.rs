@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use crate::records::UserSpec;
 use crate::secret;
 
 /// How an emulator instance is set up. `Default` gives Keycloak-like realm
@@ -41,6 +42,14 @@ pub struct EmulatorConfig {
     pub rotate_refresh_tokens: bool,
     /// Per-source-IP limit on the token-issuing routes; off when `None`.
     pub rate_limit: Option<RateLimit>,
+    /// People who can sign in (authorization code and device flows).
+    pub users: Vec<UserSpec>,
+    /// Public OAuth2 clients (no secret, PKCE) registered at start, allowed
+    /// the authorization code, device code and refresh grants, with the
+    /// realm's token lifespans and rotation setting.
+    pub public_clients: Vec<String>,
+    /// The polling interval device authorizations announce (RFC 8628 default: 5 s).
+    pub device_interval: Duration,
 }
 
 /// A request budget: at most `requests` per source IP in each window of `per`
@@ -65,6 +74,9 @@ impl Default for EmulatorConfig {
             refresh_token_lifespan: Duration::from_secs(30 * 24 * 3600),
             rotate_refresh_tokens: true,
             rate_limit: None,
+            users: Vec::new(),
+            public_clients: Vec::new(),
+            device_interval: Duration::from_secs(5),
         }
     }
 }
@@ -81,6 +93,12 @@ impl fmt::Debug for EmulatorConfig {
             .field("refresh_token_lifespan", &self.refresh_token_lifespan)
             .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
             .field("rate_limit", &self.rate_limit)
+            .field(
+                "users",
+                &self.users.iter().map(|u| &u.username).collect::<Vec<_>>(),
+            )
+            .field("public_clients", &self.public_clients)
+            .field("device_interval", &self.device_interval)
             .finish()
     }
 }
@@ -104,6 +122,15 @@ impl EmulatorConfig {
         }
         if self.access_token_lifespan.is_zero() || self.refresh_token_lifespan.is_zero() {
             return invalid("emulator token lifespans must be longer than zero");
+        }
+        if self.users.iter().any(|u| u.clone().into_user().is_err()) {
+            return invalid("each emulator user needs a printable name and a password");
+        }
+        if self.device_interval.is_zero() {
+            return invalid("emulator device interval must be at least one second");
+        }
+        if self.public_clients.iter().any(|c| c.trim().is_empty()) {
+            return invalid("emulator public client ids must not be empty");
         }
         if let Some(limit) = self.rate_limit
             && (limit.requests == 0 || limit.per.is_zero())

@@ -18,7 +18,7 @@ const MAX_LATENCY_MS: u64 = 600_000;
 pub(crate) struct Faults {
     latency: Duration,
     failure_rate: f64,
-    next_status: Option<(StatusCode, u32)>,
+    next_status: Option<(StatusCode, u32, Option<&'static str>)>,
     drop_connections: u32,
     routes: Vec<Route>,
 }
@@ -42,8 +42,9 @@ pub(crate) enum FaultAction {
     Pass,
     /// Close the connection without a complete response.
     Drop,
-    /// Answer this status (from `nextStatus`).
-    Status(StatusCode),
+    /// Answer this status (from `nextStatus`), with this OAuth error code
+    /// when one was given.
+    Status(StatusCode, Option<&'static str>),
     /// Answer 500 `server_error` (from `failureRate`).
     Fail,
 }
@@ -69,9 +70,9 @@ impl Faults {
         let action = if self.drop_connections > 0 {
             self.drop_connections -= 1;
             FaultAction::Drop
-        } else if let Some((status, left)) = self.next_status {
-            self.next_status = (left > 1).then(|| (status, left - 1));
-            FaultAction::Status(status)
+        } else if let Some((status, left, error)) = self.next_status {
+            self.next_status = (left > 1).then(|| (status, left - 1, error));
+            FaultAction::Status(status, error)
         } else if self.failure_rate > 0.0 && rand::rng().random::<f64>() < self.failure_rate {
             FaultAction::Fail
         } else {
@@ -100,14 +101,33 @@ impl Faults {
         let next_status = match spec.next_status {
             None => None,
             Some(NextStatus { count: 0, .. }) => None,
-            Some(NextStatus { status, count }) => {
+            Some(NextStatus {
+                status,
+                count,
+                error,
+            }) => {
+                let error = match error {
+                    None => None,
+                    Some(code) => Some(
+                        INJECTABLE_ERRORS
+                            .iter()
+                            .copied()
+                            .find(|e| *e == code)
+                            .ok_or_else(|| {
+                                ApiError::invalid_request(format!(
+                                    "nextStatus.error must be one of: {}",
+                                    INJECTABLE_ERRORS.join(", ")
+                                ))
+                            })?,
+                    ),
+                };
                 let status = StatusCode::from_u16(status)
                     .ok()
                     .filter(|s| s.is_client_error() || s.is_server_error())
                     .ok_or_else(|| {
                         ApiError::invalid_request("nextStatus.status must be between 400 and 599")
                     })?;
-                Some((status, count))
+                Some((status, count, error))
             }
         };
         let routes = match spec.routes {
@@ -141,9 +161,10 @@ impl Faults {
         FaultSpec {
             latency_ms: Some(u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX)),
             failure_rate: Some(self.failure_rate),
-            next_status: self.next_status.map(|(status, count)| NextStatus {
+            next_status: self.next_status.map(|(status, count, error)| NextStatus {
                 status: status.as_u16(),
                 count,
+                error: error.map(str::to_owned),
             }),
             drop_connections: Some(self.drop_connections),
             routes: Some(self.routes.iter().map(|r| r.name().to_owned()).collect()),
@@ -162,17 +183,39 @@ pub(crate) struct FaultSpec {
     routes: Option<Vec<String>>,
 }
 
-/// Answer `status` to the next `count` requests.
+/// Answer `status` to the next `count` requests, with the OAuth `error`
+/// code when given (e.g. `slow_down` for a device poll).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NextStatus {
     status: u16,
     count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
+/// The OAuth error codes `nextStatus.error` may inject.
+const INJECTABLE_ERRORS: [&str; 12] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "authorization_pending",
+    "slow_down",
+    "expired_token",
+    "server_error",
+    "temporarily_unavailable",
+];
+
 /// The JSON error for an injected status.
-pub(crate) fn injected(status: StatusCode) -> ApiError {
+pub(crate) fn injected(status: StatusCode, error: Option<&'static str>) -> ApiError {
     let description = format!("injected fault: HTTP {status}");
+    if let Some(code) = error {
+        return ApiError::new(status, code, description).with_outcome("fault");
+    }
     let error = match status.as_u16() {
         429 => ApiError::new(status, "rate_limited", description).with_retry_after(1),
         503 => ApiError::new(status, "temporarily_unavailable", description).with_retry_after(1),
@@ -196,10 +239,27 @@ mod tests {
         f.replace(spec(r#"{"nextStatus":{"status":503,"count":2}}"#))
             .unwrap();
         let actions: Vec<_> = (0..3).map(|_| f.plan(Route::OauthToken).action).collect();
-        let unavailable = FaultAction::Status(StatusCode::SERVICE_UNAVAILABLE);
+        let unavailable = FaultAction::Status(StatusCode::SERVICE_UNAVAILABLE, None);
         assert_eq!(
             actions,
             [unavailable.clone(), unavailable, FaultAction::Pass]
+        );
+    }
+
+    #[test]
+    fn an_injected_status_can_carry_an_oauth_error() {
+        let mut f = Faults::default();
+        f.replace(spec(
+            r#"{"nextStatus":{"status":400,"count":1,"error":"slow_down"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            f.plan(Route::OauthToken).action,
+            FaultAction::Status(StatusCode::BAD_REQUEST, Some("slow_down"))
+        );
+        assert_eq!(
+            injected(StatusCode::BAD_REQUEST, Some("slow_down")).code,
+            "slow_down"
         );
     }
 
@@ -223,6 +283,12 @@ mod tests {
         assert!(
             f.replace(spec(r#"{"nextStatus":{"status":200,"count":1}}"#))
                 .is_err()
+        );
+        assert!(
+            f.replace(spec(
+                r#"{"nextStatus":{"status":400,"count":1,"error":"made_up"}}"#
+            ))
+            .is_err()
         );
         assert!(
             f.replace(spec(r#"{"routes":["registration_tokens_admin"]}"#))

@@ -11,6 +11,8 @@
 //! - `oidc` — the realm token endpoint: refresh (rotation, reuse detection), password grant.
 //! - `oauth2` — Reltio-style `/oauth/token`: re-issue, multi-token cap, refresh.
 //! - `oauth2_admin` — `/oauth/clients`, `/oauth/customers`, multitokens, revoketokens.
+//! - `signin` — users: the authorization endpoint (login form, PKCE), device
+//!   authorization and its page, the code and device grants, revocation, userinfo.
 //! - `control` — `/_emulator/*`: counters, faults, realm settings, rate limit, introspect.
 //! - `routes` — route table, route names, the gate middleware (key, faults, rate limit, counts).
 //! - `faults`, `ratelimit`, `counters` — the state those controls change.
@@ -54,9 +56,12 @@ mod routes;
 mod secret;
 mod sentinel;
 mod sentinel_admin;
+mod signin;
 mod state;
 
 pub use config::{EmulatorConfig, RateLimit};
+pub use records::UserSpec;
+pub use signin::login_form_fields;
 
 /// Largest request body accepted, in bytes; larger bodies get 413 `invalid_request`.
 pub const BODY_LIMIT: usize = 64 * 1024;

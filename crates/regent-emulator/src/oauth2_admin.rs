@@ -27,23 +27,34 @@ const DEFAULT_REFRESH_VALIDITY: u64 = 28 * 24 * 3600;
 #[serde(rename_all = "camelCase")]
 struct ClientSpec {
     client_id: String,
-    client_secret: String,
+    /// Absent for a public client.
+    client_secret: Option<String>,
     access_token_validity: Option<u64>,
     refresh_token_validity: Option<u64>,
     authorized_grant_types: Option<Vec<String>>,
     scope: Option<Vec<String>>,
     rotate_refresh_tokens: Option<bool>,
+    redirect_uris: Option<Vec<String>>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
 
+/// What a public client (no secret) may use by default: the user sign-in grants.
+const PUBLIC_GRANTS: [&str; 3] = [
+    "authorization_code",
+    "refresh_token",
+    crate::records::DEVICE_CODE_GRANT,
+];
+
 impl ClientSpec {
     fn into_client(self) -> Result<OAuthClient, ApiError> {
-        if self.client_id.trim().is_empty() || self.client_secret.is_empty() {
+        if self.client_id.trim().is_empty() || self.client_secret.as_deref() == Some("") {
             return Err(ApiError::invalid_request(
-                "clientId and clientSecret must not be empty",
+                "clientId must not be empty, and clientSecret must not be empty when given \
+                 (leave it out for a public client)",
             ));
         }
+        let public = self.client_secret.is_none();
         let access = self
             .access_token_validity
             .unwrap_or(DEFAULT_ACCESS_VALIDITY);
@@ -56,13 +67,28 @@ impl ClientSpec {
                 self.client_id
             )));
         }
-        let grant_types = self
-            .authorized_grant_types
-            .unwrap_or_else(|| vec!["client_credentials".to_owned()]);
+        let grant_types = self.authorized_grant_types.unwrap_or_else(|| {
+            if public {
+                PUBLIC_GRANTS.map(str::to_owned).to_vec()
+            } else {
+                vec!["client_credentials".to_owned()]
+            }
+        });
         if grant_types.is_empty() {
             return Err(ApiError::invalid_request(format!(
                 "client '{}': authorizedGrantTypes must name at least one grant type",
                 self.client_id
+            )));
+        }
+        if public
+            && grant_types
+                .iter()
+                .any(|g| !PUBLIC_GRANTS.contains(&g.as_str()))
+        {
+            return Err(ApiError::invalid_request(format!(
+                "client '{}' has no clientSecret, so it is public: it may only use {}",
+                self.client_id,
+                PUBLIC_GRANTS.join(", ")
             )));
         }
         Ok(OAuthClient {
@@ -73,6 +99,7 @@ impl ClientSpec {
             grant_types,
             scope: self.scope.unwrap_or_default(),
             rotate_refresh_tokens: self.rotate_refresh_tokens.unwrap_or(true),
+            redirect_uris: self.redirect_uris.unwrap_or_default(),
             extra: self.extra,
         })
     }
@@ -88,6 +115,9 @@ pub(crate) struct ClientView {
     authorized_grant_types: Vec<String>,
     scope: Vec<String>,
     rotate_refresh_tokens: bool,
+    public: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    redirect_uris: Vec<String>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -101,6 +131,8 @@ impl From<&OAuthClient> for ClientView {
             authorized_grant_types: c.grant_types.clone(),
             scope: c.scope.clone(),
             rotate_refresh_tokens: c.rotate_refresh_tokens,
+            public: c.is_public(),
+            redirect_uris: c.redirect_uris.clone(),
             extra: c.extra.clone(),
         }
     }

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -70,13 +71,17 @@ pub(crate) struct AuthToken {
 #[derive(Clone, Debug)]
 pub(crate) struct OAuthClient {
     pub client_id: String,
-    pub client_secret: String,
+    /// `None` for a public client (RFC 8252 desktop apps): it names itself
+    /// with `client_id` alone and must use PKCE.
+    pub client_secret: Option<String>,
     pub access_validity: Duration,
     pub refresh_validity: Duration,
     pub grant_types: Vec<String>,
     pub scope: Vec<String>,
     /// Emulator extension: rotate refresh tokens on use (default true).
     pub rotate_refresh_tokens: bool,
+    /// Redirect URIs besides loopback ones (which any port may use, RFC 8252 §7.3).
+    pub redirect_uris: Vec<String>,
     /// Other fields the admin sent (authorities, resourceIds, …), echoed back.
     pub extra: Map<String, Value>,
 }
@@ -85,6 +90,138 @@ impl OAuthClient {
     pub(crate) fn allows(&self, grant: &str) -> bool {
         self.grant_types.iter().any(|g| g == grant)
     }
+
+    pub(crate) fn is_public(&self) -> bool {
+        self.client_secret.is_none()
+    }
+}
+
+/// Who a user token belongs to: the user, and the sign-in ("family") every
+/// token rotated from the same authorization shares, so that a reused
+/// refresh token or a revocation ends all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub user: String,
+    pub family: String,
+}
+
+/// A user as the command line or the admin API gives it.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    /// Sign-in name (also `preferred_username`).
+    pub username: String,
+    /// Password typed into the login form.
+    pub password: String,
+    /// Optional e-mail address (`email` claim).
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+impl UserSpec {
+    /// Parses one `--users-file` line: `name:password[:email]`.
+    ///
+    /// # Errors
+    /// A message naming what is missing.
+    pub fn parse_line(line: &str) -> Result<UserSpec, String> {
+        let mut parts = line.splitn(3, ':');
+        let username = parts.next().unwrap_or_default().trim();
+        let password = parts.next().unwrap_or_default();
+        let email = parts.next().map(str::trim).filter(|e| !e.is_empty());
+        if username.is_empty() || password.is_empty() {
+            return Err("expected name:password[:email]".to_owned());
+        }
+        Ok(UserSpec {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            email: email.map(str::to_owned),
+        })
+    }
+
+    pub(crate) fn into_user(self) -> Result<User, ApiError> {
+        if self.username.trim().is_empty()
+            || self.password.is_empty()
+            || self.username.chars().any(char::is_control)
+        {
+            return Err(ApiError::invalid_request(
+                "a user needs a non-empty username (printable) and password",
+            ));
+        }
+        Ok(User {
+            username: self.username.trim().to_owned(),
+            password: self.password,
+            email: self.email,
+            sub: secret::uuid(),
+        })
+    }
+}
+
+/// The password never shows.
+impl std::fmt::Debug for UserSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSpec")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("email", &self.email)
+            .finish()
+    }
+}
+
+/// A person who can sign in (authorization code or device flow).
+#[derive(Clone)]
+pub(crate) struct User {
+    pub username: String,
+    pub password: String,
+    pub email: Option<String>,
+    /// Stable subject id (a UUID), what `sub` says.
+    pub sub: String,
+}
+
+/// The password never shows.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("email", &self.email)
+            .field("sub", &self.sub)
+            .finish()
+    }
+}
+
+/// The device authorization grant's `grant_type` (RFC 8628 §3.4).
+pub(crate) const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// An issued authorization code (single use, 60 s).
+#[derive(Clone, Debug)]
+pub(crate) struct AuthCode {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: Option<String>,
+    pub user: String,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub expires_at: OffsetDateTime,
+}
+
+/// What the person at the verification page decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DeviceDecision {
+    Pending,
+    Approved { user: String },
+    Denied,
+}
+
+/// A device authorization (RFC 8628) awaiting its user.
+#[derive(Clone, Debug)]
+pub(crate) struct DeviceGrant {
+    pub client_id: String,
+    pub user_code: String,
+    pub scope: String,
+    pub expires_at: OffsetDateTime,
+    pub interval: Duration,
+    pub last_poll: Option<OffsetDateTime>,
+    pub decision: DeviceDecision,
 }
 
 /// A customer: groups clients and carries the multi-token setting.
@@ -108,6 +245,8 @@ pub(crate) struct OAuthAccess {
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub refresh_token: Option<String>,
+    /// A signed-in user's token; `None` for client credentials.
+    pub owner: Option<Owner>,
 }
 
 /// An issued OAuth2 refresh token.
@@ -116,6 +255,7 @@ pub(crate) struct OAuthRefresh {
     pub client_id: String,
     pub scope: String,
     pub expires_at: OffsetDateTime,
+    pub owner: Option<Owner>,
 }
 
 /// Clients, customers and the tokens issued to them.
@@ -129,6 +269,16 @@ pub(crate) struct OAuthStore {
     pub by_client: HashMap<String, Vec<String>>,
     /// Refresh tokens by value.
     pub refresh: HashMap<String, OAuthRefresh>,
+    /// Users who can sign in, by user name.
+    pub users: BTreeMap<String, User>,
+    /// Authorization codes by value.
+    pub codes: HashMap<String, AuthCode>,
+    /// Device authorizations by device code.
+    pub devices: HashMap<String, DeviceGrant>,
+    /// Device code by user code.
+    pub user_codes: HashMap<String, String>,
+    /// Rotated-away user refresh tokens → their family (reuse detection).
+    pub rotated: HashMap<String, String>,
 }
 
 impl OAuthStore {
@@ -140,6 +290,35 @@ impl OAuthStore {
             !values.is_empty()
         });
         self.refresh.retain(|_, r| r.expires_at > now);
+        self.codes.retain(|_, c| c.expires_at > now);
+        self.devices.retain(|_, d| d.expires_at > now);
+        let devices = &self.devices;
+        self.user_codes.retain(|_, d| devices.contains_key(d));
+        let live: std::collections::HashSet<&str> = self
+            .refresh
+            .values()
+            .filter_map(|r| r.owner.as_ref().map(|o| o.family.as_str()))
+            .collect();
+        self.rotated
+            .retain(|_, family| live.contains(family.as_str()));
+    }
+
+    /// Revokes every access and refresh token of one sign-in; returns how
+    /// many refresh tokens it had.
+    pub(crate) fn revoke_family(&mut self, family: &str) -> usize {
+        let of_family = |owner: &Option<Owner>| owner.as_ref().is_some_and(|o| o.family == family);
+        let before = self.refresh.len();
+        self.refresh.retain(|_, r| !of_family(&r.owner));
+        self.access.retain(|_, t| !of_family(&t.owner));
+        self.rotated.retain(|_, f| f != family);
+        before - self.refresh.len()
+    }
+
+    /// Revokes every token of a user (the user was deleted).
+    pub(crate) fn revoke_user(&mut self, user: &str) {
+        let of_user = |owner: &Option<Owner>| owner.as_ref().is_some_and(|o| o.user == user);
+        self.refresh.retain(|_, r| !of_user(&r.owner));
+        self.access.retain(|_, t| !of_user(&t.owner));
     }
 
     /// Drops the client's expired access tokens.
@@ -209,26 +388,38 @@ impl OAuthStore {
             .collect()
     }
 
+    /// A confidential client proves its secret; a public one names itself
+    /// (`client_secret` `None`) and may not send one.
     pub(crate) fn authenticate(
         &self,
         client_id: &str,
-        client_secret: &str,
+        client_secret: Option<&str>,
     ) -> Result<OAuthClient, ApiError> {
-        self.clients
-            .get(client_id)
-            .filter(|c| secret::ct_eq(client_secret, &c.client_secret))
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::invalid_client(
-                    "client authentication failed: unknown client_id or wrong client_secret",
-                )
-            })
+        let failed = || {
+            ApiError::invalid_client(
+                "client authentication failed: unknown client_id or wrong client_secret",
+            )
+        };
+        let client = self.clients.get(client_id).ok_or_else(failed)?;
+        match (&client.client_secret, client_secret) {
+            (Some(expected), Some(given)) if secret::ct_eq(given, expected) => Ok(client.clone()),
+            (None, None) => Ok(client.clone()),
+            (None, Some(_)) => Err(ApiError::invalid_client(format!(
+                "client '{client_id}' is a public client: send client_id alone, without a secret"
+            ))),
+            (Some(_), None) => Err(ApiError::invalid_client(format!(
+                "client '{client_id}' is confidential: authenticate with its client_secret \
+                 (Authorization: Basic base64(client_id:client_secret))"
+            ))),
+            (Some(_), Some(_)) => Err(failed()),
+        }
     }
 
     pub(crate) fn mint_refresh(
         &mut self,
         client: &OAuthClient,
         scope: &str,
+        owner: Option<Owner>,
         now: OffsetDateTime,
     ) -> String {
         let value = secret::token();
@@ -238,8 +429,36 @@ impl OAuthStore {
                 client_id: client.client_id.clone(),
                 scope: scope.to_owned(),
                 expires_at: clock::after(now, client.refresh_validity),
+                owner,
             },
         );
         value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_file_lines() {
+        let u = UserSpec::parse_line("alice:wonderland:alice@example.com").unwrap();
+        assert_eq!(
+            (u.username.as_str(), u.password.as_str()),
+            ("alice", "wonderland")
+        );
+        assert_eq!(u.email.as_deref(), Some("alice@example.com"));
+        let u = UserSpec::parse_line("bob:pw").unwrap();
+        assert!(u.email.is_none());
+        assert!(UserSpec::parse_line("carol").is_err());
+        assert!(UserSpec::parse_line(":pw").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        let spec = UserSpec::parse_line("alice:hunter2").unwrap();
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        let user = spec.into_user().unwrap();
+        assert!(!format!("{user:?}").contains("hunter2"));
     }
 }

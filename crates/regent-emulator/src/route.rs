@@ -18,12 +18,17 @@ pub(crate) enum Route {
     OauthToken,
     OauthClientsAdmin,
     OauthCustomersAdmin,
+    Authorize,
+    DeviceAuthorization,
+    DeviceVerification,
+    Revoke,
+    Userinfo,
     Emulator,
     Unmatched,
 }
 
 impl Route {
-    const ALL: [Route; 11] = [
+    const ALL: [Route; 16] = [
         Route::IdpConfigurations,
         Route::Redeem,
         Route::AuthTokensAdmin,
@@ -33,6 +38,11 @@ impl Route {
         Route::OauthToken,
         Route::OauthClientsAdmin,
         Route::OauthCustomersAdmin,
+        Route::Authorize,
+        Route::DeviceAuthorization,
+        Route::DeviceVerification,
+        Route::Revoke,
+        Route::Userinfo,
         Route::Emulator,
         Route::Unmatched,
     ];
@@ -56,6 +66,11 @@ impl Route {
             Route::OauthToken => "oauth_token",
             Route::OauthClientsAdmin => "oauth_clients_admin",
             Route::OauthCustomersAdmin => "oauth_customers_admin",
+            Route::Authorize => "authorize",
+            Route::DeviceAuthorization => "device_authorization",
+            Route::DeviceVerification => "device_verification",
+            Route::Revoke => "revoke",
+            Route::Userinfo => "userinfo",
             Route::Emulator => "emulator",
             Route::Unmatched => "unmatched",
         }
@@ -74,6 +89,11 @@ impl Route {
                 | Route::RealmToken
                 | Route::OpenidConfiguration
                 | Route::OauthToken
+                | Route::Authorize
+                | Route::DeviceAuthorization
+                | Route::DeviceVerification
+                | Route::Revoke
+                | Route::Userinfo
         )
     }
 
@@ -100,6 +120,11 @@ impl Route {
             REALM_TOKEN_PATH => Route::RealmToken,
             "/.well-known/openid-configuration" => Route::OpenidConfiguration,
             "/oauth/token" => Route::OauthToken,
+            "/oauth/authorize" => Route::Authorize,
+            "/oauth/device_authorization" => Route::DeviceAuthorization,
+            "/oauth/device" => Route::DeviceVerification,
+            "/oauth/revoke" => Route::Revoke,
+            "/oauth/userinfo" => Route::Userinfo,
             p if p.starts_with("/token/api/v5/authTokens") => Route::AuthTokensAdmin,
             p if p.starts_with("/token/api/v5/registrationTokens") => {
                 Route::RegistrationTokensAdmin

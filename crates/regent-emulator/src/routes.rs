@@ -8,14 +8,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 use crate::error::{ApiError, Outcome};
 use crate::faults::{self, FaultAction};
 use crate::net::Peer;
 use crate::route::{REALM_TOKEN_PATH, Route};
 use crate::state::{App, AppState};
-use crate::{control, oauth2, oauth2_admin, oidc, sentinel, sentinel_admin};
+use crate::{control, oauth2, oauth2_admin, oidc, sentinel, sentinel_admin, signin};
 
 const INTROSPECT_PATH: &str = "/_emulator/introspect";
 /// Header carrying the emulator admin key.
@@ -54,6 +54,23 @@ pub(crate) fn router(app: AppState) -> Router {
         )
         .route("/oauth/token", post(oauth2::token))
         .route(
+            "/oauth/authorize",
+            get(signin::authorize_page).post(signin::authorize_submit),
+        )
+        .route(
+            "/oauth/device_authorization",
+            post(signin::device_authorization),
+        )
+        .route(
+            "/oauth/device",
+            get(signin::device_page).post(signin::device_submit),
+        )
+        .route("/oauth/revoke", post(signin::revoke))
+        .route(
+            "/oauth/userinfo",
+            get(signin::userinfo).post(signin::userinfo),
+        )
+        .route(
             "/oauth/clients",
             post(oauth2_admin::create_clients).get(oauth2_admin::list_clients),
         )
@@ -91,6 +108,11 @@ pub(crate) fn router(app: AppState) -> Router {
                 .delete(control::delete_rate_limit),
         )
         .route(INTROSPECT_PATH, get(control::introspect))
+        .route(
+            "/_emulator/users",
+            get(signin::list_users).post(signin::add_user),
+        )
+        .route("/_emulator/users/{username}", delete(signin::delete_user))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), gate))
@@ -172,7 +194,9 @@ async fn gated(
                     .with_outcome("dropped")
                     .into_response();
             }
-            FaultAction::Status(status) => return faults::injected(status).into_response(),
+            FaultAction::Status(status, error) => {
+                return faults::injected(status, error).into_response();
+            }
             FaultAction::Fail => {
                 return ApiError::server_error("injected fault: random failure")
                     .with_outcome("fault")

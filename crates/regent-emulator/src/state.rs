@@ -13,7 +13,7 @@ use crate::counters::Counters;
 use crate::error::ApiError;
 use crate::faults::Faults;
 use crate::ratelimit::RateLimiter;
-use crate::records::{AuthToken, OAuthStore, RegistrationToken};
+use crate::records::{AuthToken, OAuthClient, OAuthStore, RegistrationToken};
 use crate::secret;
 
 /// Lifetime of admin bearer tokens from the `password` grant: long enough that
@@ -35,6 +35,8 @@ pub(crate) struct App {
     pub realm: String,
     /// The public OIDC client id (fixed for the life of the server).
     pub client_id: String,
+    /// The polling interval device authorizations announce.
+    pub device_interval: Duration,
     admin_key: String,
     store: Mutex<Store>,
     counters: Mutex<Counters>,
@@ -54,6 +56,7 @@ impl App {
             base_url,
             realm: config.realm.clone(),
             client_id: config.client_id.clone(),
+            device_interval: config.device_interval,
             admin_key: config.admin_key.clone(),
             store: Mutex::new(Store::new(config)),
             counters: Mutex::new(Counters::default()),
@@ -145,7 +148,7 @@ pub(crate) struct Store {
 
 impl Store {
     fn new(config: &EmulatorConfig) -> Self {
-        Self {
+        let mut store = Self {
             realm: RealmSettings {
                 access_lifespan: config.access_token_lifespan,
                 refresh_lifespan: config.refresh_token_lifespan,
@@ -162,7 +165,33 @@ impl Store {
             oauth: OAuthStore::default(),
             next_seq: 0,
             mints: 0,
+        };
+        for client_id in &config.public_clients {
+            store.oauth.clients.insert(
+                client_id.clone(),
+                OAuthClient {
+                    client_id: client_id.clone(),
+                    client_secret: None,
+                    access_validity: config.access_token_lifespan,
+                    refresh_validity: config.refresh_token_lifespan,
+                    grant_types: vec![
+                        "authorization_code".to_owned(),
+                        "refresh_token".to_owned(),
+                        crate::records::DEVICE_CODE_GRANT.to_owned(),
+                    ],
+                    scope: Vec::new(),
+                    rotate_refresh_tokens: config.rotate_refresh_tokens,
+                    redirect_uris: Vec::new(),
+                    extra: serde_json::Map::new(),
+                },
+            );
         }
+        for spec in &config.users {
+            if let Ok(user) = spec.clone().into_user() {
+                store.oauth.users.insert(user.username.clone(), user);
+            }
+        }
+        store
     }
 
     /// A creation sequence number, for stable listing order.

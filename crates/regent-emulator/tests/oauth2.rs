@@ -309,7 +309,13 @@ async fn client_authentication_and_grant_errors() {
         (r.status, r.error.as_str()),
         (StatusCode::BAD_REQUEST, "unauthorized_client")
     );
+    // A sign-in grant this client was not given.
     let r = refusal(post(vec![("grant_type", "authorization_code")], true).await).await;
+    assert_eq!(
+        (r.status, r.error.as_str()),
+        (StatusCode::BAD_REQUEST, "unauthorized_client")
+    );
+    let r = refusal(post(vec![("grant_type", "implicit")], true).await).await;
     assert_eq!(
         (r.status, r.error.as_str()),
         (StatusCode::BAD_REQUEST, "unsupported_grant_type")
@@ -470,7 +476,8 @@ async fn client_admin_never_shows_secrets() {
         json!([]),
         json!("x"),
         json!({ "clientId": "" , "clientSecret": "x" }),
-        json!({ "clientId": "a" }),
+        json!({ "clientId": "a", "clientSecret": "" }),
+        json!({ "clientId": "a", "authorizedGrantTypes": ["client_credentials"] }),
         json!({ "clientId": "a", "clientSecret": "b", "accessTokenValidity": 0 }),
     ] {
         let r = refusal(

@@ -12,6 +12,7 @@
 //! - `token`: `regent_token`, an access token whose memory is zeroized on free.
 //! - `subscription`: `regent_subscription`, tokens pushed to a callback on a
 //!   library thread.
+//! - `user`: `regent_user`, who is signed in to the agent (`regent login`).
 //!
 //! Conventions (rustls-ffi): opaque handles; `regent_<type>_<verb>` names;
 //! fallible calls return `regent_result` and write their out-parameters
@@ -30,6 +31,7 @@ mod client;
 mod result;
 mod subscription;
 mod token;
+mod user;
 
 #[cfg(test)]
 mod fake_agent;
@@ -40,6 +42,7 @@ pub use client::*;
 pub use result::*;
 pub use subscription::*;
 pub use token::*;
+pub use user::*;
 
 use std::ffi::c_char;
 

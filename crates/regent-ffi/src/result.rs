@@ -64,6 +64,8 @@ pub enum regent_result {
     REGENT_CLIENT_CREDENTIALS_INVALID = 20,
     /// The device is already enrolled.
     REGENT_ALREADY_ENROLLED = 21,
+    /// A user's sign-in did not complete (denied, expired, code refused).
+    REGENT_SIGN_IN_FAILED = 22,
 }
 
 use regent_result::*;
@@ -72,7 +74,7 @@ impl regent_result {
     /// Every value, in number order.
     ///
     /// cbindgen:ignore
-    pub const ALL: [regent_result; 22] = [
+    pub const ALL: [regent_result; 23] = [
         REGENT_OK,
         REGENT_NOT_ENROLLED,
         REGENT_REGISTRATION_TOKEN_INVALID,
@@ -95,6 +97,7 @@ impl regent_result {
         REGENT_INTERNAL,
         REGENT_CLIENT_CREDENTIALS_INVALID,
         REGENT_ALREADY_ENROLLED,
+        REGENT_SIGN_IN_FAILED,
     ];
 
     /// The value with this number, if there is one.
@@ -134,6 +137,7 @@ impl regent_result {
             REGENT_INTERNAL => c"INTERNAL",
             REGENT_CLIENT_CREDENTIALS_INVALID => c"CLIENT_CREDENTIALS_INVALID",
             REGENT_ALREADY_ENROLLED => c"ALREADY_ENROLLED",
+            REGENT_SIGN_IN_FAILED => c"SIGN_IN_FAILED",
         }
     }
 
@@ -255,7 +259,7 @@ mod tests {
             assert_eq!(regent_result_is_retryable(n), code.is_retryable());
         }
         // Invalid numbers: text, never NULL, never retryable.
-        for n in [22, 255, 1000, u32::MAX] {
+        for n in [23, 255, 1000, u32::MAX] {
             assert_eq!(text(regent_result_name(n)), "UNKNOWN");
             assert!(text(regent_result_message(n)).contains("unknown"));
             assert!(!regent_result_is_retryable(n));

@@ -119,6 +119,9 @@ error_codes! {
     /// The slot already holds a working credential; unenroll first (or force).
     AlreadyEnrolled = 21, "ALREADY_ENROLLED", false,
         "this device is already enrolled; run `regent unenroll` first, or enroll with --force";
+    /// A user sign-in did not complete: denied, expired, or its code refused.
+    SignInFailed = 22, "SIGN_IN_FAILED", false,
+        "the sign-in did not complete (denied, expired, or its code was refused); run `regent login` again";
 }
 
 impl fmt::Display for ErrorCode {
@@ -173,6 +176,7 @@ mod tests {
             (19, "INTERNAL"),
             (20, "CLIENT_CREDENTIALS_INVALID"),
             (21, "ALREADY_ENROLLED"),
+            (22, "SIGN_IN_FAILED"),
         ];
         assert_eq!(ErrorCode::ALL.len(), expected.len());
         for (code, (num, name)) in ErrorCode::ALL.iter().zip(expected) {

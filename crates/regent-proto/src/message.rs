@@ -133,6 +133,58 @@ pub enum Op {
     },
     /// Forget the credential (agent's uid or root only).
     Unenroll {},
+    /// Begin a user sign-in (agent's uid or root only): with `device`, the
+    /// agent asks the server for a device authorization; without, it says
+    /// where the browser goes (the CLI adds `state` and the PKCE challenge).
+    LoginStart {
+        /// The device flow (RFC 8628) instead of the browser.
+        #[serde(default)]
+        device: bool,
+        /// A confidential client's secret; absent for a public client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_secret: Option<WireSecret>,
+    },
+    /// Finish a user sign-in: the agent exchanges the grant, stores the
+    /// refresh token and serves tokens (agent's uid or root only).
+    Login {
+        /// What the agent exchanges.
+        grant: LoginGrant,
+        /// A confidential client's secret; absent for a public client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_secret: Option<WireSecret>,
+        /// Replace a working device enrollment.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Sign out: revoke the refresh token at the server (when it offers
+    /// revocation) and forget it (agent's uid or root only).
+    Logout {},
+}
+
+/// What a `login` request hands the agent to exchange.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LoginGrant {
+    /// The code from the browser's redirect, with the PKCE verifier and the
+    /// redirect URI it was sent to.
+    AuthorizationCode {
+        /// The authorization code.
+        code: WireSecret,
+        /// The PKCE verifier whose S256 challenge the request carried.
+        code_verifier: WireSecret,
+        /// The loopback redirect URI of the request.
+        redirect_uri: String,
+    },
+    /// The device code of a `login_start` with `device`: one poll.
+    DeviceCode {
+        /// The device code.
+        device_code: WireSecret,
+    },
+    /// An existing refresh token to adopt (`regent enroll --refresh-token`).
+    RefreshToken {
+        /// The refresh token.
+        refresh_token: WireSecret,
+    },
 }
 
 impl Op {
@@ -147,6 +199,9 @@ impl Op {
             Op::Metrics {} => "metrics",
             Op::Enroll { .. } => "enroll",
             Op::Unenroll {} => "unenroll",
+            Op::LoginStart { .. } => "login_start",
+            Op::Login { .. } => "login",
+            Op::Logout {} => "logout",
         }
     }
 }
@@ -212,6 +267,56 @@ pub enum Reply {
     },
     /// The credential is gone.
     Unenrolled {},
+    /// Where the browser sign-in goes (`login_start` without `device`).
+    LoginBrowser {
+        /// The provider's authorization endpoint.
+        authorization_endpoint: String,
+        /// The configured client id.
+        client_id: String,
+        /// The configured scope, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+    },
+    /// A device authorization (`login_start` with `device`, RFC 8628 §3.2).
+    LoginDevice {
+        /// What the `login` request hands back, one poll at a time.
+        device_code: WireSecret,
+        /// What the person types at the verification page.
+        user_code: String,
+        /// The verification page.
+        verification_uri: String,
+        /// The page with the code filled in, when the server gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification_uri_complete: Option<String>,
+        /// Seconds until the device code expires.
+        expires_in: u64,
+        /// Seconds between polls.
+        interval: u64,
+    },
+    /// The device sign-in is not approved yet: poll again after the
+    /// interval, five seconds longer from now on when `slow_down`.
+    LoginPending {
+        /// The server asked for a longer interval (RFC 8628 §3.5).
+        #[serde(default)]
+        slow_down: bool,
+    },
+    /// Signed in: tokens are served from now on.
+    LoggedIn {
+        /// Who signed in, when the provider said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<crate::status::SignedInUser>,
+        /// The granted scope, when the server said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        /// First token's expiry, unix milliseconds.
+        expires_at_ms: u64,
+    },
+    /// Signed out.
+    LoggedOut {
+        /// Whether the server revoked the refresh token (false when it
+        /// offers no revocation endpoint or could not be reached).
+        revoked: bool,
+    },
 }
 
 /// An access token handed to an app.

@@ -177,6 +177,41 @@ pub struct SlotStatus {
     /// Tokens handed out since start.
     #[serde(default)]
     pub handouts: u64,
+    /// Who is signed in, when the slot holds a user's sign-in (`regent
+    /// login`) rather than a device enrollment (shown to the agent's account
+    /// and root only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<SignedInUser>,
+    /// The scope the server granted, when it said (space-separated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// A signed-in user as the identity provider names them: the ID token's or
+/// userinfo's `sub`, `preferred_username` and `email`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedInUser {
+    /// The provider's stable subject id.
+    pub sub: String,
+    /// The user's login name, when the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+    /// The user's e-mail address, when the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// `alice <alice@example.com>`, `alice`, or the subject id: how status lines
+/// name a user.
+impl fmt::Display for SignedInUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.preferred_username, &self.email) {
+            (Some(name), Some(email)) => write!(f, "{name} <{email}>"),
+            (Some(name), None) => f.write_str(name),
+            (None, Some(email)) => f.write_str(email),
+            (None, None) => f.write_str(&self.sub),
+        }
+    }
 }
 
 impl SlotStatus {
@@ -201,6 +236,8 @@ impl SlotStatus {
             renewals_ok: 0,
             renewals_failed: 0,
             handouts: 0,
+            user: None,
+            scope: None,
         }
     }
 

@@ -70,6 +70,8 @@ impl Agent {
                 identifier: identifier.clone(),
                 pending_since: None,
                 enrolled_at: Some(now_secs()),
+                user: None,
+                scope: None,
             },
         );
         let snapshot = state.clone();

@@ -19,6 +19,7 @@ mod client_secret;
 mod enroll;
 mod factories;
 mod leases;
+mod login;
 mod records;
 mod redemption;
 mod status;
@@ -87,6 +88,7 @@ pub struct Enrolled {
     pub expires_at: time::OffsetDateTime,
 }
 
+pub use self::login::{LoggedIn, LoginOutcome};
 pub use regent_proto::status::{AgentStatus, SlotStatus};
 
 /// One slot: its engine, and the locks that keep its activation single.
@@ -470,6 +472,11 @@ impl Agent {
     /// `STORE_UNAVAILABLE` when a secret could not be deleted.
     pub async fn unenroll(&self) -> Result<()> {
         let _enrolling = self.enroll_lock.lock().await;
+        self.unenroll_locked().await
+    }
+
+    /// [`Agent::unenroll`], for a caller that holds `enroll_lock`.
+    async fn unenroll_locked(&self) -> Result<()> {
         // A new epoch: redemptions still in flight store nothing from now on
         // (their answers are dropped), and the lock keeps one that is storing
         // right now from finishing after this returns.
@@ -493,6 +500,8 @@ impl Agent {
             for record in state.slots.values_mut() {
                 record.pending_since = None;
                 record.enrolled_at = None;
+                record.user = None;
+                record.scope = None;
             }
             let snapshot = state.clone();
             self.state_file.save_async(&snapshot).await?;

@@ -21,6 +21,12 @@ pub(super) struct SlotRecord {
     pub(super) pending_since: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) enrolled_at: Option<u64>,
+    /// Who signed in, when the slot holds a user's sign-in (`regent login`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) user: Option<regent_proto::status::SignedInUser>,
+    /// The scope granted at sign-in or enrollment, when the server said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) scope: Option<String>,
 }
 
 pub(super) fn now_secs() -> u64 {

@@ -90,6 +90,8 @@ impl Agent {
                 identifier: format!("{device_id}-{slot}"),
                 pending_since: None,
                 enrolled_at: None,
+                user: None,
+                scope: None,
             });
             record.pending_since = Some(now_secs());
             let snapshot = state.clone();

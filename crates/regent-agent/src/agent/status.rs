@@ -34,6 +34,8 @@ impl Agent {
                 let record = state.slots.get(&number);
                 SlotStatus {
                     identifier: record.filter(|_| admin).map(|r| r.identifier.clone()),
+                    user: record.filter(|_| admin).and_then(|r| r.user.clone()),
+                    scope: record.and_then(|r| r.scope.clone()),
                     leased_by: admin
                         .then(|| {
                             holders

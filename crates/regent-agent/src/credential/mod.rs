@@ -63,6 +63,10 @@ pub(crate) struct StoredCredential {
     /// agent that stopped while a renewal was in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_intent_ms: Option<u64>,
+    /// A user's sign-in (`regent login`), renewed with the refresh token
+    /// alone; a device enrollment otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed_in: bool,
 }
 
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]

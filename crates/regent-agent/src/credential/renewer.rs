@@ -51,6 +51,7 @@ impl Renewer for SlotRenewer {
             let mut held = Held {
                 refresh_token: credential.refresh_token.clone().map(secret),
                 client_secret: credential.client_secret.clone().map(secret),
+                signed_in: credential.signed_in,
             };
             let counted = self.upstream.counts_tokens();
             if counted && let Some(max) = self.max_active_tokens {

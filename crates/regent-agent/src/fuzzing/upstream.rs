@@ -269,7 +269,7 @@ fn parse(endpoint: Endpoint, reply: &Reply) -> Parsed {
             .token_outcome(
                 reply,
                 GrantType::ClientCredentials,
-                &client_secret,
+                Some(&client_secret),
                 &[&client_secret],
             )
             .map(|g| granted(g, None)),
@@ -277,7 +277,7 @@ fn parse(endpoint: Endpoint, reply: &Reply) -> Parsed {
             .token_outcome(
                 reply,
                 GrantType::RefreshToken,
-                &client_secret,
+                Some(&client_secret),
                 &[&client_secret, &refresh_token],
             )
             .map(|g| granted(g, None)),
@@ -288,8 +288,8 @@ fn parse(endpoint: Endpoint, reply: &Reply) -> Parsed {
             })
         }
         Endpoint::OAuth2Discovery => {
-            oauth2::discovery_outcome(reply).map(|token_url| Parsed::Discovered {
-                token_url,
+            oauth2::discovery_outcome(reply).map(|discovery| Parsed::Discovered {
+                token_url: discovery.token,
                 idp: None,
             })
         }

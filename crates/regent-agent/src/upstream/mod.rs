@@ -39,7 +39,10 @@ pub use self::http::{Http, HttpSettings, MAX_RETRY_AFTER};
 pub use self::identity::DeviceIdentity;
 pub use self::network::{ProxySetting, check_url, with_https_proxy};
 pub use self::oauth2::{OAuth2, OAuth2Endpoint};
-pub use self::profile::{BoxFuture, EnrollKind, Enrollment, Held, Upstream, UpstreamProfile};
+pub use self::profile::{
+    BoxFuture, BrowserSignIn, DeviceSignIn, EnrollKind, Enrollment, Held, SignIn, SignInGrant,
+    SignInOutcome, Upstream, UpstreamProfile, UserSignIn,
+};
 pub use self::sentinel::{IdpConfig, Sentinel};
 pub use self::token::MAX_EXPIRES_IN;
 use crate::grant::Grant;

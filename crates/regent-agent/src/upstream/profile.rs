@@ -48,6 +48,91 @@ pub struct Enrollment {
 pub struct Held {
     pub refresh_token: Option<SecretString>,
     pub client_secret: Option<SecretString>,
+    /// A user's sign-in (`regent login`): renewed with the refresh token
+    /// alone; when the server refuses it the user must sign in again.
+    pub signed_in: bool,
+}
+
+/// Where a browser sign-in goes: the CLI adds `state`, the PKCE challenge
+/// and its loopback redirect URI.
+#[derive(Debug, Clone)]
+pub struct BrowserSignIn {
+    pub authorization_endpoint: url::Url,
+    pub client_id: String,
+    pub scope: Option<String>,
+}
+
+/// A device authorization (RFC 8628 §3.2).
+#[derive(Debug)]
+pub struct DeviceSignIn {
+    pub device_code: SecretString,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: std::time::Duration,
+    pub interval: std::time::Duration,
+}
+
+/// What a sign-in is completed with.
+#[derive(Debug)]
+pub enum SignInGrant {
+    /// The browser's code, the PKCE verifier and the redirect URI it went to.
+    AuthorizationCode {
+        code: SecretString,
+        code_verifier: SecretString,
+        redirect_uri: String,
+    },
+    /// One poll of a device authorization.
+    DeviceCode { device_code: SecretString },
+    /// An existing refresh token, adopted.
+    RefreshToken { refresh_token: SecretString },
+}
+
+/// A completed sign-in: the first grant, and who signed in when the
+/// provider said (ID token or userinfo).
+#[derive(Debug)]
+pub struct SignIn {
+    pub grant: Grant,
+    pub user: Option<regent_proto::status::SignedInUser>,
+}
+
+/// What one exchange gave.
+#[derive(Debug)]
+pub enum SignInOutcome {
+    SignedIn(SignIn),
+    /// The device sign-in is not approved yet; `slow_down` when the server
+    /// asked for a longer interval (RFC 8628 §3.5: five seconds more).
+    Pending {
+        slow_down: bool,
+    },
+}
+
+/// A profile's user sign-in (`regent login`): the grants a person's
+/// authorization gives, next to the device grants of [`UpstreamProfile`].
+pub trait UserSignIn: Send + Sync {
+    /// Where the browser goes.
+    fn browser(&self) -> BoxFuture<'_, Result<BrowserSignIn, Error>>;
+
+    /// Starts a device authorization.
+    fn device<'a>(
+        &'a self,
+        client_secret: Option<&'a SecretString>,
+    ) -> BoxFuture<'a, Result<DeviceSignIn, Error>>;
+
+    /// Exchanges a code, polls a device code once, or proves a refresh token.
+    fn exchange<'a>(
+        &'a self,
+        grant: &'a SignInGrant,
+        client_secret: Option<&'a SecretString>,
+    ) -> BoxFuture<'a, Result<SignInOutcome, Error>>;
+
+    /// Revokes a refresh token (RFC 7009); `false` when the server offers no
+    /// revocation endpoint.
+    fn revoke<'a>(
+        &'a self,
+        refresh_token: &'a SecretString,
+        client_secret: Option<&'a SecretString>,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
 }
 
 /// One license-server profile: enroll a slot, renew its access token.
@@ -77,6 +162,11 @@ pub trait UpstreamProfile: Debug + Send + Sync {
         secret: &'a SecretString,
         identity: Option<&'a DeviceIdentity>,
     ) -> BoxFuture<'a, Result<Enrollment, Error>>;
+
+    /// The profile's user sign-in, when it has one.
+    fn user_sign_in(&self) -> Option<&dyn UserSignIn> {
+        None
+    }
 
     /// Renews with what the slot holds. A profile may drop a secret the
     /// server refused from `held` (the caller stores what is left) and

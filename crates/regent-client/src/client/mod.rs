@@ -8,14 +8,21 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use regent_proto::message::{Op, Outcome, Response, WireSecret};
+use regent_proto::message::{LoginGrant, Op, Outcome, Response, WireSecret};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
 use self::conn::{Conn, Delivery, RouteGuard};
-use crate::error::{self, Failure, Resend, Result};
+use crate::error::{self, Error, Failure, Resend, Result};
 use crate::wire::{self, min_valid_secs};
-use crate::{AgentInfo, AgentStatus, ClientOptions, Enrolled, ErrorCode, SubscriptionEvent, Token};
+use crate::{
+    AgentInfo, AgentStatus, BrowserLogin, ClientOptions, DeviceLogin, Enrolled, ErrorCode,
+    LoggedIn, LoginPoll, SubscriptionEvent, Token,
+};
+
+fn wire_secret(secret: &SecretString) -> WireSecret {
+    WireSecret::new(secret.expose_secret().to_owned())
+}
 
 /// An async connection to the agent. Cheap to clone; clones share the
 /// connection, and any number of tasks may call at once (requests are
@@ -179,6 +186,151 @@ impl Client {
     pub async fn unenroll(&self) -> Result<()> {
         let response = self.call(Op::Unenroll {}, Resend::OnlyIfNotSent).await?;
         wire::unenrolled(&self.inner.socket, response)
+    }
+
+    /// Where a browser sign-in goes (`regent login`): the provider's
+    /// authorization endpoint, client id and scope from the agent's
+    /// configuration. The caller adds its loopback `redirect_uri`, `state`
+    /// and the PKCE challenge, and hands the redirect's code to
+    /// [`Client::login_with_code`].
+    ///
+    /// # Errors
+    /// `CONFIG` when the agent's profile or server has no browser sign-in;
+    /// `PERMISSION_DENIED` (the agent's user or root only).
+    pub async fn login_browser(&self) -> Result<BrowserLogin> {
+        let op = Op::LoginStart {
+            device: false,
+            client_secret: None,
+        };
+        let response = self.call(op, Resend::Idempotent).await?;
+        match wire::login_started(&self.inner.socket, response)? {
+            Ok(browser) => Ok(browser),
+            Err(_) => Err(Error::new(
+                ErrorCode::Internal,
+                "the agent answered a browser sign-in with a device authorization",
+            )),
+        }
+    }
+
+    /// Starts a device sign-in (RFC 8628); `client_secret` for a
+    /// confidential client. Show the code and page, then poll with
+    /// [`Client::poll_device_login`].
+    ///
+    /// # Errors
+    /// As for [`Client::login_browser`], and `CLIENT_CREDENTIALS_INVALID`.
+    pub async fn login_device(&self, client_secret: Option<&SecretString>) -> Result<DeviceLogin> {
+        let op = Op::LoginStart {
+            device: true,
+            client_secret: client_secret.map(|s| WireSecret::new(s.expose_secret().to_owned())),
+        };
+        let response = self.call(op, Resend::OnlyIfNotSent).await?;
+        match wire::login_started(&self.inner.socket, response)? {
+            Err(device) => Ok(device),
+            Ok(_) => Err(Error::new(
+                ErrorCode::Internal,
+                "the agent answered a device sign-in with a browser one",
+            )),
+        }
+    }
+
+    /// Completes a browser sign-in: the agent exchanges the code (with the
+    /// PKCE verifier and the redirect URI it was sent to) and serves tokens.
+    /// `force` replaces a working device enrollment.
+    ///
+    /// # Errors
+    /// `SIGN_IN_FAILED` when the server refuses the code, `ALREADY_ENROLLED`,
+    /// `CLIENT_CREDENTIALS_INVALID`, `PERMISSION_DENIED`.
+    pub async fn login_with_code(
+        &self,
+        code: &SecretString,
+        code_verifier: &SecretString,
+        redirect_uri: &str,
+        client_secret: Option<&SecretString>,
+        force: bool,
+    ) -> Result<LoggedIn> {
+        let grant = LoginGrant::AuthorizationCode {
+            code: wire_secret(code),
+            code_verifier: wire_secret(code_verifier),
+            redirect_uri: redirect_uri.to_owned(),
+        };
+        self.login(grant, client_secret, force)
+            .await
+            .and_then(|poll| match poll {
+                LoginPoll::LoggedIn(done) => Ok(done),
+                LoginPoll::Pending { .. } => Err(Error::new(
+                    ErrorCode::Internal,
+                    "the agent answered a code exchange as if it were a device poll",
+                )),
+            })
+    }
+
+    /// Polls a device sign-in once.
+    ///
+    /// # Errors
+    /// `SIGN_IN_FAILED` when the person denied it or the code expired; as
+    /// for [`Client::login_with_code`].
+    pub async fn poll_device_login(
+        &self,
+        device: &DeviceLogin,
+        client_secret: Option<&SecretString>,
+        force: bool,
+    ) -> Result<LoginPoll> {
+        let grant = LoginGrant::DeviceCode {
+            device_code: wire_secret(&device.device_code),
+        };
+        self.login(grant, client_secret, force).await
+    }
+
+    /// Adopts an existing refresh token (`regent enroll --refresh-token`):
+    /// the agent proves it with one refresh, then keeps it fresh.
+    ///
+    /// # Errors
+    /// `REVOKED` when the server refuses the token; as for
+    /// [`Client::login_with_code`].
+    pub async fn adopt_refresh_token(
+        &self,
+        refresh_token: &SecretString,
+        client_secret: Option<&SecretString>,
+        force: bool,
+    ) -> Result<LoggedIn> {
+        let grant = LoginGrant::RefreshToken {
+            refresh_token: wire_secret(refresh_token),
+        };
+        self.login(grant, client_secret, force)
+            .await
+            .and_then(|poll| match poll {
+                LoginPoll::LoggedIn(done) => Ok(done),
+                LoginPoll::Pending { .. } => Err(Error::new(
+                    ErrorCode::Internal,
+                    "the agent answered a refresh token as if it were a device poll",
+                )),
+            })
+    }
+
+    async fn login(
+        &self,
+        grant: LoginGrant,
+        client_secret: Option<&SecretString>,
+        force: bool,
+    ) -> Result<LoginPoll> {
+        let op = Op::Login {
+            grant,
+            client_secret: client_secret.map(wire_secret),
+            force,
+        };
+        let response = self.call(op, Resend::OnlyIfNotSent).await?;
+        wire::logged_in(&self.inner.socket, response)
+    }
+
+    /// Signs the user out: the agent revokes the refresh token at the
+    /// server (when it offers revocation) and forgets it. Returns whether
+    /// the server revoked it.
+    ///
+    /// # Errors
+    /// `NOT_ENROLLED` when nobody is signed in; `PERMISSION_DENIED`.
+    pub async fn logout(&self) -> Result<bool> {
+        let response = self.call(Op::Logout {}, Resend::OnlyIfNotSent).await?;
+        wire::logged_out(&self.inner.socket, response)
     }
 
     /// Subscribes to tokens valid for at least `min_valid` and to state

@@ -348,6 +348,13 @@ pub fn standard(request: &Request) -> Vec<Action> {
             expires_at_ms: expiry_in(Duration::from_secs(300)),
         },
         Op::Unenroll {} => Reply::Unenrolled {},
+        Op::LoginStart { .. } => Reply::LoginBrowser {
+            authorization_endpoint: "https://idp.example/authorize".into(),
+            client_id: "desktop".into(),
+            scope: None,
+        },
+        Op::Login { .. } => Reply::LoginPending { slow_down: false },
+        Op::Logout {} => Reply::LoggedOut { revoked: true },
     };
     vec![Action::Send(ok(id, reply))]
 }

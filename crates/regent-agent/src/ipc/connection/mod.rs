@@ -25,8 +25,8 @@ use interprocess::local_socket::traits::StreamCommon as _;
 use regent_proto::ErrorCode;
 use regent_proto::frame::{self, Framed};
 use regent_proto::message::{
-    self, BadRequest, Event as WireEvent, MAX_NAME_CHARS, Op, Outcome, Reply, Request, Response,
-    TokenReply, WireError, WireSecret,
+    self, BadRequest, Event as WireEvent, LoginGrant, MAX_NAME_CHARS, Op, Outcome, Reply, Request,
+    Response, TokenReply, WireError, WireSecret,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
@@ -43,11 +43,13 @@ use self::token_frame::{TokenFrame, token_reply};
 use self::wiped::{ReadOutcome, WipedWriter, consume, read_some, reserve_wiped};
 use super::Shared;
 use super::peer::{Access, Admitted, Peer, Refusal};
+use crate::agent::LoginOutcome;
 use crate::engine::{DemandGuard, Event, SlotState};
 use crate::error::Error;
 use crate::grant::Grant;
 use crate::lease::{Holder, Lease};
 use crate::secret::{ExposeSecret, SecretString};
+use crate::upstream::SignInGrant;
 
 struct Connection<'a> {
     stream: Stream,
@@ -356,13 +358,7 @@ impl Connection<'_> {
                 self.reply(id, Reply::Metrics { text });
             }
             Op::Enroll { secret, force } => {
-                if !self.access.administers() {
-                    audit!(
-                        self,
-                        Level::WARN,
-                        "enroll refused: not the agent's user or root"
-                    );
-                    self.reply_error(id, admin_only("enroll"));
+                if !self.allow_admin(id, "enroll") {
                     return;
                 }
                 let value = SecretString::from(secret.expose().to_owned());
@@ -393,14 +389,119 @@ impl Connection<'_> {
                     }
                 }
             }
+            Op::LoginStart {
+                device,
+                client_secret,
+            } => {
+                if !self.allow_admin(id, "login") {
+                    return;
+                }
+                let client_secret =
+                    client_secret.map(|s| SecretString::from(s.expose().to_owned()));
+                let reply = if device {
+                    self.shared
+                        .agent
+                        .login_device(client_secret.as_ref())
+                        .await
+                        .map(|d| Reply::LoginDevice {
+                            device_code: WireSecret::new(d.device_code.expose_secret().to_owned()),
+                            user_code: d.user_code,
+                            verification_uri: d.verification_uri,
+                            verification_uri_complete: d.verification_uri_complete,
+                            expires_in: d.expires_in.as_secs(),
+                            interval: d.interval.as_secs(),
+                        })
+                } else {
+                    self.shared
+                        .agent
+                        .login_browser()
+                        .await
+                        .map(|b| Reply::LoginBrowser {
+                            authorization_endpoint: b.authorization_endpoint.to_string(),
+                            client_id: b.client_id,
+                            scope: b.scope,
+                        })
+                };
+                match reply {
+                    Ok(reply) => self.reply(id, reply),
+                    Err(e) => {
+                        audit!(self, Level::WARN, code = %e.code, "sign-in could not start");
+                        self.reply_error(id, e);
+                    }
+                }
+            }
+            Op::Login {
+                grant,
+                client_secret,
+                force,
+            } => {
+                if !self.allow_admin(id, "login") {
+                    return;
+                }
+                let owned = |s: WireSecret| SecretString::from(s.expose().to_owned());
+                let grant = match grant {
+                    LoginGrant::AuthorizationCode {
+                        code,
+                        code_verifier,
+                        redirect_uri,
+                    } => SignInGrant::AuthorizationCode {
+                        code: owned(code),
+                        code_verifier: owned(code_verifier),
+                        redirect_uri,
+                    },
+                    LoginGrant::DeviceCode { device_code } => SignInGrant::DeviceCode {
+                        device_code: owned(device_code),
+                    },
+                    LoginGrant::RefreshToken { refresh_token } => SignInGrant::RefreshToken {
+                        refresh_token: owned(refresh_token),
+                    },
+                };
+                match self
+                    .shared
+                    .agent
+                    .login(grant, client_secret.map(owned), force)
+                    .await
+                {
+                    Ok(LoginOutcome::Pending { slow_down }) => {
+                        self.reply(id, Reply::LoginPending { slow_down });
+                    }
+                    Ok(LoginOutcome::LoggedIn(done)) => {
+                        audit!(
+                            self,
+                            Level::INFO,
+                            user = %done.user.as_ref().map(|u| crate::secret::short_hash(&u.sub)).unwrap_or_default(),
+                            forced = force,
+                            "signed in"
+                        );
+                        self.reply(
+                            id,
+                            Reply::LoggedIn {
+                                user: done.user,
+                                scope: done.scope,
+                                expires_at_ms: unix_ms(done.expires_at),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        audit!(self, Level::WARN, code = %e.code, "sign-in failed");
+                        self.reply_error(id, e);
+                    }
+                }
+            }
+            Op::Logout {} => {
+                if !self.allow_admin(id, "logout") {
+                    return;
+                }
+                match self.shared.agent.logout().await {
+                    Ok(revoked) => {
+                        audit!(self, Level::INFO, revoked, "signed out");
+                        self.reply(id, Reply::LoggedOut { revoked });
+                    }
+                    Err(e) => self.reply_error(id, e),
+                }
+            }
             Op::Unenroll {} => {
-                if !self.access.administers() {
-                    audit!(
-                        self,
-                        Level::WARN,
-                        "unenroll refused: not the agent's user or root"
-                    );
-                    self.reply_error(id, admin_only("unenroll"));
+                if !self.allow_admin(id, "unenroll") {
                     return;
                 }
                 match self.shared.agent.unenroll().await {
@@ -412,6 +513,21 @@ impl Connection<'_> {
                 }
             }
         }
+    }
+
+    /// Whether the peer may run admin-only `op`; refuses it (audited) if not.
+    fn allow_admin(&mut self, id: u64, op: &str) -> bool {
+        if self.access.administers() {
+            return true;
+        }
+        audit!(
+            self,
+            Level::WARN,
+            op,
+            "admin-only request refused: not the agent's user or root"
+        );
+        self.reply_error(id, admin_only(op));
+        false
     }
 
     fn hello(&mut self, id: u64, versions: &[u32], app: String, instance: Option<String>) {

@@ -1,5 +1,11 @@
 //! The `oauth2` profile (DESIGN §3.2): client credentials (Reltio style), and
-//! a refresh token when the server hands one out.
+//! a refresh token when the server hands one out; and users who sign in
+//! (`signin`: authorization code with PKCE, device authorization, refresh,
+//! revocation).
+
+mod signin;
+
+pub use self::signin::Discovery;
 
 use regent_proto::ErrorCode;
 use reqwest::StatusCode;
@@ -12,7 +18,7 @@ use super::http::{Http, Reply};
 use super::identity::DeviceIdentity;
 use super::join_path;
 use super::network::check_url;
-use super::profile::{BoxFuture, EnrollKind, Enrollment, Held, UpstreamProfile};
+use super::profile::{BoxFuture, EnrollKind, Enrollment, Held, UpstreamProfile, UserSignIn};
 use super::reply::{
     Redact, ServerSays, json_object, json_object_redacted, kind, unexpected_status,
     with_retry_after,
@@ -42,21 +48,28 @@ pub struct OAuth2 {
     endpoint: OAuth2Endpoint,
     client_id: String,
     scope: Option<String>,
-    /// The discovered token endpoint (issuer mode); emptied after a failure.
-    discovered: Mutex<Option<Url>>,
+    /// The discovered endpoints (issuer mode); emptied after a failure.
+    discovered: Mutex<Option<Discovery>>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GrantType {
     ClientCredentials,
     RefreshToken,
+    /// A signed-in user's refresh: a refusal means "sign in again", never
+    /// a fall-back to client credentials.
+    UserRefresh,
+    AuthorizationCode,
+    DeviceCode,
 }
 
 impl GrantType {
     fn as_str(self) -> &'static str {
         match self {
             GrantType::ClientCredentials => "client_credentials",
-            GrantType::RefreshToken => "refresh_token",
+            GrantType::RefreshToken | GrantType::UserRefresh => "refresh_token",
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
         }
     }
 
@@ -64,6 +77,9 @@ impl GrantType {
         match self {
             GrantType::ClientCredentials => "the client-credentials token request",
             GrantType::RefreshToken => "the token refresh",
+            GrantType::UserRefresh => "the signed-in user's token refresh",
+            GrantType::AuthorizationCode => "the sign-in code exchange",
+            GrantType::DeviceCode => "the device sign-in poll",
         }
     }
 }
@@ -136,7 +152,7 @@ impl OAuth2 {
         }
         self.token_request(
             GrantType::ClientCredentials,
-            client_secret,
+            Some(client_secret),
             &form,
             &[client_secret],
         )
@@ -160,7 +176,7 @@ impl OAuth2 {
         ];
         self.token_request(
             GrantType::RefreshToken,
-            client_secret,
+            Some(client_secret),
             &form,
             &[client_secret, refresh_token],
         )
@@ -170,48 +186,87 @@ impl OAuth2 {
     async fn token_request(
         &self,
         grant_type: GrantType,
-        client_secret: &SecretString,
+        client_secret: Option<&SecretString>,
         form: &[(&str, &str)],
         sent: &[&SecretString],
     ) -> Result<Grant, Error> {
+        let reply = self
+            .token_reply(grant_type, client_secret, form, sent)
+            .await?;
+        let result = self.token_outcome(&reply, grant_type, client_secret, sent);
+        self.forget_discovery_after(&result).await;
+        result
+    }
+
+    /// Sends a token request: HTTP Basic for a confidential client, or
+    /// `client_id` in the form for a public one (RFC 6749 §2.3.1, §3.2.1).
+    pub(crate) async fn token_reply(
+        &self,
+        grant_type: GrantType,
+        client_secret: Option<&SecretString>,
+        form: &[(&str, &str)],
+        sent: &[&SecretString],
+    ) -> Result<Reply, Error> {
         let url = self.token_url().await?;
-        let request = self
-            .http
-            .post(&url)
-            // Surrounding whitespace is a copy-paste accident, never part of a secret.
-            .basic_auth(&self.client_id, Some(client_secret.expose_secret().trim()))
-            .header(ACCEPT, "application/json")
-            .form(form);
-        tracing::debug!(server = %server_name(&url), client_id = %self.client_id, grant_type = grant_type.as_str(), "requesting a token");
-        let result = match self.http.send(request, &url).await {
-            Ok(reply) => self.token_outcome(&reply, grant_type, client_secret, sent),
-            Err(e) => {
-                let credentials = self.basic_credentials(client_secret);
-                let mut all_sent = sent.to_vec();
-                all_sent.push(&credentials);
-                Err(Redact::new(&all_sent).error(e))
-            }
-        };
-        if let Err(e) = &result
-            && matches!(
-                e.code,
-                ErrorCode::Unavailable | ErrorCode::ServerError | ErrorCode::Timeout
-            )
-        {
-            *self.discovered.lock().await = None;
+        let result = self
+            .post_form(&url, client_secret, form, sent, grant_type.as_str())
+            .await;
+        if let Err(e) = &result {
+            self.forget_discovery_if(e).await;
         }
         result
+    }
+
+    /// A form `POST` to one of the server's endpoints, with this client's
+    /// authentication, every secret of it redacted from a failure.
+    pub(crate) async fn post_form(
+        &self,
+        url: &Url,
+        client_secret: Option<&SecretString>,
+        form: &[(&str, &str)],
+        sent: &[&SecretString],
+        what: &str,
+    ) -> Result<Reply, Error> {
+        let mut request = self.http.post(url).header(ACCEPT, "application/json");
+        let mut fields = form.to_vec();
+        match client_secret {
+            // Surrounding whitespace is a copy-paste accident, never part of a secret.
+            Some(s) => {
+                request = request.basic_auth(&self.client_id, Some(s.expose_secret().trim()))
+            }
+            None => fields.push(("client_id", &self.client_id)),
+        }
+        let request = request.form(&fields);
+        tracing::debug!(server = %server_name(url), client_id = %self.client_id, request = what, "calling the license server");
+        self.http.send(request, url).await.map_err(|e| {
+            let credentials = self.basic_credentials(client_secret);
+            let mut all_sent = sent.to_vec();
+            all_sent.extend(credentials.as_ref());
+            Redact::new(&all_sent).error(e)
+        })
+    }
+
+    /// A failure that may mean the discovered endpoints moved: discover again next time.
+    async fn forget_discovery_if(&self, e: &Error) {
+        if matches!(
+            e.code,
+            ErrorCode::Unavailable | ErrorCode::ServerError | ErrorCode::Timeout
+        ) {
+            *self.discovered.lock().await = None;
+        }
+    }
+
+    async fn forget_discovery_after<T>(&self, result: &Result<T, Error>) {
+        if let Err(e) = result {
+            self.forget_discovery_if(e).await;
+        }
     }
 
     /// What the Basic header carries, `client_id:secret` (base64 of this is
     /// redacted too): a server reflecting the request must not put the secret
     /// in a message.
-    fn basic_credentials(&self, client_secret: &SecretString) -> SecretString {
-        secret(format!(
-            "{}:{}",
-            self.client_id,
-            client_secret.expose_secret().trim()
-        ))
+    fn basic_credentials(&self, client_secret: Option<&SecretString>) -> Option<SecretString> {
+        client_secret.map(|s| secret(format!("{}:{}", self.client_id, s.expose_secret().trim())))
     }
 
     /// The outcome of a token answer (sync, so that the fuzz target runs this
@@ -221,12 +276,12 @@ impl OAuth2 {
         &self,
         reply: &Reply,
         grant_type: GrantType,
-        client_secret: &SecretString,
+        client_secret: Option<&SecretString>,
         sent: &[&SecretString],
     ) -> Result<Grant, Error> {
         let credentials = self.basic_credentials(client_secret);
         let mut all_sent = sent.to_vec();
-        all_sent.push(&credentials);
+        all_sent.extend(credentials.as_ref());
         let redact = Redact::new(&all_sent);
         if reply.status.is_success() {
             json_object_redacted(reply, grant_type.what(), &redact)
@@ -262,6 +317,36 @@ impl OAuth2 {
                     "the license server at {server} rejected client id {client:?} or its secret ({says}); enroll again with the right client secret"
                 ),
             )
+        } else if grant_type == GrantType::UserRefresh && says.is("invalid_grant") {
+            (
+                ErrorCode::Revoked,
+                format!(
+                    "the license server at {server} no longer accepts the signed-in user's refresh token ({says}); sign in again with `regent login`"
+                ),
+            )
+        } else if grant_type == GrantType::AuthorizationCode && says.is("invalid_grant") {
+            (
+                ErrorCode::SignInFailed,
+                format!(
+                    "the license server at {server} refused the sign-in code ({says}); run `regent login` again"
+                ),
+            )
+        } else if grant_type == GrantType::DeviceCode && says.is("access_denied") {
+            (
+                ErrorCode::SignInFailed,
+                format!(
+                    "the sign-in was denied at the verification page ({says}); run `regent login --device` again to retry"
+                ),
+            )
+        } else if grant_type == GrantType::DeviceCode
+            && (says.is("expired_token") || says.is("invalid_grant"))
+        {
+            (
+                ErrorCode::SignInFailed,
+                format!(
+                    "the device code expired or was refused before the sign-in was approved ({says}); run `regent login --device` again"
+                ),
+            )
         } else if grant_type == GrantType::RefreshToken && says.is("invalid_grant") {
             (
                 ErrorCode::Revoked,
@@ -293,20 +378,26 @@ impl OAuth2 {
     }
 
     async fn token_url(&self) -> Result<Url, Error> {
+        Ok(self.discovery().await?.token)
+    }
+
+    /// The server's endpoints: discovered from the issuer (and cached), or
+    /// just the configured token endpoint.
+    pub async fn discovery(&self) -> Result<Discovery, Error> {
         let issuer = match &self.endpoint {
-            OAuth2Endpoint::TokenUrl(url) => return Ok(url.clone()),
+            OAuth2Endpoint::TokenUrl(url) => return Ok(Discovery::token_only(url.clone())),
             OAuth2Endpoint::Issuer(issuer) => issuer,
         };
         let mut cached = self.discovered.lock().await;
-        if let Some(url) = cached.as_ref() {
-            return Ok(url.clone());
+        if let Some(discovery) = cached.as_ref() {
+            return Ok(discovery.clone());
         }
-        let url = self.discover(issuer).await?;
-        *cached = Some(url.clone());
-        Ok(url)
+        let discovery = self.discover(issuer).await?;
+        *cached = Some(discovery.clone());
+        Ok(discovery)
     }
 
-    async fn discover(&self, issuer: &Url) -> Result<Url, Error> {
+    async fn discover(&self, issuer: &Url) -> Result<Discovery, Error> {
         let mut base = issuer.clone();
         base.set_query(None);
         base.set_fragment(None);
@@ -320,9 +411,9 @@ impl OAuth2 {
 /// Longest `token_endpoint` accepted from a discovery document.
 const MAX_ENDPOINT: usize = 2048;
 
-/// The outcome of an OpenID configuration answer: the token endpoint (sync,
-/// so that the fuzz target runs this very code).
-pub(crate) fn discovery_outcome(reply: &Reply) -> Result<Url, Error> {
+/// The outcome of an OpenID configuration answer: the endpoints (sync, so
+/// that the fuzz target runs this very code).
+pub(crate) fn discovery_outcome(reply: &Reply) -> Result<Discovery, Error> {
     if !reply.status.is_success() {
         let says = ServerSays::from_reply(reply, &[]);
         return Err(unexpected_status(reply, &says, DISCOVERY));
@@ -363,7 +454,7 @@ pub(crate) fn discovery_outcome(reply: &Reply) -> Result<Url, Error> {
         )
     })?;
     tracing::debug!(issuer = %server, token_server = %server_name(&token_url), "discovered the token endpoint");
-    Ok(token_url)
+    Ok(Discovery::read(token_url, &obj, server))
 }
 
 impl UpstreamProfile for OAuth2 {
@@ -385,6 +476,10 @@ impl UpstreamProfile for OAuth2 {
         true
     }
 
+    fn user_sign_in(&self) -> Option<&dyn UserSignIn> {
+        Some(self)
+    }
+
     /// Proves the client secret: the first client-credentials token.
     fn enroll<'a>(
         &'a self,
@@ -404,6 +499,9 @@ impl UpstreamProfile for OAuth2 {
     /// credentials (and dropping it) when the server refuses it.
     fn renew<'a>(&'a self, held: &'a mut Held) -> BoxFuture<'a, Result<Grant, Error>> {
         Box::pin(async move {
+            if held.signed_in {
+                return self.refresh_user(held).await;
+            }
             let Some(client_secret) = held.client_secret.clone() else {
                 return Err(Error::new(
                     ErrorCode::Revoked,
