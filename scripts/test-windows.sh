@@ -103,7 +103,7 @@ if clippy -p regent-proto -p regent-client -p regent-cli --lib --bins --tests &&
   clippy -p regent-agent -p regent-ffi --lib --bins &&
   clippy -p regent-agent --lib --profile test &&
   clippy -p regent-agent --features crash-points,fuzzing --tests &&
-  clippy -p regent-tests --lib --test ffi --test ffi_instances --test agent_cli --test demand &&
+  clippy -p regent-tests --lib --bins --test ffi --test ffi_instances --test agent_cli --test demand --test login &&
   clippy -p regent-emulator --tests; then
   pass "clippy for $TARGET"
 else
@@ -164,8 +164,10 @@ fi
 # With agent_cli and demand: the real regent.exe as agent, emulator and CLI.
 # upstream_faults: every network fault on both profiles, the fault proxy in front
 # of an in-process emulator and agent (moved here from regent-agent, issue 14).
-REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances; agent_cli; demand; upstream_faults)" \
-  -p regent-tests --test ffi --test ffi_instances --test agent_cli --test demand --test upstream_faults
+# login: a user's sign-in, both flows, the browser stand-in (regent-test-browser.exe)
+# run by regent.exe as $BROWSER.
+REGENT_TEST_C_PROGRAMS=$(winpath "$c_programs") run_tests "regent-tests (ffi: C examples via regent.dll; ffi_instances; agent_cli; demand; upstream_faults; login)" \
+  -p regent-tests --test ffi --test ffi_instances --test agent_cli --test demand --test upstream_faults --test login
 run_tests "regent-emulator (all tests; HTTP on loopback)" -p regent-emulator --tests
 run_tests "regent-cli (unit tests, cli)" -p regent-cli --lib --bins --test cli
 read -r unit_passed unit_failed < <(awk '/^test result: /{p+=$4; f+=$6} END {print p+0, f+0}' "$test_log")

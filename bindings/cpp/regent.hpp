@@ -92,6 +92,9 @@ struct FreeOptions {
 struct FreeSubscription {
   void operator()(regent_subscription *s) const noexcept { regent_subscription_free(s); }
 };
+struct FreeUser {
+  void operator()(regent_user *u) const noexcept { regent_user_free(u); }
+};
 
 }  // namespace detail
 
@@ -143,6 +146,18 @@ class Token {
     return s != nullptr ? std::string_view(s) : std::string_view();
   }
   std::unique_ptr<regent_token, detail::FreeToken> token_;
+};
+
+/// Who is signed in to the agent (`regent login`): copies of what the
+/// identity provider said, so it outlives the C handle.
+struct User {
+  /// The provider's stable subject id.
+  std::string sub;
+  /// The login name and e-mail address, when the provider gave them.
+  std::optional<std::string> preferred_username;
+  std::optional<std::string> email;
+  /// The scope granted at sign-in, when the server said.
+  std::optional<std::string> scope;
 };
 
 /// Something a subscription reports (see regent_event_kind).
@@ -267,6 +282,21 @@ class Client {
     regent_token *token = nullptr;
     detail::check(regent_client_token(client_.get(), detail::clamp_u32(min_valid.count()), &token));
     return Token(token);
+  }
+
+  /// Who is signed in; nullopt for a device enrollment, or when this
+  /// process is not the agent's own account (throws regent::Error).
+  std::optional<User> user() const {
+    regent_user *raw = nullptr;
+    detail::check(regent_client_user(client_.get(), &raw));
+    if (raw == nullptr) return std::nullopt;
+    std::unique_ptr<regent_user, detail::FreeUser> owned(raw);
+    auto optional = [](const char *s) -> std::optional<std::string> {
+      if (s == nullptr) return std::nullopt;
+      return std::string(s);
+    };
+    return User{regent_user_sub(raw), optional(regent_user_preferred_username(raw)),
+                optional(regent_user_email(raw)), optional(regent_user_scope(raw))};
   }
 
   /// Calls `callback` on a library thread with each event: the current token

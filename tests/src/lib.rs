@@ -32,6 +32,22 @@ pub fn regent_bin() -> PathBuf {
     bin
 }
 
+/// The browser stand-in of the sign-in tests (`src/bin/regent-test-browser.rs`),
+/// beside `regent` (found the same way, so that under Wine it is a path
+/// Windows can start).
+pub fn test_browser_bin() -> PathBuf {
+    let bin = regent_bin().with_file_name(format!(
+        "regent-test-browser{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test -p regent-tests` builds it",
+        bin.display()
+    );
+    bin
+}
+
 /// Known control key for emulators started by tests.
 pub const EMULATOR_KEY: &str = "e2e-control-key";
 

@@ -470,6 +470,10 @@ fn cpp_wrapper_example_against_a_live_agent() {
         .expect(&printed);
     assert!(valid_for(pushed) >= 45, "{pushed}");
     assert!(
+        printed.contains("user: none\n"),
+        "a device enrollment names no user: {printed}"
+    );
+    assert!(
         printed.contains("expected error: AGENT_UNREACHABLE (14), retryable: yes"),
         "{printed}"
     );
@@ -510,6 +514,16 @@ fn c_and_python_name_the_signed_in_user() {
             && printed.contains("email alice@example.com, scope openid profile"),
         "{printed}"
     );
+
+    let cpp = compile(
+        "g++",
+        &repo_root().join("bindings/cpp/examples/get_token.cpp"),
+        build.path(),
+        &[],
+    );
+    let out = run(&cpp, &["60"], &home.socket);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("user: alice\n"), "{}", stdout(&out));
 
     let script = "import regent\n\
                   with regent.Client(app='whoami') as c:\n\

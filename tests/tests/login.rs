@@ -13,7 +13,8 @@ use std::time::Duration;
 use regent_proto::ErrorCode;
 use regent_tests::http1::{post_form, request};
 use regent_tests::{
-    AgentHome, AgentProc, EMULATOR_KEY, EmulatorProc, code, exit, regent_bin, text, wait_until,
+    AgentHome, AgentProc, EMULATOR_KEY, EmulatorProc, code, exit, regent_bin, test_browser_bin,
+    text, wait_until,
 };
 use serde_json::Value;
 
@@ -49,7 +50,7 @@ impl Setup {
         Command::new(regent_bin())
             .args(&all)
             .env("REGENT_SOCKET", &self.home.socket)
-            .env("BROWSER", env!("CARGO_BIN_EXE_regent-test-browser"))
+            .env("BROWSER", test_browser_bin())
             .env("REGENT_TEST_BROWSER_USER", "alice")
             .env("REGENT_TEST_BROWSER_PASSWORD", PASSWORD)
             .env("REGENT_TEST_BROWSER_LOG", &self.browser_log)
@@ -448,7 +449,7 @@ fn a_confidential_client_signs_in_with_its_secret_and_a_grant_without_refresh_is
         command
             .args(&all)
             .env("REGENT_SOCKET", &home.socket)
-            .env("BROWSER", env!("CARGO_BIN_EXE_regent-test-browser"))
+            .env("BROWSER", test_browser_bin())
             .env("REGENT_TEST_BROWSER_USER", "alice")
             .env("REGENT_TEST_BROWSER_PASSWORD", PASSWORD)
             .stdin(Stdio::null());

@@ -28,6 +28,13 @@ int main(int argc, char **argv) {
     options.request_timeout = std::chrono::seconds(10);
     regent::Client client(options);
 
+    // A user's sign-in names the user; a device enrollment has none.
+    if (std::optional<regent::User> user = client.user()) {
+      std::cout << "user: " << user->preferred_username.value_or(user->sub) << "\n";
+    } else {
+      std::cout << "user: none\n";
+    }
+
     regent::Token token = client.token(min_valid);
     std::cout << "token: " << token.token_type() << ", " << token.access_token().size() << " bytes, valid for "
               << duration_cast<seconds>(token.remaining()).count() << " s (at least "

@@ -20,6 +20,17 @@ use crate::{
     LoggedIn, LoginPoll, SubscriptionEvent, Token,
 };
 
+/// A sign-in that cannot be pending (only a device poll can).
+fn signed_in(poll: LoginPoll, what: &str) -> Result<LoggedIn> {
+    match poll {
+        LoginPoll::LoggedIn(done) => Ok(done),
+        LoginPoll::Pending { .. } => Err(Error::new(
+            ErrorCode::Internal,
+            format!("the agent answered {what} as if it were a device poll"),
+        )),
+    }
+}
+
 fn wire_secret(secret: &SecretString) -> WireSecret {
     WireSecret::new(secret.expose_secret().to_owned())
 }
@@ -253,15 +264,8 @@ impl Client {
             code_verifier: wire_secret(code_verifier),
             redirect_uri: redirect_uri.to_owned(),
         };
-        self.login(grant, client_secret, force)
-            .await
-            .and_then(|poll| match poll {
-                LoginPoll::LoggedIn(done) => Ok(done),
-                LoginPoll::Pending { .. } => Err(Error::new(
-                    ErrorCode::Internal,
-                    "the agent answered a code exchange as if it were a device poll",
-                )),
-            })
+        let poll = self.login(grant, client_secret, force).await?;
+        signed_in(poll, "a code exchange")
     }
 
     /// Polls a device sign-in once.
@@ -296,15 +300,8 @@ impl Client {
         let grant = LoginGrant::RefreshToken {
             refresh_token: wire_secret(refresh_token),
         };
-        self.login(grant, client_secret, force)
-            .await
-            .and_then(|poll| match poll {
-                LoginPoll::LoggedIn(done) => Ok(done),
-                LoginPoll::Pending { .. } => Err(Error::new(
-                    ErrorCode::Internal,
-                    "the agent answered a refresh token as if it were a device poll",
-                )),
-            })
+        let poll = self.login(grant, client_secret, force).await?;
+        signed_in(poll, "a refresh token")
     }
 
     async fn login(
