@@ -69,6 +69,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 log "no import cycles between modules"
 python3 scripts/module_cycles.py crates/*/src
 
+# The `regent` the packages ship is linked statically (scripts/package.sh: its
+# start-up is most of a `regent token` process); build it the same way, in
+# debug, so that tests/tests/static_regent.rs runs it.
+host=$(rustc -vV | sed -n 's/^host: //p')
+log "regent, statically linked ($host, crt-static)"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --quiet --target "$host" -p regent-cli --bin regent
+export REGENT_TEST_STATIC_REGENT="$PWD/target/$host/debug/regent"
+
 log "cargo test"
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
