@@ -158,7 +158,18 @@ impl Drop for EmulatorProc {
 
 /// Runs `regent` with `args`, optional stdin, and extra environment.
 pub fn regent(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(regent_bin());
+    run_program(&regent_bin(), args, stdin, env)
+}
+
+/// Runs `program` with `args`, optional stdin, and extra environment; waits
+/// for its output.
+pub fn run_program(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
@@ -168,7 +179,9 @@ pub fn regent(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Outpu
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn regent");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
     if let Some(input) = stdin {
         child
             .stdin

@@ -7,9 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use regent_tests::{AgentHome, AgentProc, EmulatorProc, code, link_or_copy, regentd_bin, text};
+use regent_tests::{
+    AgentHome, AgentProc, EmulatorProc, code, link_or_copy, regentd_bin, run_program, text,
+};
 
 /// The statically linked `regent`, when this run built one.
 fn static_regent() -> Option<PathBuf> {
@@ -62,28 +63,9 @@ fn the_statically_linked_regent_answers_token_and_runs_regentd_for_the_rest() {
     let emulator = EmulatorProc::start(300);
     let home = AgentHome::new(&emulator.url, "");
     let _agent = AgentProc::start(&home);
+    let socket = home.socket.to_str().unwrap();
     let run = |args: &[&str], stdin: Option<&str>| {
-        let mut command = Command::new(&regent);
-        command.args(args).env("REGENT_SOCKET", &home.socket);
-        match stdin {
-            None => command.output().unwrap(),
-            Some(input) => {
-                use std::io::Write as _;
-                let mut child = command
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(input.as_bytes())
-                    .unwrap();
-                child.wait_with_output().unwrap()
-            }
-        }
+        run_program(&regent, args, stdin, &[("REGENT_SOCKET", socket)])
     };
     // `enroll` and `status` are regentd's (exec'd beside it).
     let out = run(&["enroll"], Some(&emulator.mint(1)));
