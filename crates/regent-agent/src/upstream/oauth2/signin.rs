@@ -24,7 +24,8 @@ use crate::grant::Grant;
 use crate::secret::{ExposeSecret, SecretString, secret};
 use crate::upstream::network::check_url;
 use crate::upstream::profile::{
-    BoxFuture, BrowserSignIn, DeviceSignIn, Held, SignIn, SignInGrant, SignInOutcome, UserSignIn,
+    BoxFuture, BrowserSignIn, DeviceSignIn, Held, SignIn, SignInGrant, SignInOutcome,
+    UpstreamProfile, UserSignIn,
 };
 use crate::upstream::reply::{
     Redact, ServerSays, json_object_redacted, unexpected_status, with_retry_after,
@@ -136,7 +137,7 @@ impl OAuth2 {
             format!(
                 "the license server at {} offers no {what} (its OpenID configuration has no {key}); \
                  {}",
-                self.server_label(),
+                UpstreamProfile::server(self),
                 match key {
                     "authorization_endpoint" =>
                         "try `regent login --device`, or ask the administrator",
@@ -144,14 +145,6 @@ impl OAuth2 {
                 }
             ),
         )
-    }
-
-    fn server_label(&self) -> String {
-        match self.endpoint() {
-            super::OAuth2Endpoint::TokenUrl(url) | super::OAuth2Endpoint::Issuer(url) => {
-                server_name(url)
-            }
-        }
     }
 
     /// The signed-in user's refresh: the refresh token alone (and the client
