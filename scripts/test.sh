@@ -55,6 +55,14 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   cargo install --locked cargo-deb --version 3.8.0
 fi
 
+# A cold run builds three targets (host, static host, Windows) and keeps them;
+# incremental caches would add gigabytes a clean clone never reuses.
+export CARGO_INCREMENTAL=0
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((12 * 1024 * 1024)) ]; then
+  echo "warning: $((free_kib / 1024)) MiB free here; a cold run needs about 12 GiB (target/ holds three builds)" >&2
+fi
+
 # --- checks ---------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all --check
@@ -104,6 +112,8 @@ if [ -z "${REGENT_SKIP_WINDOWS:-}" ]; then
   log "scripts/test-windows.sh"
   scripts/test-windows.sh || windows_status=$?
 fi
+
+log "disk: target/ holds $(du -sh target 2>/dev/null | cut -f1) ($(df -Ph . | awk 'NR == 2 { print $4 }') free)"
 
 # One closing line with the totals of every test binary above (the last line
 # cargo prints is a doc-test block that may well hold no test).
