@@ -35,6 +35,26 @@ pub fn as_user<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) -> 
     }
 }
 
+/// Gives `cmd` the default action for `signal`, whatever this process
+/// inherited: a shell ignores SIGINT and SIGQUIT for what it runs in the
+/// background, an ignored signal stays ignored across `exec`, and `sh`
+/// cannot reset a signal ignored on entry — so a test that sends one must
+/// restore it itself.
+#[allow(unsafe_code)]
+pub fn default_action(cmd: &mut Command, signal: nix::sys::signal::Signal) -> &mut Command {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: between fork and exec the closure makes one system call
+    // (sigaction) with a value built before the fork; SIG_DFL installs no
+    // handler.
+    unsafe {
+        cmd.pre_exec(move || {
+            sigaction(signal, &default)?;
+            Ok(())
+        })
+    }
+}
+
 #[cfg(not(target_vendor = "apple"))]
 fn setgroups(groups: &[nix::unistd::Gid]) -> nix::Result<()> {
     nix::unistd::setgroups(groups)

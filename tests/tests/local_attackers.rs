@@ -469,7 +469,11 @@ fn the_agent_is_not_dumpable_and_leaves_no_core() {
         regent_bin().display(),
         home.config.display()
     );
-    let mut agent = Command::new("sh")
+    let mut agent = Command::new("sh");
+    // SIGQUIT may reach us ignored (a background job of a shell); the agent
+    // must get the default action, the one that would dump core.
+    regent_tests::other_user::default_action(&mut agent, nix::sys::signal::Signal::SIGQUIT);
+    let mut agent = agent
         .args(["-c", &script])
         .current_dir(cwd.path())
         .stdin(Stdio::null())
@@ -494,7 +498,9 @@ fn the_agent_is_not_dumpable_and_leaves_no_core() {
 
     // The same with a process that is not hardened, to show the check bites
     // where the system writes cores at all (core_pattern decides).
-    let mut control = Command::new("sh")
+    let mut control = Command::new("sh");
+    regent_tests::other_user::default_action(&mut control, nix::sys::signal::Signal::SIGQUIT);
+    let mut control = control
         .args(["-c", "ulimit -c unlimited && exec sleep 60"])
         .current_dir(cwd.path())
         .spawn()

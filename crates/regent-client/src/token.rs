@@ -58,12 +58,12 @@ impl Token {
             .unwrap_or(Duration::ZERO)
     }
 
-    pub(crate) fn from_reply(reply: &TokenReply) -> Self {
+    pub(crate) fn from_reply(reply: TokenReply) -> Self {
         Token {
-            access_token: SecretString::from(reply.access_token.expose()),
-            token_type: reply.token_type.clone(),
             expires_at: from_unix_ms(reply.expires_at_ms),
-            scope: reply.scope.clone(),
+            access_token: SecretString::from(reply.access_token.take()),
+            token_type: reply.token_type,
+            scope: reply.scope,
         }
     }
 }
@@ -176,7 +176,7 @@ pub enum SubscriptionEvent {
 impl SubscriptionEvent {
     pub(crate) fn from_event(event: Event) -> Self {
         match event {
-            Event::Token(reply) => SubscriptionEvent::Token(Token::from_reply(&reply)),
+            Event::Token(reply) => SubscriptionEvent::Token(Token::from_reply(reply)),
             Event::State { state, error } => SubscriptionEvent::State {
                 state,
                 error: error.map(Error::from),
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn tokens_carry_the_reply_and_hide_the_secret() {
-        let token = Token::from_reply(&reply(1_790_000_000_123));
+        let token = Token::from_reply(reply(1_790_000_000_123));
         assert_eq!(token.secret(), "eyJ-very-secret");
         assert_eq!(token.token_type, "Bearer");
         assert_eq!(token.scope.as_deref(), Some("read"));
@@ -230,13 +230,13 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let token = Token::from_reply(&reply(now_ms + 60_000));
+        let token = Token::from_reply(reply(now_ms + 60_000));
         let left = token.remaining();
         assert!(
             left <= Duration::from_secs(60) && left > Duration::from_secs(55),
             "{left:?}"
         );
-        let expired = Token::from_reply(&reply(now_ms.saturating_sub(1000)));
+        let expired = Token::from_reply(reply(now_ms.saturating_sub(1000)));
         assert_eq!(expired.remaining(), Duration::ZERO);
     }
 }

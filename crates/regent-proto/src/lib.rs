@@ -5,6 +5,9 @@
 //!   header, the Python binding and the CLI's exit status.
 //! - [`error`]: the one error type (code, message, retry time) of every Rust
 //!   surface.
+//! - `exact` (private): the cached handout's two frames read and written
+//!   without serde, in the exact form regent sends them; the general path
+//!   takes anything else.
 //! - [`frame`]: the framing (4-byte big-endian length + one JSON object, 64 KiB cap).
 //! - [`message`]: requests, responses and pushed events, version negotiation.
 //! - [`status`]: the agent's status document and its health.
@@ -13,6 +16,7 @@
 
 pub mod code;
 pub mod error;
+mod exact;
 pub mod frame;
 pub mod message;
 pub mod status;
@@ -20,3 +24,4 @@ pub mod time;
 
 pub use code::ErrorCode;
 pub use error::{Error, Result};
+pub use exact::push_decimal;

@@ -131,12 +131,12 @@ impl Connection {
     fn send_all<const N: usize>(&mut self, ops: [Op; N]) -> Result<[u64; N], Failure> {
         let mut ids = [0; N];
         let mut frames = zeroize::Zeroizing::new(Vec::with_capacity(128 * N));
-        let mut names = Vec::with_capacity(N);
-        for (slot, op) in ids.iter_mut().zip(ops) {
+        let mut names = [""; N];
+        for ((slot, name), op) in ids.iter_mut().zip(&mut names).zip(ops) {
             *slot = self.next_id;
             self.next_id += 1;
-            names.push(op.name());
-            frames.extend_from_slice(&wire::encode_request(*slot, op).map_err(Failure::Other)?);
+            *name = op.name();
+            wire::encode_request_into(*slot, op, &mut frames).map_err(Failure::Other)?;
         }
         if let Err(e) = self.write_all(&frames) {
             // Part of a frame may be out: nothing more can go on this stream.
@@ -233,7 +233,7 @@ impl Connection {
     /// Reads once into the frame buffer, waiting at most `timeout`.
     #[cfg(unix)]
     fn read_within(&mut self, timeout: Option<Duration>) -> Result<io::Result<usize>, Failure> {
-        if self.recv_timeout != timeout {
+        if needs_new_recv_timeout(self.recv_timeout, timeout) {
             self.stream.set_recv_timeout(timeout).map_err(|e| {
                 self.broken = true;
                 Failure::Lost(error::connection_lost(&self.socket, &e))
@@ -289,6 +289,21 @@ impl io::Read for PipeReader<'_> {
     }
 }
 
+/// Whether the socket's receive timeout must change before a read that may
+/// wait `want` (`None`: for ever). A read that gives up early is harmless —
+/// [`Connection::receive`] checks its deadline and reads again — so a
+/// timeout that is already shorter, but not much shorter, is kept: a
+/// `setsockopt` per call would be a third system call on every handout,
+/// since each call's remaining time differs from the last one's.
+#[cfg(unix)]
+fn needs_new_recv_timeout(have: Option<Duration>, want: Option<Duration>) -> bool {
+    match (have, want) {
+        (None, None) => false,
+        (None, Some(_)) | (Some(_), None) => true,
+        (Some(have), Some(want)) => have > want || have < want / 2,
+    }
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -335,4 +350,31 @@ fn no_sigpipe(stream: &Stream) -> io::Result<()> {
 #[cfg(not(target_vendor = "apple"))]
 fn no_sigpipe(_stream: &Stream) -> io::Result<()> {
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receive_timeout_changes_only_when_it_would_wait_too_long_or_far_too_little() {
+        let s = Duration::from_secs;
+        // Each call of a persistent client: its remaining time is a little
+        // more than what the last call left set — no system call.
+        assert!(!needs_new_recv_timeout(
+            Some(s(5) - Duration::from_micros(7)),
+            Some(s(5))
+        ));
+        // Shorter time left than the socket would wait: shrink it.
+        assert!(needs_new_recv_timeout(Some(s(5)), Some(s(4))));
+        // A tiny timeout left over from a nearly expired call: grow it back.
+        assert!(needs_new_recv_timeout(
+            Some(Duration::from_millis(1)),
+            Some(s(5))
+        ));
+        // Waiting for ever, and bounding a wait that was for ever.
+        assert!(needs_new_recv_timeout(Some(s(5)), None));
+        assert!(needs_new_recv_timeout(None, Some(s(5))));
+        assert!(!needs_new_recv_timeout(None, None));
+    }
 }

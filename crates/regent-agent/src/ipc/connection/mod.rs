@@ -52,7 +52,7 @@ use crate::secret::{ExposeSecret, SecretString};
 use crate::upstream::SignInGrant;
 
 struct Connection<'a> {
-    stream: Stream,
+    stream: wiped::ConnStream,
     shared: &'a Shared,
     peer: Peer,
     /// The peer's process, pinned when it connected (Linux ≥ 6.5), for
@@ -118,7 +118,7 @@ pub(crate) async fn handle(
     // one /proc names now, read once.
     let exe = admitted.exe.or_else(|| peer.executable());
     let mut conn = Connection {
-        stream,
+        stream: wiped::ConnStream::from(stream),
         shared,
         peer,
         pidfd,

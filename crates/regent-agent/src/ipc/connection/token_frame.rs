@@ -45,24 +45,10 @@ impl TokenFrame {
         let start = out.len();
         out.extend_from_slice(&[0; frame::HEADER]);
         out.extend_from_slice(b"{\"id\":");
-        push_decimal(out, id);
+        regent_proto::push_decimal(out, id);
         out.push(b',');
         out.extend_from_slice(&self.tail);
         let len = (out.len() - start - frame::HEADER) as u32;
         out[start..start + frame::HEADER].copy_from_slice(&len.to_be_bytes());
     }
-}
-
-pub(super) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
