@@ -91,12 +91,12 @@ pub fn init(config: &LogConfig, path: &Path) -> LogLevelHook {
     })
 }
 
-/// The file-watch crates log every event in the config file's directory at
+/// The file-watch crate logs every event in the config file's directory at
 /// `trace`. A log file in that directory (`regent agent --config ./regent.toml
 /// 2> ./agent.log`) would then feed itself: each line written is an event,
 /// which is logged, which is an event… So when the filter turns `trace` on
-/// for every crate, they are capped at `debug`, unless the filter names them.
-const WATCH_CAP: &str = "notify=debug,notify_debouncer_full=debug";
+/// for every crate, it is capped at `debug`, unless the filter names it.
+const WATCH_CAP: &str = "notify=debug";
 
 /// `spec` as a filter, with the watch crates capped (see [`WATCH_CAP`]).
 fn new_filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
