@@ -58,7 +58,7 @@ fi
 # A cold run builds three targets (host, static host, Windows) and keeps them;
 # incremental caches would add gigabytes a clean clone never reuses.
 export CARGO_INCREMENTAL=0
-free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+free_kib=$(df -Pk . 2>/dev/null | awk 'NR == 2 { print $4 }' || true)
 if [ "${free_kib:-0}" -lt $((12 * 1024 * 1024)) ]; then
   echo "warning: $((free_kib / 1024)) MiB free here; a cold run needs about 12 GiB (target/ holds three builds)" >&2
 fi

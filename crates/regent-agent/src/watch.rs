@@ -30,18 +30,28 @@ pub struct DirWatch {
 
 impl DirWatch {
     /// Waits for the next batch of changes — until one arrives and then
-    /// `debounce` passes without another; `false` once the watch has ended.
-    /// A method on the whole watch, so a task that waits also owns (and so
-    /// keeps alive) the watcher itself.
+    /// `debounce` passes without another, or at most [`MAX_BATCH`] debounce
+    /// periods — `false` once the watch has ended. A method on the whole
+    /// watch, so a task that waits also owns (and so keeps alive) the
+    /// watcher itself.
     pub async fn changed(&mut self) -> bool {
         if self.changes.recv().await.is_none() {
             return false;
         }
         // Debounced here, on the runtime's timer: a debouncer thread (the
         // notify-debouncer-full crate, used before) woke every 50 ms for as
-        // long as the agent ran, changes or not.
-        while let Ok(Some(())) = tokio::time::timeout(self.debounce, self.changes.recv()).await {}
-        true
+        // long as the agent ran, changes or not. The batch is capped: a
+        // file written more often than `debounce` (a log at trace level
+        // beside the configuration) must not hold back a reload for ever.
+        let start = tokio::time::Instant::now();
+        let cap = start + self.debounce.saturating_mul(MAX_BATCH);
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + self.debounce).min(cap);
+            match tokio::time::timeout_at(quiet_until, self.changes.recv()).await {
+                Ok(Some(())) if tokio::time::Instant::now() < cap => {}
+                _ => return true,
+            }
+        }
     }
 }
 
@@ -50,6 +60,9 @@ impl std::fmt::Debug for DirWatch {
         f.debug_struct("DirWatch").finish_non_exhaustive()
     }
 }
+
+/// The longest batch, in debounce periods.
+pub const MAX_BATCH: u32 = 5;
 
 /// Whether an event can mean a file changed. Opening, reading and closing a
 /// file without writing are not changes: the consumers re-read the files
@@ -143,6 +156,42 @@ mod tests {
         ] {
             assert!(is_change(&kind), "{kind:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_file_written_without_pause_does_not_hold_the_batch_back() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let debounce = Duration::from_millis(50);
+        let mut watch = watch_dir(dir.path(), debounce).unwrap();
+        // A log beside the configuration: a line every 20 ms, for up to
+        // 20 s (bounded), until the test is done.
+        let done = Arc::new(AtomicBool::new(false));
+        let writing = Arc::new(AtomicBool::new(true));
+        let writer = {
+            let (done, writing) = (Arc::clone(&done), Arc::clone(&writing));
+            let log = dir.path().join("agent.log");
+            std::thread::spawn(move || {
+                for i in 0..1000 {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let _ = std::fs::write(&log, format!("line {i}\n"));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                writing.store(false, Ordering::SeqCst);
+            })
+        };
+        let woke = tokio::time::timeout(Duration::from_secs(30), watch.changed()).await;
+        let still_writing = writing.load(Ordering::SeqCst);
+        done.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        assert!(woke.unwrap());
+        assert!(
+            still_writing,
+            "the batch ended only when the writes stopped: a busy file held it back"
+        );
     }
 
     #[tokio::test]

@@ -503,7 +503,7 @@ pub fn encode_token_request(id: u64, min_valid: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; frame::HEADER]);
     exact::write_token_request(id, min_valid, out);
-    // At most 64 bytes: two u64s and the fixed text.
+    // At most 73 bytes: two u64s and the fixed text.
     let len = (out.len() - start - frame::HEADER) as u32;
     out[start..start + frame::HEADER].copy_from_slice(&len.to_be_bytes());
 }
@@ -911,6 +911,63 @@ mod properties {
             }
             if exact::read_token_reply(&bytes).is_some() {
                 prop_assert!(serde_json::from_slice::<Response>(&bytes).is_ok());
+            }
+        }
+
+        /// The exact forms with their slots filled by anything — numbers
+        /// with signs, fractions, exponents and too many digits, strings
+        /// with control characters, DEL, escapes, quotes and non-ASCII —
+        /// and cut or extended at the end: whenever the exact readers
+        /// accept, serde accepts and reads the same.
+        #[test]
+        fn the_exact_forms_with_any_slots_never_disagree_with_serde(
+            id in prop_oneof![3 => "[0-9]{1,22}", 1 => "[-+0-9.eE]{0,25}"],
+            min_valid in prop_oneof![3 => "[0-9]{1,22}", 1 => "[-+0-9.eE]{0,25}"],
+            access in prop_oneof![
+                2 => "[ -~]{0,12}".prop_map(String::into_bytes),
+                1 => proptest::collection::vec(any::<u8>(), 0..12),
+            ],
+            token_type in proptest::collection::vec(prop_oneof![Just(b'B'), Just(b'"'), Just(b'\\'), Just(0x7f), Just(0x1f), any::<u8>()], 0..8),
+            scope in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+            (cut, tail) in prop_oneof![
+                2 => Just((0usize, Vec::new())),
+                1 => (0usize..4, proptest::collection::vec(any::<u8>(), 0..3)),
+            ],
+        ) {
+            let mut request = format!("{{\"id\":{id},\"op\":\"token\",\"min_valid\":{min_valid}}}").into_bytes();
+            let mut reply = format!("{{\"id\":{id},\"ok\":{{\"kind\":\"token\",\"access_token\":\"").into_bytes();
+            reply.extend(&access);
+            reply.extend(br#"","token_type":""#);
+            reply.extend(&token_type);
+            reply.extend(format!("\",\"expires_at_ms\":{min_valid}").as_bytes());
+            if let Some(scope) = &scope {
+                reply.extend(br#","scope":""#);
+                reply.extend(scope);
+                reply.push(b'"');
+            }
+            reply.extend(b"}}");
+            for payload in [&mut request, &mut reply] {
+                payload.truncate(payload.len().saturating_sub(cut));
+                payload.extend(&tail);
+            }
+            if let Some((id, min_valid)) = exact::read_token_request(&request) {
+                let general = serde_json::from_slice::<Request>(&request);
+                prop_assert!(general.is_ok(), "exact accepted what serde refuses: {:?}", String::from_utf8_lossy(&request));
+                let general = general.unwrap();
+                prop_assert_eq!(general.id, id);
+                let is_same = matches!(general.op, Op::Token { min_valid: m, scope: None } if m == min_valid);
+                prop_assert!(is_same);
+            }
+            if let Some(view) = exact::read_token_reply(&reply) {
+                let general = serde_json::from_slice::<Response>(&reply);
+                prop_assert!(general.is_ok(), "exact accepted what serde refuses: {:?}", String::from_utf8_lossy(&reply));
+                let general = general.unwrap();
+                prop_assert_eq!(general.id, view.id);
+                let Outcome::Ok(Reply::Token(t)) = general.outcome else { panic!("a token reply") };
+                prop_assert_eq!(t.access_token.expose(), view.access_token);
+                prop_assert_eq!(t.token_type.as_str(), view.token_type);
+                prop_assert_eq!(t.expires_at_ms, view.expires_at_ms);
+                prop_assert_eq!(t.scope.as_deref(), view.scope);
             }
         }
 
