@@ -272,6 +272,14 @@ fn a_cancelled_sign_in_a_wrong_profile_and_a_timeout_each_say_so() {
     assert_eq!(code(&out), exit(ErrorCode::SignInFailed), "{}", text(&out));
     assert!(text(&out).contains("access_denied"), "{}", text(&out));
 
+    // The stand-in logs the page the CLI answered its redirect with after
+    // the CLI has exited: wait for that line, or it could land after
+    // `before` and look like a second browser.
+    wait_until(
+        Duration::from_secs(30),
+        "the browser stand-in to finish",
+        || s.browser_log().contains("redirect:"),
+    );
     let before = s.browser_log();
     let out = s.login(&["--no-browser", "--timeout", "1"], &[]);
     assert_eq!(code(&out), exit(ErrorCode::Timeout), "{}", text(&out));

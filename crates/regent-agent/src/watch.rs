@@ -30,8 +30,8 @@ pub struct DirWatch {
 
 impl DirWatch {
     /// Waits for the next batch of changes — until one arrives and then
-    /// `debounce` passes without another, or at most [`MAX_BATCH`] debounce
-    /// periods — `false` once the watch has ended. A method on the whole
+    /// `debounce` passes without another, or at most `MAX_BATCH` (5)
+    /// debounce periods — `false` once the watch has ended. A method on the whole
     /// watch, so a task that waits also owns (and so keeps alive) the
     /// watcher itself.
     pub async fn changed(&mut self) -> bool {
@@ -43,8 +43,7 @@ impl DirWatch {
         // long as the agent ran, changes or not. The batch is capped: a
         // file written more often than `debounce` (a log at trace level
         // beside the configuration) must not hold back a reload for ever.
-        let start = tokio::time::Instant::now();
-        let cap = start + self.debounce.saturating_mul(MAX_BATCH);
+        let cap = tokio::time::Instant::now() + self.debounce.saturating_mul(MAX_BATCH);
         loop {
             let quiet_until = (tokio::time::Instant::now() + self.debounce).min(cap);
             match tokio::time::timeout_at(quiet_until, self.changes.recv()).await {
@@ -62,7 +61,7 @@ impl std::fmt::Debug for DirWatch {
 }
 
 /// The longest batch, in debounce periods.
-pub const MAX_BATCH: u32 = 5;
+const MAX_BATCH: u32 = 5;
 
 /// Whether an event can mean a file changed. Opening, reading and closing a
 /// file without writing are not changes: the consumers re-read the files

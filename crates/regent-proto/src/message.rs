@@ -476,27 +476,6 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, BadRequest> {
     }
 }
 
-/// A response carrying a token reply, as the agent sends it: `{"id":N,"ok":{…}}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenResponse<'a> {
-    id: u64,
-    #[serde(borrow)]
-    ok: TokenReplyFields<'a>,
-}
-
-/// The fields of a token reply; unknown fields are ignored, as in [`Reply`].
-#[derive(Deserialize)]
-struct TokenReplyFields<'a> {
-    #[serde(borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    access_token: WireSecret,
-    token_type: String,
-    expires_at_ms: u64,
-    #[serde(default)]
-    scope: Option<String>,
-}
-
 /// Appends the frame of a `token` request without a scope: byte for byte
 /// what [`frame::encode`] makes of it, without serde.
 pub fn encode_token_request(id: u64, min_valid: u64, out: &mut Vec<u8>) {
@@ -514,8 +493,11 @@ pub fn encode_token_request(id: u64, min_valid: u64, out: &mut Vec<u8>) {
 /// serde_json's error for a payload that is not a response; it names a
 /// position, never the payload's bytes (which may hold a token).
 pub fn decode_response(payload: &[u8]) -> Result<Response, serde_json::Error> {
-    // The exact bytes regent's agent sends (`exact`); then a token reply in
-    // any layout; then anything.
+    // The client's hot path, as `decode_request` is the agent's: a token
+    // reply in the exact bytes regent's agent sends (`exact`). The general
+    // `Response` (a flattened `Outcome`, an internally tagged `Reply`)
+    // buffers every field first — 42 % of a blocking client's instructions
+    // per handout. Anything else takes the general path.
     if let Some(view) = exact::read_token_reply(payload) {
         return Ok(Response {
             id: view.id,
@@ -524,35 +506,6 @@ pub fn decode_response(payload: &[u8]) -> Result<Response, serde_json::Error> {
                 token_type: view.token_type.to_owned(),
                 expires_at_ms: view.expires_at_ms,
                 scope: view.scope.map(str::to_owned),
-            })),
-        });
-    }
-    // The client's hot path, as `decode_request` is the agent's: a token
-    // reply read straight into flat structs, where the general `Response`
-    // (a flattened `Outcome`, an internally tagged `Reply`) buffers every
-    // field first — 42 % of a blocking client's instructions per handout.
-    // Only `id` and `ok` may be in the object, so a response that also
-    // carries `error` or `event` takes the general path, as does anything
-    // unusual; like `decode_request`, only valid UTF-8 and only an object.
-    if payload.trim_ascii_start().starts_with(b"{")
-        && let Ok(text) = std::str::from_utf8(payload)
-        && let Ok(fast) = serde_json::from_str::<TokenResponse<'_>>(text)
-        && fast.ok.kind == "token"
-    {
-        let TokenReplyFields {
-            access_token,
-            token_type,
-            expires_at_ms,
-            scope,
-            ..
-        } = fast.ok;
-        return Ok(Response {
-            id: fast.id,
-            outcome: Outcome::Ok(Reply::Token(TokenReply {
-                access_token,
-                token_type,
-                expires_at_ms,
-                scope,
             })),
         });
     }
